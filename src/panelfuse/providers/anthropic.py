@@ -1,0 +1,269 @@
+"""Anthropic Messages API adapter: translates OpenAI-shaped requests at the edge."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+
+from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage
+from panelfuse.providers.errors import AuthError, BadResponseError, ProviderError, UpstreamError
+from panelfuse.providers.http import shared_client
+from panelfuse.providers.openai_compat import error_from_status, error_message, fetch_model_ids, transport_error
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096  # the Messages API requires max_tokens
+
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+    "pause_turn": "stop",
+}
+
+
+def _content_blocks(content: Any) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for part in content:
+        if part.get("type") == "text":
+            blocks.append({"type": "text", "text": part.get("text", "")})
+        elif part.get("type") == "image_url":
+            url = (part.get("image_url") or {}).get("url", "")
+            if url.startswith("data:") and ";base64," in url:
+                media, data = url[5:].split(";base64,", 1)
+                blocks.append({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}})
+            else:
+                blocks.append({"type": "image", "source": {"type": "url", "url": url}})
+    return blocks
+
+
+def to_anthropic_messages(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
+    """OpenAI chat messages → (system prompt, Anthropic messages). Pure."""
+    system: list[str] = []
+    out: list[dict[str, Any]] = []
+
+    def append(role: str, blocks: list[dict[str, Any]]) -> None:
+        # Anthropic wants alternating roles: merge consecutive same-role messages.
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+
+    for m in messages:
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.extend(b["text"] for b in _content_blocks(m.get("content")) if b["type"] == "text")
+        elif role == "tool":
+            result = m.get("content")
+            if not isinstance(result, str):
+                result = "".join(b.get("text", "") for b in _content_blocks(result))
+            append("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""), "content": result}])
+        elif role == "assistant":
+            blocks = _content_blocks(m.get("content"))
+            for tc in m.get("tool_calls") or []:
+                fn = tc.get("function") or {}
+                try:
+                    args = json.loads(fn.get("arguments") or "{}")
+                except ValueError:
+                    args = {"_raw": fn.get("arguments")}
+                blocks.append({"type": "tool_use", "id": tc.get("id", ""), "name": fn.get("name", ""), "input": args})
+            append("assistant", blocks)
+        else:
+            append("user", _content_blocks(m.get("content")))
+    return ("\n\n".join(system) or None), out
+
+
+def to_anthropic_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if not tools:
+        return None
+    out = []
+    for t in tools:
+        fn = t.get("function", t)
+        out.append({
+            "name": fn["name"],
+            "description": fn.get("description", ""),
+            "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+        })
+    return out
+
+
+def to_anthropic_tool_choice(choice: Any) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if choice == "auto":
+        return {"type": "auto"}
+    if choice == "required":
+        return {"type": "any"}
+    if choice == "none":
+        return {"type": "none"}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "tool", "name": choice["function"]["name"]}
+    return None
+
+
+class AnthropicProvider(Provider):
+    # The Messages API has no response_format here: callers parse JSON leniently.
+    supports_json_schema = False
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str = "https://api.anthropic.com",
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        api_key_env: str | None = None,
+        default_timeout: float | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        if self.base_url.endswith("/v1"):
+            self.base_url = self.base_url[:-3]
+        self.api_key = api_key
+        self.api_key_env = api_key_env
+        self.headers = dict(headers or {})
+        if default_timeout is not None:
+            self.default_timeout = default_timeout
+
+    def _request_headers(self) -> dict[str, str]:
+        if not self.api_key:
+            raise AuthError(f"no API key: set {self.api_key_env or 'ANTHROPIC_API_KEY'}", provider=self.name)
+        return {
+            "content-type": "application/json",
+            "anthropic-version": ANTHROPIC_VERSION,
+            **self.headers,
+            "x-api-key": self.api_key,
+        }
+
+    def body(self, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        system, messages = to_anthropic_messages(req.messages)
+        body: dict[str, Any] = {
+            "model": req.model,
+            "messages": messages,
+            "max_tokens": req.max_tokens or DEFAULT_MAX_TOKENS,
+            "stream": stream,
+        }
+        optional = {
+            "system": system,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "stop_sequences": req.stop,
+            "tools": to_anthropic_tools(req.tools),
+            "tool_choice": to_anthropic_tool_choice(req.tool_choice),
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        body.update(req.extra_body)
+        return body
+
+    def _error(self, status: int, body: bytes, headers: Mapping[str, str], model: str) -> ProviderError:
+        # Anthropic's 529 "overloaded" is a 5xx: error_from_status makes it a retryable UpstreamError.
+        return error_from_status(status, error_message(body), headers, provider=self.name, model=model)
+
+    async def _open_stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
+        url = f"{self.base_url}/v1/messages"
+        usage = Usage()
+        blocks: dict[int, dict[str, Any]] = {}
+        stop_reason: str | None = None
+        finished = False
+        try:
+            async with aconnect_sse(
+                shared_client(), "POST", url, json=self.body(req, stream=True), headers=self._request_headers()
+            ) as source:
+                resp = source.response
+                if resp.status_code >= 400:
+                    raise self._error(resp.status_code, await resp.aread(), resp.headers, req.model)
+                async for sse in source.aiter_sse():
+                    if not sse.data.strip():
+                        continue
+                    try:
+                        data = json.loads(sse.data)
+                    except ValueError as exc:
+                        raise BadResponseError(
+                            f"malformed SSE data: {sse.data[:200]!r}", provider=self.name, model=req.model
+                        ) from exc
+                    kind = data.get("type", sse.event)
+                    if kind == "message_start":
+                        u = (data.get("message") or {}).get("usage") or {}
+                        usage.prompt_tokens = int(u.get("input_tokens") or 0)
+                        usage.completion_tokens = int(u.get("output_tokens") or 0)
+                    elif kind == "content_block_start":
+                        block = dict(data.get("content_block") or {})
+                        block["partial_json"] = ""
+                        blocks[int(data.get("index", 0))] = block
+                        if block.get("type") == "text" and block.get("text"):
+                            yield StreamEvent(text=block["text"])
+                    elif kind == "content_block_delta":
+                        delta = data.get("delta") or {}
+                        if delta.get("type") == "text_delta":
+                            yield StreamEvent(text=delta.get("text", ""))
+                        elif delta.get("type") == "input_json_delta":
+                            blocks.setdefault(int(data.get("index", 0)), {"partial_json": ""})
+                            blocks[int(data.get("index", 0))]["partial_json"] += delta.get("partial_json", "")
+                    elif kind == "message_delta":
+                        stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                        u = data.get("usage") or {}
+                        if u.get("output_tokens") is not None:
+                            usage.completion_tokens = int(u["output_tokens"])
+                    elif kind == "message_stop":
+                        finished = True
+                        break
+                    elif kind == "error":
+                        raise UpstreamError(error_message(sse.data.encode()), provider=self.name, model=req.model)
+        except SSEError as exc:
+            raise BadResponseError(str(exc), provider=self.name, model=req.model) from exc
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, provider=self.name, model=req.model) from exc
+        if not finished:
+            raise UpstreamError("stream ended before the answer finished", provider=self.name, model=req.model)
+        calls = [
+            ToolCall(id=b.get("id", ""), name=b.get("name", ""), arguments=b["partial_json"] or "{}")
+            for _, b in sorted(blocks.items())
+            if b.get("type") == "tool_use"
+        ]
+        yield StreamEvent(
+            tool_calls=calls,
+            finish_reason=STOP_REASONS.get(stop_reason or "end_turn", stop_reason or "stop"),
+            usage=usage,
+            refusal="the model refused (stop_reason: refusal)" if stop_reason == "refusal" else None,
+        )
+
+    async def _open_complete(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
+        url = f"{self.base_url}/v1/messages"
+        try:
+            resp = await shared_client().post(url, json=self.body(req, stream=False), headers=self._request_headers())
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, provider=self.name, model=req.model) from exc
+        if resp.status_code >= 400:
+            raise self._error(resp.status_code, resp.content, resp.headers, req.model)
+        try:
+            data = resp.json()
+            content = data["content"]
+            u = data.get("usage") or {}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadResponseError(
+                f"unreadable message: {resp.text[:200]!r}", provider=self.name, model=req.model
+            ) from exc
+        stop = data.get("stop_reason") or "end_turn"
+        yield StreamEvent(
+            text="".join(b.get("text", "") for b in content if b.get("type") == "text"),
+            tool_calls=[
+                ToolCall(id=b.get("id", ""), name=b.get("name", ""), arguments=json.dumps(b.get("input") or {}))
+                for b in content
+                if b.get("type") == "tool_use"
+            ],
+            finish_reason=STOP_REASONS.get(stop, stop),
+            usage=Usage(prompt_tokens=int(u.get("input_tokens") or 0), completion_tokens=int(u.get("output_tokens") or 0)),
+            refusal="the model refused (stop_reason: refusal)" if stop == "refusal" else None,
+        )
+
+    async def list_models(self) -> list[str]:
+        return await fetch_model_ids(f"{self.base_url}/v1/models", self._request_headers(), provider=self.name)

@@ -1,0 +1,160 @@
+"""The one small interface every provider adapter implements.
+
+Requests and messages use the OpenAI chat-completions shapes (the lingua franca); adapters for other
+wire formats translate at their edge. Both `stream` and `complete` give text, tool calls, the finish
+reason and usage; `complete` is the fold of `stream` unless an adapter has a cheaper path.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from panelfuse.providers.errors import RefusedError
+from panelfuse.providers.retry import RetryPolicy, retrying_stream
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # What the provider itself reported as cost (OpenRouter's usage.cost), in USD; None when it said nothing.
+    cost: float | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cost is not None:
+            out["cost"] = self.cost
+        return out
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+    def to_openai(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass
+class ChatRequest:
+    """One upstream call. `model` is the provider's own id (after resolution)."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+    tools: list[dict[str, Any]] | None = None  # OpenAI function-tool definitions
+    tool_choice: Any = None
+    # OpenAI style: {"type": "json_schema", "json_schema": {"name", "schema", "strict"}} or {"type": "json_object"}
+    response_format: dict[str, Any] | None = None
+    # Seconds for the whole call, retries included. None means the provider's default deadline.
+    timeout: float | None = None
+    # Provider-specific body fields passed through unchanged (e.g. OpenRouter's `provider`, `reasoning`).
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StreamEvent:
+    """One piece of a streamed completion. Text arrives in pieces; tool calls arrive whole."""
+
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    refusal: str | None = None
+
+
+@dataclass
+class Completion:
+    model: str
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    refusal: str | None = None
+    latency_ms: int = 0
+
+
+async def fold_stream(model: str, events: AsyncIterator[StreamEvent]) -> Completion:
+    """Accumulate a stream into one Completion; raise RefusedError on the provider's refusal signal."""
+    started = time.monotonic()
+    out = Completion(model=model)
+    parts: list[str] = []
+    async for ev in events:
+        if ev.text:
+            parts.append(ev.text)
+        out.tool_calls.extend(ev.tool_calls)
+        if ev.finish_reason:
+            out.finish_reason = ev.finish_reason
+        if ev.usage is not None:
+            out.usage = ev.usage
+        if ev.refusal:
+            out.refusal = (out.refusal or "") + ev.refusal
+    out.text = "".join(parts)
+    out.latency_ms = int((time.monotonic() - started) * 1000)
+    raise_if_refused(out)
+    return out
+
+
+def raise_if_refused(c: Completion) -> None:
+    if c.finish_reason == "content_filter" or c.refusal:
+        raise RefusedError(c.refusal or "the provider stopped the answer (content_filter)", model=c.model)
+
+
+class Provider(abc.ABC):
+    """An upstream that answers chat requests. Knows nothing of fusion.
+
+    Adapters implement one attempt (`_open_stream`, optionally `_open_complete`); this class adds the
+    deadline and the retries, so every adapter behaves the same way under failure.
+    """
+
+    name: str = "provider"
+    default_timeout: float = 120.0
+    retry_policy: RetryPolicy = RetryPolicy()
+    # Whether the upstream enforces a JSON schema itself (so callers need not repair output).
+    supports_json_schema: bool = True
+    supports_tools: bool = True
+
+    @abc.abstractmethod
+    def _open_stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """One streaming attempt. Raises ProviderError subclasses."""
+
+    def _open_complete(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """One non-streaming attempt, as a stream of (usually) one event. Default: stream."""
+        return self._open_stream(req)
+
+    def _deadline(self, req: ChatRequest) -> float:
+        return time.monotonic() + (req.timeout if req.timeout is not None else self.default_timeout)
+
+    def stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Yield the completion as it is produced, with retries before the first event."""
+        return retrying_stream(lambda: self._open_stream(req), deadline=self._deadline(req), policy=self.retry_policy)
+
+    async def complete(self, req: ChatRequest) -> Completion:
+        events = retrying_stream(
+            lambda: self._open_complete(req), deadline=self._deadline(req), policy=self.retry_policy
+        )
+        return await fold_stream(req.model, events)
+
+    async def list_models(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release resources held by this provider (not the shared HTTP client)."""

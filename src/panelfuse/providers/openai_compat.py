@@ -1,0 +1,257 @@
+"""OpenAI chat-completions wire format: OpenRouter, OpenAI, vLLM, Ollama, llama.cpp server, DeepSeek, Together."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+
+from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage
+from panelfuse.providers.errors import (
+    AuthError,
+    BadRequestError,
+    BadResponseError,
+    DeadlineExceeded,
+    NotFoundError,
+    ProviderError,
+    RateLimitedError,
+    UpstreamError,
+)
+from panelfuse.providers.http import shared_client
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form; HTTP dates are rare from LLM APIs)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def error_from_status(
+    status: int, message: str, headers: Mapping[str, str], *, provider: str, model: str
+) -> ProviderError:
+    """Map an HTTP error status to its typed error. Shared by every HTTP adapter."""
+    kw: dict[str, Any] = {"status_code": status, "provider": provider, "model": model}
+    if status in (401, 403):
+        return AuthError(message, **kw)
+    if status == 429:
+        return RateLimitedError(message, retry_after=parse_retry_after(headers.get("retry-after")), **kw)
+    if status == 404:
+        return NotFoundError(message, **kw)
+    if status in (400, 409, 413, 422):
+        return BadRequestError(message, **kw)
+    return UpstreamError(message, **kw)
+
+
+def error_message(body: bytes) -> str:
+    """The human message of an error body, in OpenAI's or Anthropic's shape, or the raw text."""
+    text = body.decode("utf-8", "replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:500] or "(empty body)"
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    if isinstance(err, str):
+        return err
+    return text[:500]
+
+
+def transport_error(exc: httpx.HTTPError, *, provider: str, model: str) -> ProviderError:
+    if isinstance(exc, httpx.TimeoutException):
+        return DeadlineExceeded(f"upstream timed out ({type(exc).__name__})", provider=provider, model=model)
+    return UpstreamError(f"connection failed: {exc!r}", provider=provider, model=model)
+
+
+class ToolCallAccumulator:
+    """Joins streamed tool-call fragments (keyed by index) into whole calls."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def add(self, fragments: list[dict[str, Any]]) -> None:
+        for frag in fragments:
+            slot = self._calls.setdefault(int(frag.get("index", 0)), {"id": "", "name": "", "arguments": ""})
+            if frag.get("id"):
+                slot["id"] = frag["id"]
+            fn = frag.get("function") or {}
+            if fn.get("name"):
+                slot["name"] += fn["name"]
+            if fn.get("arguments"):
+                slot["arguments"] += fn["arguments"]
+
+    def take(self) -> list[ToolCall]:
+        calls = [ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=c["arguments"] or "{}")
+                 for i, c in sorted(self._calls.items())]
+        self._calls.clear()
+        return calls
+
+
+def parse_usage(raw: dict[str, Any] | None) -> Usage | None:
+    if not raw:
+        return None
+    cost = raw.get("cost")
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+        cost=float(cost) if isinstance(cost, int | float) else None,
+    )
+
+
+class OpenAICompatProvider(Provider):
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        api_key_env: str | None = None,
+        default_timeout: float | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.api_key_env = api_key_env
+        self.headers = dict(headers or {})
+        if default_timeout is not None:
+            self.default_timeout = default_timeout
+
+    def _request_headers(self) -> dict[str, str]:
+        if self.api_key_env and not self.api_key:
+            # Fail before the network with the fix in the message, rather than with the upstream's 401.
+            raise AuthError(f"no API key: set {self.api_key_env}", provider=self.name)
+        h = {"Content-Type": "application/json", **self.headers}
+        if self.api_key:
+            h["Authorization"] = f"Bearer {self.api_key}"
+        return h
+
+    def body(self, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": req.model, "messages": req.messages, "stream": stream}
+        optional = {
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "seed": req.seed,
+            "stop": req.stop,
+            "tools": req.tools,
+            "tool_choice": req.tool_choice,
+            "response_format": req.response_format,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        body.update(req.extra_body)
+        return body
+
+    def _error(self, status: int, body: bytes, headers: Mapping[str, str], model: str) -> ProviderError:
+        return error_from_status(status, error_message(body), headers, provider=self.name, model=model)
+
+    async def _open_stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
+        url = f"{self.base_url}/chat/completions"
+        tools = ToolCallAccumulator()
+        finished = False
+        try:
+            async with aconnect_sse(
+                shared_client(), "POST", url, json=self.body(req, stream=True), headers=self._request_headers()
+            ) as source:
+                resp = source.response
+                if resp.status_code >= 400:
+                    raise self._error(resp.status_code, await resp.aread(), resp.headers, req.model)
+                async for sse in source.aiter_sse():
+                    if sse.data.strip() == "[DONE]":
+                        finished = True
+                        break
+                    if not sse.data.strip():
+                        continue
+                    try:
+                        chunk = json.loads(sse.data)
+                    except ValueError as exc:
+                        raise BadResponseError(
+                            f"malformed SSE data: {sse.data[:200]!r}", provider=self.name, model=req.model
+                        ) from exc
+                    if not isinstance(chunk, dict):
+                        raise BadResponseError("SSE data is not an object", provider=self.name, model=req.model)
+                    if "error" in chunk:  # OpenRouter reports mid-stream failures this way
+                        raise UpstreamError(error_message(sse.data.encode()), provider=self.name, model=req.model)
+                    for ev in self._chunk_events(chunk, tools):
+                        if ev.finish_reason:
+                            finished = True
+                        yield ev
+        except SSEError as exc:  # e.g. a non-SSE content type on a 200
+            raise BadResponseError(str(exc), provider=self.name, model=req.model) from exc
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, provider=self.name, model=req.model) from exc
+        if not finished:
+            raise UpstreamError("stream ended before the answer finished", provider=self.name, model=req.model)
+
+    @staticmethod
+    def _chunk_events(chunk: dict[str, Any], tools: ToolCallAccumulator) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("tool_calls"):
+                tools.add(delta["tool_calls"])
+            text = delta.get("content") or ""
+            refusal = delta.get("refusal") or None
+            finish = choice.get("finish_reason")
+            if text or refusal:
+                events.append(StreamEvent(text=text, refusal=refusal))
+            if finish:
+                events.append(StreamEvent(finish_reason=finish, tool_calls=tools.take()))
+        usage = parse_usage(chunk.get("usage"))
+        if usage is not None:
+            events.append(StreamEvent(usage=usage))
+        return events
+
+    async def _open_complete(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
+        url = f"{self.base_url}/chat/completions"
+        try:
+            resp = await shared_client().post(url, json=self.body(req, stream=False), headers=self._request_headers())
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, provider=self.name, model=req.model) from exc
+        if resp.status_code >= 400:
+            raise self._error(resp.status_code, resp.content, resp.headers, req.model)
+        try:
+            data = resp.json()
+            choice = data["choices"][0]
+            message = choice.get("message") or {}
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise BadResponseError(
+                f"unreadable completion: {resp.text[:200]!r}", provider=self.name, model=req.model
+            ) from exc
+        calls = [
+            ToolCall(id=tc.get("id", ""), name=tc["function"]["name"], arguments=tc["function"].get("arguments") or "{}")
+            for tc in message.get("tool_calls") or []
+        ]
+        yield StreamEvent(
+            text=message.get("content") or "",
+            tool_calls=calls,
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=parse_usage(data.get("usage")) or Usage(),
+            refusal=message.get("refusal") or None,
+        )
+
+    async def list_models(self) -> list[str]:
+        return await fetch_model_ids(f"{self.base_url}/models", self._request_headers(), provider=self.name)
+
+
+async def fetch_model_ids(url: str, headers: Mapping[str, str], *, provider: str) -> list[str]:
+    """GET an OpenAI-shaped model list ({"data": [{"id": ...}]}), which Anthropic's API also returns."""
+    try:
+        resp = await shared_client().get(url, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise transport_error(exc, provider=provider, model="*") from exc
+    if resp.status_code >= 400:
+        raise error_from_status(resp.status_code, error_message(resp.content), resp.headers, provider=provider, model="*")
+    try:
+        return [m["id"] for m in resp.json()["data"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadResponseError("unreadable model list", provider=provider, model="*") from exc
