@@ -152,12 +152,14 @@ class FakeUpstream:
         # shutdown_timeout: stop() must not wait for slow scripted requests to finish.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
-        await web.SockSite(self._runner, sock, shutdown_timeout=0.2).start()
+        await web.SockSite(self._runner, sock).start()
 
     def __enter__(self) -> FakeUpstream:
         return self.start()
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     async def __aenter__(self) -> FakeUpstream:
@@ -225,7 +227,7 @@ class FakeUpstream:
             time.sleep(0.005)
         return True
 
-    async def wait_idle_async(self, timeout: float = 5.0) -> bool:
+    async def wait_idle_async(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109 - mirrors wait_idle
         deadline = time.monotonic() + timeout
         while self._in_flight:
             if time.monotonic() >= deadline:
@@ -329,7 +331,7 @@ class FakeUpstream:
 
 
 def _id_header(wire: Wire, plan: Plan) -> dict[str, str]:
-    return {"x-request-id": f"req_{plan.request_id}"} if wire == "openai" else {"request-id": f"req_{plan.request_id}"}
+    return {"x-request-id" if wire == "openai" else "request-id": f"req_{plan.request_id}"}
 
 
 def _abort(request: web.Request, tracker: _Tracker) -> None:

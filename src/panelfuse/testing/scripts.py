@@ -24,7 +24,7 @@ REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 _TOKEN_RE = re.compile(r"\S+\s*|\s+")
 
 
-class Failure(str, enum.Enum):
+class Failure(enum.StrEnum):
     HTTP_500 = "500"
     RATE_LIMIT = "429"
     HTTP = "http"  # uses Script.status_code (default 500)
@@ -139,7 +139,12 @@ class ToolCallOut:
 
 
 # Canonical finish reasons are OpenAI's; Anthropic's equivalents are mapped both ways.
-_TO_ANTHROPIC = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+_TO_ANTHROPIC = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+}
 _TO_OPENAI = {v: k for k, v in _TO_ANTHROPIC.items()} | {"stop_sequence": "stop"}
 
 
@@ -209,7 +214,9 @@ def build_plan(script: Script, body: dict[str, Any], failure: Failure | None, id
         text=text,
         tokens=tokens,
         tool_calls=tool_calls,
-        prompt_tokens=script.prompt_tokens if script.prompt_tokens is not None else estimate_prompt_tokens(body),
+        prompt_tokens=script.prompt_tokens
+        if script.prompt_tokens is not None
+        else estimate_prompt_tokens(body),
         completion_tokens=script.completion_tokens if script.completion_tokens is not None else streamed,
         finish=finish,
     )

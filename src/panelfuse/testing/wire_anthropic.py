@@ -66,8 +66,13 @@ def stream_frames(plan: Plan) -> list[Frame]:
     index = 0
     if plan.text:
         block = {"type": "text", "text": ""}
-        frames.append(Frame(_sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                                         "content_block": block})))
+        frames.append(
+            Frame(
+                _sse(
+                    "content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}
+                )
+            )
+        )
         frames.append(Frame(_sse("ping", {"type": "ping"})))
         for tok in plan.tokens:
             delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": tok}}
@@ -78,11 +83,20 @@ def stream_frames(plan: Plan) -> list[Frame]:
         frames.append(Frame(_sse("ping", {"type": "ping"})))
     for tc in plan.tool_calls:
         block = {"type": "tool_use", "id": tc.id, "name": tc.name, "input": {}}
-        frames.append(Frame(_sse("content_block_start", {"type": "content_block_start", "index": index,
-                                                         "content_block": block})))
+        frames.append(
+            Frame(
+                _sse(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": block},
+                )
+            )
+        )
         for piece in tc.argument_pieces():
-            delta = {"type": "content_block_delta", "index": index,
-                     "delta": {"type": "input_json_delta", "partial_json": piece}}
+            delta = {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": piece},
+            }
             frames.append(Frame(_sse("content_block_delta", delta), token=True))
         frames.append(Frame(_sse("content_block_stop", {"type": "content_block_stop", "index": index})))
         index += 1

@@ -1,0 +1,148 @@
+"""The analysis: its bounded JSON schema, lenient parsing, and mapping labels back to model ids.
+
+Bounding every list and string and making every `model` an enum of the labels means even a 135M
+model under a llama.cpp grammar can only emit valid, attributable JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import json_repair
+import jsonschema
+
+REQUIRED_KEYS = ("consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots")
+MAX_ITEMS = 5
+MAX_TEXT = 240
+
+
+class AnalysisError(ValueError):
+    """The judge's output could not be read as an analysis."""
+
+
+def _text(max_length: int = MAX_TEXT) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length}
+
+
+def _list(items: dict[str, Any], max_items: int = MAX_ITEMS) -> dict[str, Any]:
+    return {"type": "array", "items": items, "maxItems": max_items}
+
+
+def _obj(**props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def analysis_schema(labels: Sequence[str], dimensions: Sequence[str] = ()) -> dict[str, Any]:
+    label = {"type": "string", "enum": list(labels)}
+    props: dict[str, Any] = {
+        "consensus": _list(_text()),
+        "contradictions": _list(
+            _obj(topic=_text(120), stances=_list(_obj(model=label, stance=_text(160)), max_items=len(labels)))
+        ),
+        "partial_coverage": _list(_obj(models=_list(label, max_items=len(labels)), point=_text())),
+        "unique_insights": _list(_obj(model=label, insight=_text())),
+        "blind_spots": _list(_text()),
+        "anomalies": _list(_obj(model=label, reason=_text(160)), max_items=len(labels)),
+    }
+    for d in dimensions:
+        props[d] = _list(_text())
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def response_format(schema: dict[str, Any], name: str = "analysis") -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
+@dataclass
+class ParsedAnalysis:
+    analysis: dict[str, Any]
+    repaired: bool  # the text was not valid JSON as written (truncated, unquoted, fenced…)
+
+
+def _lenient_object(text: str) -> tuple[Any, bool]:
+    text = text.strip()
+    if text.startswith("```"):
+        text = text.strip("`").removeprefix("json").strip()
+    try:
+        return json.loads(text), False
+    except ValueError:
+        # json_repair closes truncated output and fixes quotes/commas; it returns "" when hopeless.
+        return json_repair.loads(text), True
+
+
+def parse_analysis(text: str, labels: Sequence[str], dimensions: Sequence[str] = ()) -> ParsedAnalysis:
+    """Read the judge's output (repairing it when needed) and check it against the schema.
+
+    A key the judge left out (or lost to truncation) reads as an empty list: lists may be empty.
+    """
+    data, repaired = _lenient_object(text)
+    if not isinstance(data, dict) or not data:
+        raise AnalysisError("the judge's output is not a JSON object")
+    if not any(k in data for k in REQUIRED_KEYS):
+        raise AnalysisError("the judge's output has none of the analysis keys")
+    for key in (*REQUIRED_KEYS, "anomalies", *dimensions):
+        data.setdefault(key, [])
+    schema = analysis_schema(labels, dimensions)
+    # Judges often exceed bounds (long strings, extra items) without being wrong: trim, then validate.
+    data = {k: v for k, v in data.items() if k in schema["properties"]}
+    _trim(data)
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as exc:
+        path = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        raise AnalysisError(f"analysis invalid at {path}: {exc.message[:200]}") from exc
+    return ParsedAnalysis(data, repaired)
+
+
+def _trim(value: Any) -> Any:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            value[k] = _trim(v)
+    elif isinstance(value, list):
+        del value[MAX_ITEMS:]
+        for i, v in enumerate(value):
+            value[i] = _trim(v)
+    elif isinstance(value, str) and len(value) > MAX_TEXT:
+        return value[: MAX_TEXT - 1] + "…"
+    return value
+
+
+def map_labels(analysis: Mapping[str, Any], label_models: Mapping[str, str]) -> dict[str, Any]:
+    """Replace labels by model ids everywhere, keeping the label beside it as `member`/`members`
+    (a model may sit on the panel twice, so the label alone tells the members apart)."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, dict):
+            out = {k: convert(v) for k, v in value.items()}
+            if isinstance(value.get("model"), str) and value["model"] in label_models:
+                out["member"] = value["model"]
+                out["model"] = label_models[value["model"]]
+            if isinstance(value.get("models"), list):
+                out["members"] = list(value["models"])
+                out["models"] = [label_models.get(x, x) for x in value["models"]]
+            return out
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(dict(analysis))
+
+
+def split_judge_writes(text: str, marker: str) -> tuple[str, str | None]:
+    """Split a judge-writes output into (analysis text, answer); answer None when no marker yet."""
+    head, sep, tail = text.partition(marker)
+    return (head, tail.lstrip("\n")) if sep else (text, None)
+
+
+def best_of_choice(text: str, labels: Sequence[str]) -> tuple[str, str]:
+    """(label, reason) from a best-of judge output; falls back to the first label named in the text."""
+    data, _ = _lenient_object(text)
+    if isinstance(data, dict) and data.get("best") in labels:
+        return data["best"], str(data.get("reason") or "")
+    for token in text.replace('"', " ").split():
+        if token.strip(".,:;") in labels:
+            return token.strip(".,:;"), "label found in free text"
+    raise AnalysisError("the judge named no valid label")

@@ -1,0 +1,189 @@
+"""Typed results of a fusion run (the `fusion` object of DESIGN.md's response)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from panelfuse.providers.base import Usage
+
+MemberStatus = Literal["ok", "failed", "timeout", "refused", "empty", "cut", "cancelled"]
+RunStatus = Literal["running", "completed", "failed", "cancelled"]
+DEGRADING = ("failed", "timeout", "refused", "empty")
+
+
+@dataclass
+class CallRecord:
+    """One upstream call as it was billed."""
+
+    model: str
+    usage: Usage = field(default_factory=Usage)
+    cost: float | None = 0.0
+    latency_ms: int = 0
+    cost_estimated: bool = False  # cut or cancelled: cost reckoned from what streamed
+
+
+@dataclass
+class MemberResult:
+    member: str  # label
+    model: str  # the model that answered (a fallback's id when one was used)
+    status: MemberStatus = "ok"
+    content: str = ""
+    requested_model: str = ""
+    weight: float | None = None
+    error: str | None = None
+    status_code: int | None = None
+    latency_ms: int = 0
+    calls: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def usage(self) -> Usage:
+        return sum_usage(c.usage for c in self.calls)
+
+    @property
+    def cost(self) -> float | None:
+        return sum_costs(c.cost for c in self.calls)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "member": self.member,
+            "model": self.model,
+            "status": self.status,
+            "content": self.content,
+            "usage": self.usage.to_dict(),
+            "cost": self.cost,
+            "cost_estimated": any(c.cost_estimated for c in self.calls),
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+            "weight": self.weight,
+        }
+
+
+@dataclass
+class StageResult:
+    """The judge's or synthesizer's part: possibly several calls (fallbacks, a repair retry)."""
+
+    model: str
+    content: str = ""
+    error: str | None = None
+    latency_ms: int = 0
+    calls: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def usage(self) -> Usage:
+        return sum_usage(c.usage for c in self.calls)
+
+    @property
+    def cost(self) -> float | None:
+        return sum_costs(c.cost for c in self.calls)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "usage": self.usage.to_dict(), "cost": self.cost,
+                "latency_ms": self.latency_ms, "error": self.error}
+
+
+def sum_usage(usages: Any) -> Usage:
+    total = Usage(cost=None)
+    for u in usages:
+        total.prompt_tokens += u.prompt_tokens
+        total.completion_tokens += u.completion_tokens
+    return total
+
+
+def sum_costs(costs: Any) -> float | None:
+    """Sum of known costs; None only when every cost is unknown."""
+    known = [c for c in costs if c is not None]
+    return sum(known) if known else None
+
+
+@dataclass
+class FusionResult:
+    run_id: str
+    preset: str | None
+    mode: str
+    prompt_version: str
+    status: RunStatus = "running"
+    content: str = ""
+    model: str = ""  # the concrete model that wrote the final answer
+    panel: list[MemberResult] = field(default_factory=list)
+    analysis: dict[str, Any] | None = None
+    analysis_repaired: bool = False
+    judge: StageResult | None = None
+    synthesizer: StageResult | None = None
+    best_of: dict[str, str] | None = None  # {"member", "model", "reason"} in best-of mode
+    error: str | None = None
+    stopped_by_max_cost: bool = False
+    estimate: float | None = None
+    latency_ms: int = 0
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def degraded(self) -> bool:
+        member_failed = any(m.status in DEGRADING for m in self.panel)
+        analysis_missing = self.mode in ("synthesize", "judge-writes") and self.analysis is None
+        # A completed run that carries an error answered by a fallback path (e.g. synthesis failed).
+        return member_failed or analysis_missing or self.stopped_by_max_cost or self.error is not None
+
+    @property
+    def failed_models(self) -> list[dict[str, Any]]:
+        return [
+            {"member": m.member, "model": m.model, "status": m.status, "error": m.error,
+             "status_code": m.status_code}
+            for m in self.panel
+            if m.status in DEGRADING
+        ]
+
+    def _all_calls(self) -> list[tuple[str, str, CallRecord]]:
+        calls = [("panel", m.member, c) for m in self.panel for c in m.calls]
+        if self.judge:
+            calls += [("analysis", "judge", c) for c in self.judge.calls]
+        if self.synthesizer:
+            calls += [("synthesis", "synthesizer", c) for c in self.synthesizer.calls]
+        return calls
+
+    @property
+    def usage(self) -> Usage:
+        return sum_usage(c.usage for _, _, c in self._all_calls())
+
+    @property
+    def cost(self) -> float | None:
+        return sum_costs(c.cost for _, _, c in self._all_calls())
+
+    def cost_details(self) -> dict[str, Any]:
+        return {
+            "panel": {m.member: m.cost for m in self.panel},
+            "analysis": self.judge.cost if self.judge else None,
+            "synthesis": self.synthesizer.cost if self.synthesizer else None,
+            "estimated": any(c.cost_estimated for _, _, c in self._all_calls()),
+        }
+
+    def usage_dict(self) -> dict[str, Any]:
+        out = self.usage.to_dict()
+        out["cost"] = self.cost
+        out["cost_details"] = self.cost_details()
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "preset": self.preset,
+            "mode": self.mode,
+            "prompt_version": self.prompt_version,
+            "model": self.model,
+            "content": self.content,
+            "panel": [m.to_dict() for m in self.panel],
+            "analysis": self.analysis,
+            "analysis_repaired": self.analysis_repaired,
+            "judge": self.judge.to_dict() if self.judge else None,
+            "synthesizer": self.synthesizer.to_dict() if self.synthesizer else None,
+            "best_of": self.best_of,
+            "failed_models": self.failed_models,
+            "degraded": self.degraded,
+            "stopped_by_max_cost": self.stopped_by_max_cost,
+            "usage": self.usage_dict(),
+            "estimate": self.estimate,
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+            "annotations": self.annotations,
+        }

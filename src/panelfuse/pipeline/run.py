@@ -1,0 +1,187 @@
+"""The orchestrator: `Fusion(spec).run(messages)` and `Fusion(spec).stream(messages)`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from panelfuse.config import Config
+from panelfuse.pipeline.calls import CallContext, CostGuard
+from panelfuse.pipeline.estimate import estimate_run
+from panelfuse.pipeline.events import Event, EventLog
+from panelfuse.pipeline.panel import QuorumError, run_panel
+from panelfuse.pipeline.prompts import PROMPT_VERSION
+from panelfuse.pipeline.result import FusionResult, MemberResult
+from panelfuse.pipeline.stages import run_analysis, run_best_of, run_judge_writes, run_synthesis
+from panelfuse.pricing import Estimate, PriceTable
+from panelfuse.providers.registry import Providers
+from panelfuse.spec import FusionSpec
+
+TERMINAL = ("run.completed", "run.failed", "run.cancelled")
+
+
+class FusionError(Exception):
+    """The run failed; `result` holds every member's outcome and the reason."""
+
+    def __init__(self, result: FusionResult) -> None:
+        super().__init__(result.error or "fusion failed")
+        self.result = result
+
+
+class _Fail(Exception):
+    pass
+
+
+def normalize_messages(messages: str | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    out = [dict(m) for m in messages]
+    if not any(m.get("role") == "user" for m in out):
+        raise ValueError("messages must contain at least one user turn")
+    return out
+
+
+class Fusion:
+    """One fusion run per call of run()/stream(); the spec and providers can be reused."""
+
+    def __init__(
+        self,
+        spec: FusionSpec,
+        *,
+        providers: Providers | None = None,
+        prices: PriceTable | None = None,
+        config: Config | None = None,
+    ) -> None:
+        self.spec = spec
+        self.providers = providers or Providers(config)
+        self.prices = prices or PriceTable.load(self.providers.config.prices)
+        self.result: FusionResult | None = None
+        self.log: EventLog | None = None
+
+    def _enforces_schema(self, model: str) -> bool:
+        provider, _ = self.providers.for_model(model)
+        return provider.supports_json_schema
+
+    def estimate(self, messages: str | Sequence[dict[str, Any]]) -> Estimate:
+        return estimate_run(self.spec, normalize_messages(messages), self.prices, self._enforces_schema)
+
+    async def run(self, messages: str | Sequence[dict[str, Any]], run_id: str | None = None) -> FusionResult:
+        async for _ in self.stream(messages, run_id=run_id):
+            pass
+        assert self.result is not None
+        if self.result.status == "failed":
+            raise FusionError(self.result)
+        return self.result
+
+    async def stream(
+        self, messages: str | Sequence[dict[str, Any]], run_id: str | None = None
+    ) -> AsyncIterator[Event]:
+        """Yield the run's events as they happen. Leaving the loop early cancels the run and every
+        in-flight upstream call."""
+        msgs = normalize_messages(messages)
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        log = EventLog(run_id or f"run_{uuid.uuid4().hex[:20]}", listener=queue.put_nowait)
+        self.log = log
+        task = asyncio.create_task(self._execute(msgs, log), name=f"fusion-{log.run_id}")
+        try:
+            while True:
+                ev = await queue.get()
+                yield ev
+                if ev.type in TERMINAL:
+                    break
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _execute(self, messages: list[dict[str, Any]], log: EventLog) -> None:
+        spec = self.spec
+        started = time.monotonic()
+        result = FusionResult(run_id=log.run_id, preset=spec.preset, mode=spec.mode, prompt_version=PROMPT_VERSION)
+        self.result = result
+        log.emit("run.started", spec=spec.model_dump(mode="json"), prompt_version=PROMPT_VERSION)
+        try:
+            await self._stages(messages, log, result)
+        except _Fail as exc:
+            result.status, result.error = "failed", str(exc)
+            result.latency_ms = int((time.monotonic() - started) * 1000)
+            log.emit("run.failed", error=result.error, failed_models=result.failed_models)
+            return
+        except asyncio.CancelledError:
+            result.status, result.error = "cancelled", "cancelled by the caller"
+            log.emit("run.cancelled", reason=result.error)
+            raise
+        result.status = "completed"
+        result.latency_ms = int((time.monotonic() - started) * 1000)
+        log.emit("final.completed", content=result.content, annotations=result.annotations)
+        log.emit("run.completed", usage=result.usage_dict(), cost=result.cost, degraded=result.degraded)
+
+    async def _stages(self, messages: list[dict[str, Any]], log: EventLog, result: FusionResult) -> None:
+        spec = self.spec
+        try:
+            est = self.estimate(messages)
+        except Exception as exc:  # an unknown provider in the spec, say: the caller's error, reported
+            raise _Fail(f"cannot plan the run: {exc}") from exc
+        result.estimate = est.total
+        if spec.max_cost is not None:
+            if est.unpriced:
+                raise _Fail(f"max_cost is set but these models have no known price: {', '.join(est.unpriced)}")
+            if est.total > spec.max_cost:
+                raise _Fail(f"refused: worst-case estimate ${est.total:.6f} exceeds max_cost ${spec.max_cost:g}")
+        by_stage = est.by_stage()
+        guard = CostGuard(spec.max_cost, later_stages=by_stage.get("analysis", 0.0) + by_stage.get("synthesis", 0.0))
+        ctx = CallContext(self.providers, self.prices, guard, timeout=spec.deadline_ms / 1000)
+
+        try:
+            result.panel = await run_panel(ctx, spec, messages, log)
+        except QuorumError as exc:
+            result.panel = exc.members
+            raise _Fail(str(exc)) from exc
+        ok = [m for m in result.panel if m.status == "ok"]
+
+        if spec.mode == "single":
+            self._answer_verbatim(result, ok[0], log)
+            return
+        if spec.mode == "best-of":
+            guard.later_stages = 0.0
+            stage, winner, reason = await run_best_of(ctx, spec, messages, ok, log)
+            result.judge = stage
+            result.best_of = {"member": winner.member, "model": winner.model, "reason": reason}
+            self._answer_verbatim(result, winner, log)
+            return
+        if spec.mode == "judge-writes":
+            guard.later_stages = 0.0
+            outcome = await run_judge_writes(ctx, spec, messages, ok, log)
+            result.judge, result.analysis, result.analysis_repaired = outcome.stage, outcome.analysis, outcome.repaired
+            if not outcome.answer:
+                raise _Fail(f"the judge wrote no answer: {outcome.stage.error or 'empty output'}")
+            result.content, result.model = outcome.answer, outcome.stage.model
+            return
+
+        guard.later_stages = by_stage.get("synthesis", 0.0)
+        outcome = await run_analysis(ctx, spec, messages, ok, log)
+        result.judge, result.analysis, result.analysis_repaired = outcome.stage, outcome.analysis, outcome.repaired
+        guard.later_stages = 0.0
+        synth = await run_synthesis(ctx, spec, messages, ok, result.analysis, log)
+        result.synthesizer = synth
+        if synth.error is None:
+            result.content, result.model = synth.content, synth.model
+            return
+        if synth.content or any(c.cost_estimated for c in synth.calls):
+            raise _Fail(f"the synthesizer failed mid-answer: {synth.error}")
+        # Nothing streamed: answer with the most trusted member's own answer, and say so.
+        chosen = max(ok, key=lambda m: m.weight or 1.0)
+        result.stopped_by_max_cost = "max_cost" in synth.error
+        result.error = f"synthesis failed ({synth.error}); the answer is member {chosen.member}'s, verbatim"
+        self._answer_verbatim(result, chosen, log)
+
+    @staticmethod
+    def _answer_verbatim(result: FusionResult, member: MemberResult, log: EventLog) -> None:
+        result.content, result.model = member.content, member.model
+        log.emit("final.delta", text=member.content)

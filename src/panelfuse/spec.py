@@ -1,0 +1,139 @@
+"""FusionSpec: what one fusion run does. Presets are data (data/presets.toml, overridable in config)."""
+
+from __future__ import annotations
+
+import string
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from panelfuse.resolve import canonical_preset
+
+Mode = Literal["synthesize", "judge-writes", "best-of", "single"]
+MODE_SYNONYMS = {"full": "synthesize", "fast": "single"}
+MAX_MEMBERS = 8
+LABELS = string.ascii_uppercase[:MAX_MEMBERS]
+
+
+class MemberSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    weight: float | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    seed: int | None = None
+    fallbacks: list[str] = Field(default_factory=list, max_length=4)
+
+
+class JudgeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    fallbacks: list[str] = Field(default_factory=list, max_length=4)
+    criteria: str | None = Field(default=None, max_length=4000)
+    # Extra analysis dimensions beyond the six of DESIGN.md, e.g. ["risks", "open_questions"].
+    dimensions: list[str] = Field(default_factory=list, max_length=8)
+
+    @field_validator("dimensions")
+    @classmethod
+    def _identifiers(cls, v: list[str]) -> list[str]:
+        for d in v:
+            if not d.isidentifier():
+                raise ValueError(f"dimension '{d}' must be a plain identifier (letters, digits, _)")
+        return v
+
+
+class SynthesizerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None  # default: the judge's model
+    fallbacks: list[str] = Field(default_factory=list, max_length=4)
+
+
+class FusionSpec(BaseModel):
+    """A whole fusion run. Validated with messages that name the field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str | None = None
+    members: list[MemberSpec] = Field(min_length=1, max_length=MAX_MEMBERS)
+    judge: JudgeSpec
+    synthesizer: SynthesizerSpec = Field(default_factory=SynthesizerSpec)
+    mode: Mode = "synthesize"
+    quorum: int | None = Field(default=None, ge=1, le=MAX_MEMBERS)
+    grace_ms: int | None = Field(default=None, ge=0)
+    deadline_ms: int = Field(default=120_000, ge=100, description="deadline of each upstream call")
+    max_tokens: int = Field(default=1024, ge=1, le=200_000, description="per inner call")
+    max_tool_calls: int = Field(default=8, ge=0, le=16)
+    panel_tools: list[str] = Field(default_factory=lambda: ["web_search", "web_fetch"])
+    judge_tools: list[str] = Field(default_factory=list)
+    max_cost: float | None = Field(default=None, ge=0, description="USD")
+    panel_sees: Literal["conversation", "last_turn"] = "conversation"
+    temperature: float | None = Field(default=None, ge=0, le=2, description="member default")
+    reasoning: dict[str, Any] | None = None
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode_synonyms(cls, v: Any) -> Any:
+        return MODE_SYNONYMS.get(v, v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FusionSpec:
+        if self.quorum is not None and self.quorum > len(self.members):
+            raise ValueError(f"quorum {self.quorum} is larger than the panel ({len(self.members)} members)")
+        return self
+
+    @property
+    def effective_quorum(self) -> int:
+        if self.mode == "single":
+            return 1
+        return self.quorum if self.quorum is not None else min(2, len(self.members))
+
+    @property
+    def synthesizer_model(self) -> str:
+        return self.synthesizer.model or self.judge.model
+
+    @property
+    def synthesizer_fallbacks(self) -> list[str]:
+        return self.synthesizer.fallbacks if self.synthesizer.model else self.judge.fallbacks
+
+    def labelled_members(self) -> list[tuple[str, MemberSpec]]:
+        return list(zip(LABELS, self.members, strict=False))
+
+
+def builtin_presets() -> dict[str, dict[str, Any]]:
+    text = resources.files("panelfuse").joinpath("data/presets.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def all_presets(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Built-in presets with the config's [presets.*] tables laid over them, field by field."""
+    out = builtin_presets()
+    for name, table in (overrides or {}).items():
+        out[name] = {**out.get(name, {}), **table}
+    return out
+
+
+def spec_from_preset(name: str, presets: Mapping[str, Mapping[str, Any]], **overrides: Any) -> FusionSpec:
+    """Build a spec from a preset, then apply overrides (already in FusionSpec's field names)."""
+    canonical = canonical_preset(name)
+    if canonical not in presets:
+        raise KeyError(f"unknown preset '{name}' (known: {', '.join(sorted(presets))})")
+    raw = {k: v for k, v in presets[canonical].items() if k != "description"}
+    members = [m if isinstance(m, Mapping) else {"model": m} for m in raw.pop("members")]
+    judge = raw.pop("judge")
+    judge = dict(judge) if isinstance(judge, Mapping) else {"model": judge}
+    data: dict[str, Any] = {"preset": canonical, "members": members, "judge": judge, **raw}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "judge" and isinstance(value, str):
+            data["judge"] = {**data["judge"], "model": value}
+        elif key == "members":
+            data["members"] = [m if isinstance(m, Mapping | MemberSpec) else {"model": m} for m in value]
+        else:
+            data[key] = value
+    return FusionSpec.model_validate(data)
