@@ -7,11 +7,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
+from panelfuse.pipeline.result import CallRecord
 from panelfuse.pricing import PriceTable, call_cost, estimate_tokens, messages_tokens, token_cost
 from panelfuse.providers.base import ChatRequest, Completion, StreamEvent, Usage, fold_stream
 from panelfuse.providers.errors import ProviderError
 from panelfuse.providers.registry import Providers
-from panelfuse.pipeline.result import CallRecord
 
 
 class CostLimitReached(ProviderError):

@@ -92,10 +92,12 @@ async def run_member(
 
 
 async def run_panel(
-    ctx: CallContext, spec: FusionSpec, messages: Sequence[dict[str, Any]], log: EventLog
+    ctx: CallContext, spec: FusionSpec, messages: Sequence[dict[str, Any]], log: EventLog,
+    into: list[MemberResult],
 ) -> list[MemberResult]:
     """Run the members concurrently until every one ends, or the quorum holds and grace runs out.
 
+    `into` receives the member results at once, so a cancelled run still reports each member.
     Raises QuorumError (with every member's result) when the quorum cannot be reached.
     """
     seen = panel_messages(messages, spec.panel_sees)
@@ -106,6 +108,7 @@ async def run_panel(
         label: MemberResult(member=label, model=m.model, requested_model=m.model, weight=m.weight, status="cancelled")
         for label, m in members
     }
+    into[:] = list(results.values())
     tasks = {
         asyncio.create_task(run_member(ctx, spec, label, m, seen, log, results[label]), name=f"member-{label}"): label
         for label, m in members
@@ -143,7 +146,7 @@ async def run_panel(
                 r = results[tasks[task]]
                 if r.status not in ("ok", "cut"):
                     r.status, r.error = "cancelled", "the run stopped before this member finished"
-    out = [results[label] for label, _ in members]
+    out = list(results.values())
     ok = [r for r in out if r.status == "ok"]
     if len(ok) < quorum:
         reasons = "; ".join(f"{r.member} ({r.model}): {r.status}: {r.error}" for r in out if r.status != "ok")

@@ -66,8 +66,11 @@ class StageResult:
     model: str
     content: str = ""
     error: str | None = None
-    latency_ms: int = 0
     calls: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def latency_ms(self) -> int:
+        return sum(c.latency_ms for c in self.calls)
 
     @property
     def usage(self) -> Usage:

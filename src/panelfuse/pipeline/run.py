@@ -139,9 +139,8 @@ class Fusion:
         ctx = CallContext(self.providers, self.prices, guard, timeout=spec.deadline_ms / 1000)
 
         try:
-            result.panel = await run_panel(ctx, spec, messages, log)
+            await run_panel(ctx, spec, messages, log, into=result.panel)
         except QuorumError as exc:
-            result.panel = exc.members
             raise _Fail(str(exc)) from exc
         ok = [m for m in result.panel if m.status == "ok"]
 

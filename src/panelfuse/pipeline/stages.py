@@ -156,26 +156,12 @@ async def run_judge_writes(
     )
     for i, model in enumerate(chain):
         outcome.stage.model = model
-        buffer: list[str] = []
-        answer_started = False
-
-        def on_text(text: str) -> None:
-            nonlocal answer_started
-            buffer.append(text)
-            if answer_started:
-                log.emit("final.delta", text=text)
-                return
-            head, answer = split_judge_writes("".join(buffer), prompts.ANSWER_MARKER)
-            if answer is not None:
-                answer_started = True
-                if answer:
-                    log.emit("final.delta", text=answer)
-
+        splitter = AnswerSplitter(log)
         try:
-            completion = await call_model(ctx, model, req, outcome.stage.calls, on_text=on_text)
+            completion = await call_model(ctx, model, req, outcome.stage.calls, on_text=splitter.feed)
         except ProviderError as exc:
             outcome.stage.error = str(exc)
-            if answer_started or i + 1 == len(chain):
+            if splitter.answer_started or i + 1 == len(chain):
                 log.emit("analysis.failed", error=str(exc))
                 return outcome
             log.emit("analysis.fallback", **{"from": model, "to": chain[i + 1]}, reason=str(exc))
@@ -199,6 +185,26 @@ async def run_judge_writes(
                  cost=outcome.stage.cost)
         return outcome
     return outcome
+
+
+class AnswerSplitter:
+    """Streams only the part of a judge-writes output after the marker, as final.delta events."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.buffer: list[str] = []
+        self.answer_started = False
+
+    def feed(self, text: str) -> None:
+        self.buffer.append(text)
+        if self.answer_started:
+            self.log.emit("final.delta", text=text)
+            return
+        _, answer = split_judge_writes("".join(self.buffer), prompts.ANSWER_MARKER)
+        if answer is not None:
+            self.answer_started = True
+            if answer:
+                self.log.emit("final.delta", text=answer)
 
 
 def _split_leading_json(text: str) -> tuple[str, str]:

@@ -1,0 +1,45 @@
+"""Shared fixtures. PostgreSQL/Redis tests skip with a message on a user's machine, fail under CI=true."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from panelfuse.config import Config, ProviderConfig
+from panelfuse.providers.registry import Providers
+from panelfuse.testing import FakeUpstream
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def fake():
+    with FakeUpstream() as upstream:
+        yield upstream
+
+
+def fake_providers(fake: FakeUpstream, **extra_env: str) -> Providers:
+    """Providers where `fake/<model>` speaks OpenAI and `fakeanthropic/<model>` speaks Anthropic,
+    both served by the fake upstream over loopback."""
+    cfg = Config(
+        default_provider="fake",
+        providers={
+            "fake": ProviderConfig(kind="openai_compat", base_url=fake.openai_base_url, api_key="test-key"),
+            "fakeanthropic": ProviderConfig(kind="anthropic", base_url=fake.anthropic_base_url, api_key="test-key"),
+        },
+    )
+    return Providers(cfg, env={**extra_env})
+
+
+def require_service(port: int, name: str) -> None:
+    """Skip (or, under CI=true, fail) when a local service is not listening."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            return
+    message = f"{name} is not running on 127.0.0.1:{port}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: a missing service is a failure)")
+    pytest.skip(message)

@@ -1,0 +1,324 @@
+"""The fusion pipeline against the fake upstream over loopback: panel, quorum, grace, fallbacks,
+analysis, synthesis, modes, cost and cancellation. No clocks in assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from pipeline_helpers import PRICES, analysis_for, fusion, judge_script, script_panel, spec
+
+from panelfuse.pipeline.prompts import PROMPT_VERSION, SYNTHESIZER_NO_ANALYSIS
+from panelfuse.pipeline.run import FusionError
+from panelfuse.testing import Failure, Script
+
+
+async def test_all_members_are_in_flight_at_once(fake):
+    script_panel(
+        fake,
+        m1=Script(text="one", latency=0.4),
+        m2=Script(text="two", latency=0.4),
+        m3=Script(text="three", latency=0.4),
+    )
+    result = await fusion(fake, spec()).run("Why is the sky blue?")
+    assert fake.max_in_flight == 3
+    assert [m.status for m in result.panel] == ["ok", "ok", "ok"]
+    assert result.status == "completed" and not result.degraded
+    assert result.content == "The sky is blue because air scatters short wavelengths."
+    assert result.model == "fake/synth"
+    assert result.prompt_version == PROMPT_VERSION
+
+
+async def test_quorum_reached_with_one_member_failing(fake):
+    script_panel(fake, m2=Script(failure=Failure.HTTP, status_code=401))
+    result = await fusion(fake, spec()).run("q")
+    statuses = {m.member: m.status for m in result.panel}
+    assert statuses == {"A": "ok", "B": "failed", "C": "ok"}
+    assert result.degraded
+    assert result.failed_models == [
+        {"member": "B", "model": "fake/m2", "status": "failed", "error": result.panel[1].error, "status_code": 401}
+    ]
+    # the judge saw only the members that answered
+    assert json.dumps(fake.requests_for("judge")[0].body).count('label=\\"') == 2
+
+
+async def test_quorum_missed_lists_every_member(fake):
+    script_panel(
+        fake,
+        m1=Script(failure=Failure.HTTP, status_code=401),
+        m2=Script(failure=Failure.HTTP, status_code=400),
+        m3=Script(text="fine"),
+    )
+    with pytest.raises(FusionError) as info:
+        await fusion(fake, spec()).run("q")
+    message = str(info.value)
+    assert "quorum is 2" in message
+    assert "A (fake/m1): failed" in message and "B (fake/m2): failed" in message
+    assert info.value.result.status == "failed"
+    assert not fake.requests_for("judge")
+
+
+async def test_grace_cuts_a_straggler_without_degrading(fake):
+    script_panel(fake, m3=Script(text="late", latency=30))
+    events = []
+    f = fusion(fake, spec(grace_ms=50))
+    async for ev in f.stream("q"):
+        events.append(ev.type)
+    result = f.result
+    assert result.panel[2].status == "cut"
+    assert "panel.cut" in events
+    assert not result.degraded
+    assert result.status == "completed"
+
+
+async def test_fallback_is_used_and_reported(fake):
+    script_panel(fake, m1=Script(failure=Failure.HTTP, status_code=401), backup=Script(text="backup answer"))
+    s = spec(members=[{"model": "fake/m1", "fallbacks": ["fake/backup"]}, {"model": "fake/m2"}])
+    f = fusion(fake, s)
+    events = [ev async for ev in f.stream("q")]
+    fallback = [e for e in events if e.type == "panel.fallback"]
+    assert len(fallback) == 1
+    assert fallback[0].data["from"] == "fake/m1" and fallback[0].data["to"] == "fake/backup"
+    member = f.result.panel[0]
+    assert member.status == "ok" and member.model == "fake/backup" and member.content == "backup answer"
+    assert not f.result.degraded
+
+
+async def test_judge_broken_json_is_repaired(fake):
+    truncated = json.dumps(analysis_for(["A", "B", "C"]))[:-40]  # cut mid-object, as a max_tokens stop would
+    script_panel(fake, judge=Script(text=truncated))
+    result = await fusion(fake, spec()).run("q")
+    assert result.analysis is not None
+    assert result.analysis_repaired
+    assert result.analysis["consensus"] == ["the sky scatters blue light"]
+    assert not result.degraded
+
+
+async def test_judge_unreadable_twice_then_fallback_judge(fake):
+    script_panel(fake, judge=Script(text="I refuse to write JSON."))
+    fake.script("backup", judge_script)
+    s = spec(judge={"model": "fake/judge", "fallbacks": ["fake/backup"]})
+    f = fusion(fake, s)
+    events = [ev async for ev in f.stream("q")]
+    assert len(fake.requests_for("judge")) == 2  # the first try and its one retry
+    retry_body = json.dumps(fake.requests_for("judge")[1].body)
+    assert "could not be used" in retry_body
+    assert any(e.type == "analysis.fallback" for e in events)
+    assert f.result.analysis is not None and f.result.judge.model == "fake/backup"
+
+
+async def test_judge_failing_degrades_and_synthesizes_from_raw_answers(fake):
+    script_panel(fake, judge=Script(failure=Failure.HTTP, status_code=401))
+    f = fusion(fake, spec())
+    events = [ev async for ev in f.stream("q")]
+    assert any(e.type == "analysis.failed" for e in events)
+    assert f.result.analysis is None and f.result.degraded
+    assert f.result.status == "completed" and f.result.content
+    synth_body = json.dumps(fake.requests_for("synth")[0].body)
+    assert SYNTHESIZER_NO_ANALYSIS.splitlines()[0] in json.loads(synth_body)["messages"][0]["content"]
+
+
+async def test_labels_map_back_to_models(fake):
+    script_panel(fake)
+    s = spec(members=[{"model": "fake/m1"}, {"model": "fake/m2"}, {"model": "fake/m1"}])
+    result = await fusion(fake, s).run("q")
+    insight = result.analysis["unique_insights"][0]
+    assert insight == {"model": "fake/m1", "member": "A", "insight": "insight from A"}
+    stances = result.analysis["contradictions"][0]["stances"]
+    assert [(st["member"], st["model"]) for st in stances] == [("A", "fake/m1"), ("B", "fake/m2"), ("C", "fake/m1")]
+    partial = result.analysis["partial_coverage"][0]
+    assert partial["models"] == ["fake/m1", "fake/m2"] and partial["members"] == ["A", "B"]
+    # and the judge itself saw labels only, never model ids
+    judge_text = json.dumps(fake.requests_for("judge")[0].body["messages"])
+    assert "fake/m1" not in judge_text and "m2" not in judge_text
+
+
+async def test_judge_gets_structured_output_schema_with_label_enum(fake):
+    script_panel(fake)
+    await fusion(fake, spec()).run("q")
+    fmt = fake.requests_for("judge")[0].body["response_format"]
+    schema = fmt["json_schema"]["schema"]
+    assert fmt["type"] == "json_schema"
+    assert schema["properties"]["unique_insights"]["items"]["properties"]["model"]["enum"] == ["A", "B", "C"]
+    assert schema["properties"]["consensus"]["maxItems"] > 0
+    assert fake.requests_for("judge")[0].body["temperature"] == 0.0
+
+
+async def test_weights_reach_the_judge_prompt(fake):
+    script_panel(fake)
+    s = spec(members=[{"model": "fake/m1", "weight": 2}, {"model": "fake/m2", "weight": 0.5}, {"model": "fake/m3"}])
+    await fusion(fake, s).run("q")
+    system = fake.requests_for("judge")[0].body["messages"][0]["content"]
+    assert "A: 2" in system and "B: 0.5" in system
+
+
+async def test_conversation_reaches_the_panel(fake):
+    script_panel(fake)
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello Ada."},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    await fusion(fake, spec()).run(conversation)
+    assert fake.requests_for("m1")[0].body["messages"] == conversation
+    fake.reset()
+    script_panel(fake)
+    await fusion(fake, spec(panel_sees="last_turn")).run(conversation)
+    assert fake.requests_for("m2")[0].body["messages"] == [conversation[0], conversation[3]]
+
+
+async def test_mode_single_uses_only_the_first_member(fake):
+    script_panel(fake)
+    result = await fusion(fake, spec(mode="fast")).run("q")
+    assert result.mode == "single"
+    assert result.content == "Rayleigh scattering makes the sky blue." and result.model == "fake/m1"
+    assert not fake.requests_for("m2") and not fake.requests_for("judge")
+
+
+async def test_mode_best_of_returns_the_chosen_answer_verbatim(fake):
+    script_panel(fake, judge=Script(text=json.dumps({"best": "B", "reason": "most precise"})))
+    result = await fusion(fake, spec(mode="best-of")).run("q")
+    assert result.content == "Shorter wavelengths scatter more."
+    assert result.model == "fake/m2"
+    assert result.best_of == {"member": "B", "model": "fake/m2", "reason": "most precise"}
+    assert not fake.requests_for("synth")
+
+
+async def test_mode_judge_writes_streams_only_the_answer(fake):
+    text = json.dumps(analysis_for(["A", "B", "C"])) + "\n=== ANSWER ===\nBlue light scatters most."
+    script_panel(fake, judge=Script(text=text))
+    f = fusion(fake, spec(mode="judge-writes"))
+    deltas = [ev.data["text"] async for ev in f.stream("q") if ev.type == "final.delta"]
+    assert "".join(deltas).strip() == "Blue light scatters most."
+    assert f.result.analysis["consensus"] == ["the sky scatters blue light"]
+    assert f.result.model == "fake/judge"
+    assert not fake.requests_for("synth")
+
+
+async def test_mode_synthesize_streams_final_deltas(fake):
+    script_panel(fake)
+    f = fusion(fake, spec())
+    events = [ev async for ev in f.stream("q")]
+    types = [e.type for e in events]
+    assert types[0] == "run.started" and types[-1] == "run.completed"
+    assert types.index("analysis.completed") < types.index("final.delta") < types.index("final.completed")
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert "".join(e.data["text"] for e in events if e.type == "final.delta") == f.result.content
+    assert {e.stage for e in events if e.type.startswith("panel.")} == {"panel"}
+
+
+async def test_costs_are_computed_per_member_and_stage(fake):
+    script_panel(fake)
+    fake.script("m2", Script(text="two", prompt_tokens=10, completion_tokens=20, cost=0.5))  # provider-reported
+    fake.script("judge", lambda body: Script(text=json.dumps(analysis_for(["A", "B", "C"])), prompt_tokens=100,
+                                             completion_tokens=50))
+    result = await fusion(fake, spec()).run("q")
+    member_cost = (10 * 1.0 + 20 * 2.0) / 1e6
+    assert result.panel[0].cost == pytest.approx(member_cost)
+    assert result.panel[1].cost == pytest.approx(0.5)  # the provider's figure wins
+    assert result.judge.cost == pytest.approx((100 * 3.0 + 50 * 6.0) / 1e6)
+    assert result.synthesizer.cost == pytest.approx((200 * 3.0 + 30 * 6.0) / 1e6)
+    total = 2 * member_cost + 0.5 + (100 * 3 + 50 * 6) / 1e6 + (200 * 3 + 30 * 6) / 1e6
+    assert result.cost == pytest.approx(total)
+    assert result.usage.prompt_tokens == 10 * 3 + 100 + 200
+    details = result.cost_details()
+    assert details["panel"]["B"] == pytest.approx(0.5) and details["estimated"] is False
+
+
+async def test_max_cost_refuses_a_run_whose_estimate_exceeds_it(fake):
+    script_panel(fake)
+    f = fusion(fake, spec(max_cost=0.0001))
+    with pytest.raises(FusionError) as info:
+        await f.run("q")
+    assert "exceeds max_cost" in str(info.value)
+    assert fake.requests == []  # refused before any call
+
+
+async def test_max_cost_stops_new_calls_mid_run(fake):
+    # Each member reports a cost far above its estimate: after the panel, the judge may not start.
+    script_panel(
+        fake,
+        m1=Script(text="a", cost=0.4), m2=Script(text="b", cost=0.4), m3=Script(text="c", cost=0.4),
+    )
+    f = fusion(fake, spec(max_cost=1.0))
+    result = await f.run("q")
+    assert not fake.requests_for("judge") and not fake.requests_for("synth")
+    assert result.stopped_by_max_cost and result.degraded
+    assert result.content in ("a", "b", "c")
+    assert result.cost == pytest.approx(1.2)
+    assert "max_cost" in result.judge.error
+
+
+async def test_cancelling_a_run_cancels_every_upstream_call(fake):
+    script_panel(
+        fake,
+        m1=Script(text="slow " * 200, token_rate=5),
+        m2=Script(text="slow " * 200, token_rate=5),
+        m3=Script(text="late", latency=30),
+    )
+    f = fusion(fake, spec())
+
+    async def consume():
+        async for _ in f.stream("q"):
+            pass
+
+    task = asyncio.create_task(consume())
+    for _ in range(200):
+        if fake.in_flight == 3:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.in_flight == 3
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await fake.wait_idle_async(5.0)
+    assert fake.disconnects == 3
+    assert f.result.status == "cancelled"
+    assert {m.status for m in f.result.panel} == {"cancelled"}
+    # streamed text of a cancelled call is billed as an estimate, and says so
+    assert f.result.cost_details()["estimated"] is True
+
+
+async def test_estimate_matches_the_documented_formula(fake):
+    s = spec(members=[{"model": "fake/m1", "fallbacks": ["fake/backup"]}, {"model": "fake/m2"}])
+    f = fusion(fake, s)
+    question = "x" * 400  # 100 tokens by chars/4, plus 4 for the role
+    est = f.estimate(question)
+    p = 104
+    panel = 3 * (p * 1.0 + 100 * 2.0) / 1e6  # m1, its fallback, m2
+    judge_prompt = p + 2 * 100 + 400
+    judge = (judge_prompt * 3.0 + 100 * 6.0) / 1e6
+    synth = ((judge_prompt + 100) * 3.0 + 100 * 6.0) / 1e6
+    assert est.total == pytest.approx(panel + judge + synth)
+    assert [c.who for c in est.calls] == ["A", "A", "B", "judge", "synthesizer"]
+    assert est.unpriced == []
+
+
+def test_spec_validation_names_the_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="members"):
+        spec(members=[{"model": f"fake/m{i}"} for i in range(9)])
+    with pytest.raises(ValidationError, match="quorum 4 is larger than the panel"):
+        spec(quorum=4)
+    with pytest.raises(ValidationError, match="colour"):
+        spec(colour="blue")
+    assert spec(mode="full").mode == "synthesize"
+    assert spec().effective_quorum == 2 and spec(mode="single").effective_quorum == 1
+
+
+async def test_a_member_on_an_unconfigured_provider_fails_with_its_reason(fake):
+    script_panel(fake)
+    s = spec(members=[{"model": "local/no-such-model"}, {"model": "fake/m1"}, {"model": "fake/m2"}])
+    result = await fusion(fake, s).run("q")
+    assert result.panel[0].status == "failed"
+    assert "unknown local model" in result.panel[0].error
+    assert result.degraded and result.status == "completed"
+
+
+def test_prices_table_lookup():
+    assert PRICES.lookup("fake/m1").input == 1.0
+    assert PRICES.lookup("local/smollm2").output == 0.0
+    assert PRICES.lookup("openrouter/unknown/x") is None
