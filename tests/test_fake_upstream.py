@@ -26,16 +26,21 @@ TEXT = "Paris is the capital of France.\nIt has  two spaces."
 TOOL = {"name": "web_search", "arguments": {"query": "capital of France", "top_k": 3}}
 
 
+_SYNC_CLIENTS: list[OpenAI | anthropic.Anthropic] = []
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeUpstream]:
     with FakeUpstream() as f:
         yield f
+    while _SYNC_CLIENTS:  # close pooled sockets so the suite runs clean under -W error::ResourceWarning
+        _SYNC_CLIENTS.pop().close()
 
 
 def oai(fake: FakeUpstream, **kw) -> OpenAI:
-    return OpenAI(
-        base_url=fake.openai_base_url, api_key="sk-test", max_retries=kw.pop("max_retries", 0), **kw
-    )
+    retries = kw.pop("max_retries", 0)
+    _SYNC_CLIENTS.append(OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=retries, **kw))
+    return _SYNC_CLIENTS[-1]
 
 
 def aoai(fake: FakeUpstream, **kw) -> AsyncOpenAI:
@@ -49,7 +54,8 @@ def say(client: OpenAI, model: str, content: str = MSGS[0]["content"]) -> str | 
 
 
 def ant(fake: FakeUpstream) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="ant-key", max_retries=0)
+    _SYNC_CLIENTS.append(anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="ant-key", max_retries=0))
+    return _SYNC_CLIENTS[-1]
 
 
 def ant_create(fake: FakeUpstream, model: str = "claude", **kw):
@@ -61,9 +67,7 @@ def ant_create(fake: FakeUpstream, model: str = "claude", **kw):
 
 def test_openai_non_streaming_text_usage_and_recording(fake: FakeUpstream) -> None:
     fake.script("gpt-x", Script(text=TEXT, cost=0.5))
-    r = oai(fake).chat.completions.create(
-        model="gpt-x", messages=MSGS, seed=7, response_format={"type": "json_object"}
-    )
+    r = oai(fake).chat.completions.create(model="gpt-x", messages=MSGS, seed=7, response_format={"type": "json_object"})
     assert r.usage.model_extra["cost"] == 0.5  # OpenRouter-style extra field
     assert r.object == "chat.completion" and r.model == "gpt-x"
     assert r.choices[0].message.content == TEXT and r.choices[0].message.role == "assistant"
@@ -250,9 +254,7 @@ def test_callable_returning_garbage_is_a_500(fake: FakeUpstream) -> None:
 async def test_in_flight_high_water_mark(fake: FakeUpstream) -> None:
     fake.script("slow", Script(text="done", latency=0.5))
     async with aoai(fake) as client:
-        results = await asyncio.gather(
-            *(client.chat.completions.create(model="slow", messages=MSGS) for _ in range(5))
-        )
+        results = await asyncio.gather(*(client.chat.completions.create(model="slow", messages=MSGS) for _ in range(5)))
     assert [r.choices[0].message.content for r in results] == ["done"] * 5
     assert fake.max_in_flight == 5 and fake.in_flight == 0 and fake.disconnects == 0
 
@@ -299,10 +301,10 @@ def test_models_endpoint(fake: FakeUpstream) -> None:
 
 def test_lognormal_latency_is_drawn_and_seeded() -> None:
     def draws(seed: int) -> list[float]:
-        with FakeUpstream(seed=seed) as f:
+        with FakeUpstream(seed=seed) as f, httpx.Client(base_url=f.openai_base_url) as http:
             f.default = Script(latency=(0.002, 0.7))
             for _ in range(8):
-                httpx.post(f.openai_base_url + "/chat/completions", json={"model": "m", "messages": MSGS})
+                http.post("/chat/completions", json={"model": "m", "messages": MSGS})
             return [r.latency for r in f.requests]
 
     a, b = draws(3), draws(3)

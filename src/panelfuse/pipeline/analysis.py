@@ -89,6 +89,13 @@ def parse_analysis(text: str, labels: Sequence[str], dimensions: Sequence[str] =
     # Judges often exceed bounds (long strings, extra items) without being wrong: trim, then validate.
     data = {k: v for k, v in data.items() if k in schema["properties"]}
     _trim(data)
+    if repaired:
+        # Output cut by max_tokens ends in a half-written item that repair closed: drop such items.
+        for key, value in data.items():
+            if isinstance(value, list):
+                item_schema = schema["properties"][key]["items"]
+                kept = [v for v in value if jsonschema.Draft202012Validator(item_schema).is_valid(v)]
+                data[key] = kept
     try:
         jsonschema.validate(data, schema)
     except jsonschema.ValidationError as exc:

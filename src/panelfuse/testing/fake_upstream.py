@@ -157,9 +157,7 @@ class FakeUpstream:
     def __enter__(self) -> FakeUpstream:
         return self.start()
 
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
     async def __aenter__(self) -> FakeUpstream:
@@ -301,7 +299,7 @@ class FakeUpstream:
             if failure in HTTP_FAILURES:
                 return _http_failure(w, script, failure)
             if plan.stream:
-                resp = web.StreamResponse(headers=_SSE_HEADERS)
+                resp = web.StreamResponse(headers={**_SSE_HEADERS, **_id_header(wire, plan)})
                 await resp.prepare(request)
                 await _drive_stream(request, resp, plan, w, tracker)
                 return resp

@@ -214,9 +214,7 @@ def build_plan(script: Script, body: dict[str, Any], failure: Failure | None, id
         text=text,
         tokens=tokens,
         tool_calls=tool_calls,
-        prompt_tokens=script.prompt_tokens
-        if script.prompt_tokens is not None
-        else estimate_prompt_tokens(body),
+        prompt_tokens=script.prompt_tokens if script.prompt_tokens is not None else estimate_prompt_tokens(body),
         completion_tokens=script.completion_tokens if script.completion_tokens is not None else streamed,
         finish=finish,
     )

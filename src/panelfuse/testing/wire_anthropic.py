@@ -67,11 +67,7 @@ def stream_frames(plan: Plan) -> list[Frame]:
     if plan.text:
         block = {"type": "text", "text": ""}
         frames.append(
-            Frame(
-                _sse(
-                    "content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}
-                )
-            )
+            Frame(_sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}))
         )
         frames.append(Frame(_sse("ping", {"type": "ping"})))
         for tok in plan.tokens:
@@ -111,9 +107,7 @@ def stream_frames(plan: Plan) -> list[Frame]:
 
 
 def models_body(models: list[str]) -> dict[str, Any]:
-    data = [
-        {"type": "model", "id": m, "display_name": m, "created_at": "2024-01-01T00:00:00Z"} for m in models
-    ]
+    data = [{"type": "model", "id": m, "display_name": m, "created_at": "2024-01-01T00:00:00Z"} for m in models]
     return {
         "data": data,
         "has_more": False,

@@ -19,9 +19,7 @@ _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
-    err_type, code = _ERROR_KINDS.get(
-        status, ("server_error" if status >= 500 else "invalid_request_error", None)
-    )
+    err_type, code = _ERROR_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
     return {"error": {"message": message, "type": err_type, "param": None, "code": code}}
 
 
@@ -105,7 +103,5 @@ def stream_frames(plan: Plan) -> list[Frame]:
 def models_body(models: list[str]) -> dict[str, Any]:
     return {
         "object": "list",
-        "data": [
-            {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake-upstream"} for m in models
-        ],
+        "data": [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake-upstream"} for m in models],
     }
