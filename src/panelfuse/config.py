@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ProviderKind = Literal["openai_compat", "anthropic", "local"]
 
@@ -49,6 +49,21 @@ class Config(BaseModel):
     presets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     source: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _builtin_kinds(cls, data: Any) -> Any:
+        # An entry for a built-in provider overrides only the fields it sets, so it may leave out `kind`.
+        providers = data.get("providers") if isinstance(data, dict) else None
+        if isinstance(providers, dict):
+            filled = {
+                name: {"kind": BUILTIN_PROVIDERS[name].kind, **entry}
+                if isinstance(entry, dict) and "kind" not in entry and name in BUILTIN_PROVIDERS
+                else entry
+                for name, entry in providers.items()
+            }
+            data = {**data, "providers": filled}
+        return data
 
 
 # Provider templates. `local` and `openrouter` are always on; the others turn on when the config file

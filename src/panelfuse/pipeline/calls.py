@@ -90,10 +90,10 @@ async def call_model(
         completion = await fold_stream(route.model, tee())
     except (asyncio.CancelledError, ProviderError):
         # A cut or failed call may still be billed: reckon it from what streamed, and say so.
-        record.usage = Usage(messages_tokens(req.messages), estimate_tokens("".join(streamed)))
-        price = ctx.prices.lookup(model)
-        record.cost = call_cost(record.usage, price) if streamed else 0.0
-        record.cost_estimated = bool(streamed)
+        if streamed:
+            record.usage = Usage(messages_tokens(req.messages), estimate_tokens("".join(streamed)))
+            record.cost = call_cost(record.usage, ctx.prices.lookup(model))
+            record.cost_estimated = True
         raise
     else:
         record.usage = completion.usage
