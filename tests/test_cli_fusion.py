@@ -109,3 +109,26 @@ async def test_progress_printer_on_a_recording_console(fake):
     assert "Contradictions" in text and "cause" in text
     assert "Partial coverage" in text and "A (fake/m1), B (fake/m2)" in text
     assert f.result.content in text
+
+
+def test_models_check_confirms_preset_ids_against_the_provider(tmp_path, fake):
+    fake.models = ["m1", "judge"]
+    cfg = write_config(tmp_path, fake)
+    with open(cfg, "a") as f:
+        f.write('[presets.mine]\nmembers = ["fake/m1", "fake/gone"]\njudge = "fake/judge"\n')
+    out = runner.invoke(app, ["models", "check", "--config", cfg])
+    lines = {tuple(cell.strip() for cell in line.split("│")) for line in out.output.splitlines() if "│" in line}
+    assert ("mine", "fake/m1", "verified") in lines
+    assert ("mine", "fake/gone", "missing") in lines
+    assert ("mine", "fake/judge", "verified") in lines
+    assert ("local", "local/smollm2", "verified") in lines
+    assert out.exit_code == 1  # a missing id fails the check
+
+
+def test_verify_model_ids_is_pure():
+    from panelfuse.spec import verify_model_ids
+
+    ids = [("p/a", "p", "a"), ("p/b", "p", "b"), ("q/c", "q", "c")]
+    assert verify_model_ids(ids, {"p": {"a"}, "q": None}) == [
+        ("p/a", "p", "verified"), ("p/b", "p", "missing"), ("q/c", "q", "unverified"),
+    ]

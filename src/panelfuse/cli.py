@@ -20,7 +20,7 @@ from panelfuse.providers.base import ChatRequest, Completion, fold_stream
 from panelfuse.providers.errors import ProviderError
 from panelfuse.providers.registry import Providers
 from panelfuse.resolve import FusionRoute, UnknownModelError
-from panelfuse.spec import FusionSpec, all_presets, spec_from_preset
+from panelfuse.spec import FusionSpec, all_presets, preset_model_ids, spec_from_preset, verify_model_ids
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="panelfuse: an open, self-hosted Fusion API.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
@@ -232,27 +232,70 @@ def estimate(
         console.print(f"[yellow]no price known for: {', '.join(est.unpriced)} (counted as $0)[/]")
 
 
-@app.command()
-def models(config: ConfigOpt = None) -> None:
-    """List the configured providers' models (asks each provider that has a key)."""
+models_app = typer.Typer(help="List models, or check the presets' model ids against the providers.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """List the configured providers' models (asks each provider that has a key; offline: the local model)."""
+    if ctx.invoked_subcommand is not None:
+        return
     providers = _providers(config)
     console = _console()
+    listed = asyncio.run(_list_all(providers, console))
+    for name, ids in listed.items():
+        for mid in ids or []:
+            console.print(f"{name}/{mid}", markup=False)
 
-    async def collect() -> None:
-        for name in providers.names:
-            pc = providers.configs[name]
-            if pc.kind != "local" and pc.api_key_env and not providers.has_key(name):
-                console.print(f"[dim]{name}: skipped (set {pc.api_key_env})[/]")
-                continue
+
+async def _list_all(providers: Providers, console: Console, only: set[str] | None = None) -> dict[str, set[str] | None]:
+    """Each provider's model ids; None where it has no key or could not be asked (said on the console)."""
+    out: dict[str, set[str] | None] = {}
+    for name in providers.names:
+        if only is not None and name not in only:
+            continue
+        pc = providers.configs[name]
+        if pc.kind != "local" and pc.api_key_env and not providers.has_key(name):
+            console.print(f"[dim]{name}: not asked (set {pc.api_key_env})[/]")
+            out[name] = None
+            continue
+        try:
+            out[name] = set(await providers.get(name).list_models())
+        except ProviderError as exc:
+            console.print(f"[yellow]{name}: {exc}[/]")
+            out[name] = None
+    return out
+
+
+@models_app.command("check")
+def models_check(config: ConfigOpt = None) -> None:
+    """Confirm every preset's model ids against its provider's model list (needs the provider's key)."""
+    providers = _providers(config)
+    console = _console()
+    presets = all_presets(providers.config.presets)
+    rows: list[tuple[str, str, str, str]] = []
+    for pname, preset in presets.items():
+        for qualified in preset_model_ids(preset):
             try:
-                ids = await providers.get(name).list_models()
+                _, route = providers.for_model(qualified)
             except ProviderError as exc:
-                console.print(f"[yellow]{name}: {exc}[/]")
+                rows.append((pname, qualified, "-", f"unknown provider: {exc.message}"))
                 continue
-            for mid in ids:
-                console.print(f"{name}/{mid}")
-
-    asyncio.run(collect())
+            rows.append((pname, qualified, route.provider, route.model))
+    listed = asyncio.run(_list_all(providers, console, {r[2] for r in rows}))
+    checked = verify_model_ids([(q, p, m) for _, q, p, m in rows if p != "-"], listed)
+    status = {q: st for q, _, st in checked}
+    table = Table(title="Preset model ids", show_edge=False)
+    for col in ("preset", "model", "status"):
+        table.add_column(col)
+    for pname, qualified, _, _ in rows:
+        st = status.get(qualified, "unknown provider")
+        style = {"verified": "green", "missing": "red"}.get(st, "yellow")
+        table.add_row(pname, qualified, f"[{style}]{st}[/]")
+    console.print(table)
+    if any(st == "missing" for st in status.values()):
+        raise typer.Exit(1)
 
 
 @config_app.command("show")

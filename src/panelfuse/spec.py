@@ -137,3 +137,33 @@ def spec_from_preset(name: str, presets: Mapping[str, Mapping[str, Any]], **over
         else:
             data[key] = value
     return FusionSpec.model_validate(data)
+
+
+def preset_model_ids(preset: Mapping[str, Any]) -> list[str]:
+    """Every model id a preset may call: members, their fallbacks, judge, synthesizer and fallbacks."""
+    ids: list[str] = []
+    for m in preset.get("members", []):
+        if isinstance(m, Mapping):
+            ids += [m["model"], *m.get("fallbacks", [])]
+        else:
+            ids.append(m)
+    for role in ("judge", "synthesizer"):
+        r = preset.get(role)
+        if isinstance(r, Mapping):
+            ids += [r["model"], *r.get("fallbacks", [])] if r.get("model") else list(r.get("fallbacks", []))
+        elif isinstance(r, str):
+            ids.append(r)
+    return list(dict.fromkeys(ids))
+
+
+def verify_model_ids(
+    ids: list[tuple[str, str, str]], available: Mapping[str, set[str] | None]
+) -> list[tuple[str, str, str]]:
+    """(qualified id, provider, provider-local id) → (qualified id, provider, status) where status is
+    `verified`, `missing`, or `unverified` when the provider's list could not be had. Pure."""
+    out = []
+    for qualified, provider, local in ids:
+        listed = available.get(provider)
+        status = "unverified" if listed is None else ("verified" if local in listed else "missing")
+        out.append((qualified, provider, status))
+    return out
