@@ -12,7 +12,7 @@ import pytest
 
 from panelfuse.config import Config
 from panelfuse.providers.base import ChatRequest, fold_stream
-from panelfuse.providers.errors import BadRequestError, NotFoundError
+from panelfuse.providers.errors import BadRequestError, DeadlineExceeded, NotFoundError
 from panelfuse.providers.local import EMBEDDED_MODEL, LocalProvider, embedded_model_path
 from panelfuse.providers.registry import Providers
 
@@ -90,7 +90,8 @@ async def test_json_schema_grammar(provider: LocalProvider) -> None:
     }
     rf = {"type": "json_schema", "json_schema": {"name": "pick", "schema": schema, "strict": True}}
     messages = [{"role": "user", "content": "Pick a color and a short name. Answer in JSON."}]
-    c = await provider.complete(req(messages=messages, response_format=rf, seed=3, temperature=0, max_tokens=40))
+    r = req(messages=messages, response_format=rf, seed=3, temperature=0, max_tokens=40)
+    c = await provider.complete(r)
     data = json.loads(c.text)
     assert data["color"] in ("red", "green", "blue")
     assert isinstance(data["name"], str) and len(data["name"]) <= 8
@@ -131,6 +132,14 @@ async def test_cancelled_generation_stops_early_and_model_stays_usable(provider:
     c = await provider.complete(req(seed=6, max_tokens=8))
     assert c.text.strip()
     assert provider.last_generation.cancelled is False
+
+
+async def test_deadline_stops_a_local_generation(provider: LocalProvider) -> None:
+    messages = [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea."}]
+    with pytest.raises(DeadlineExceeded):
+        await provider.complete(req(messages=messages, max_tokens=300, seed=8, timeout=0.5))
+    record = provider.last_generation
+    assert record is not None and record.cancelled is True and record.tokens < 300
 
 
 async def test_gguf_path_form_through_routing() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import fake_providers
 
+from conftest import fake_providers
 from panelfuse.providers.anthropic import (
     ANTHROPIC_VERSION,
     DEFAULT_MAX_TOKENS,
@@ -82,7 +82,8 @@ async def test_streaming_usage_input_output_tokens(fake: FakeUpstream) -> None:
 
 @pytest.mark.parametrize("streaming", [True, False])
 async def test_tool_use_becomes_tool_call(fake: FakeUpstream, streaming: bool) -> None:
-    fake.script("claude", Script(text="Let me search.", tool_calls=[TOOL, {"name": "fetch", "arguments": {}}]))
+    calls = [TOOL, {"name": "fetch", "arguments": {}}]
+    fake.script("claude", Script(text="Let me search.", tool_calls=calls))
     p = provider(fake)
     tools = [{"type": "function", "function": {"name": "web_search", "description": "search",
                                                "parameters": {"type": "object"}}}]
@@ -95,7 +96,8 @@ async def test_tool_use_becomes_tool_call(fake: FakeUpstream, streaming: bool) -
     assert json.loads(c.tool_calls[1].arguments) == {}
     assert all(t.id.startswith("toolu_") for t in c.tool_calls)
     body = fake.requests[0].body
-    assert body["tools"] == [{"name": "web_search", "description": "search", "input_schema": {"type": "object"}}]
+    expected_tool = {"name": "web_search", "description": "search", "input_schema": {"type": "object"}}
+    assert body["tools"] == [expected_tool]
     assert body["tool_choice"] == {"type": "any"}
 
 
@@ -131,7 +133,8 @@ async def test_tool_result_messages_become_tool_result_blocks(fake: FakeUpstream
     messages = [
         *MSGS,
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "web_search", "arguments": '{"q": "x"}'}},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "web_search", "arguments": '{"q": "x"}'}},
             {"id": "call_2", "type": "function", "function": {"name": "fetch", "arguments": "{}"}},
         ]},
         {"role": "tool", "tool_call_id": "call_1", "content": "result one"},

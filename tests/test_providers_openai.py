@@ -6,8 +6,8 @@ import asyncio
 import json
 
 import pytest
-from conftest import fake_providers
 
+from conftest import fake_providers
 from panelfuse.providers.base import ChatRequest, StreamEvent, fold_stream
 from panelfuse.providers.errors import (
     AuthError,
@@ -312,7 +312,9 @@ async def test_mid_stream_error_object_is_upstream_error() -> None:
 
 
 @pytest.mark.parametrize("streaming", [True, False])
-async def test_429_with_small_retry_after_succeeds_on_second_request(fake: FakeUpstream, streaming: bool) -> None:
+async def test_429_with_small_retry_after_succeeds_on_second_request(
+    fake: FakeUpstream, streaming: bool
+) -> None:
     fake.script("m", Script(text="recovered", failure=Failure.RATE_LIMIT, fail_times=1, retry_after=0.05))
     p = provider(fake)
     c = await (fold_stream("m", p.stream(req())) if streaming else p.complete(req()))

@@ -1,0 +1,3 @@
+"""panelfuse: an open, self-hosted Fusion API."""
+
+__version__ = "0.1.0"

@@ -88,13 +88,6 @@ async def _ask_single(providers: Providers, model: str, req: ChatRequest, as_jso
         )
 
 
-def default_preset(providers: Providers) -> str:
-    """The configured default; else `quality` when the default provider has a key, `local` when not."""
-    if providers.config.default_preset:
-        return providers.config.default_preset
-    return "quality" if providers.has_key(providers.config.default_provider) else "local"
-
-
 def build_spec(
     providers: Providers,
     preset: str | None,
@@ -114,7 +107,7 @@ def build_spec(
         spec_overrides["synthesizer"] = {"model": synthesizer}
     if mode:
         spec_overrides["mode"] = mode
-    return spec_from_preset(preset or default_preset(providers), presets, **spec_overrides)
+    return spec_from_preset(preset or providers.default_preset(), presets, **spec_overrides)
 
 
 async def _ask_fusion(fusion: Fusion, messages: list[dict[str, Any]], as_json: bool, console: Console) -> FusionResult:
@@ -296,6 +289,37 @@ def models_check(config: ConfigOpt = None) -> None:
     console.print(table)
     if any(st == "missing" for st in status.values()):
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+    db: Annotated[str | None, typer.Option("--db", help="store URL (default: SQLite in the user data dir)")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="worker processes sharing the store")] = 1,
+    shutdown_grace: Annotated[float, typer.Option("--shutdown-grace", min=0.0, help="seconds to finish runs")] = 20.0,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    config: ConfigOpt = None,
+) -> None:
+    """Run the OpenAI-compatible gateway (POST /v1/chat/completions, the runs API, /docs)."""
+    import os
+
+    import uvicorn
+
+    try:
+        load_config(config or State.config_path)  # fail here, with file and line, not in every worker
+    except ConfigError as exc:
+        raise _err(str(exc), 2) from exc
+    # Workers are separate processes: they read their settings from the environment.
+    if config or State.config_path:
+        os.environ["PANELFUSE_CONFIG"] = str(config or State.config_path)
+    if db:
+        os.environ["PANELFUSE_DB"] = db
+    os.environ["PANELFUSE_SHUTDOWN_GRACE_S"] = str(shutdown_grace)
+    uvicorn.run(
+        "panelfuse.server.app:app_factory", factory=True, host=host, port=port, workers=workers,
+        log_level=log_level, timeout_graceful_shutdown=int(shutdown_grace) + 5,
+    )
 
 
 @config_app.command("show")

@@ -151,6 +151,9 @@ def load_config(
         text = found.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(found), f"cannot read the file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(str(found), "not valid UTF-8 (a TOML file must be UTF-8)", line=line) from exc
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -187,9 +190,10 @@ def active_providers(cfg: Config, env: Mapping[str, str] | None = None) -> dict[
 
 
 def mask_secret(value: str | None) -> str | None:
+    """Enough to tell keys apart (the last 4 characters of a long key), never enough to use one."""
     if not value:
         return value
-    return "****" if len(value) <= 8 else f"{value[:3]}…{value[-4:]}"
+    return f"****{value[-4:]}" if len(value) >= 16 else "****"
 
 
 _SECRET_HEADER = re.compile(r"authorization|api[-_]?key|token|secret|cookie", re.I)

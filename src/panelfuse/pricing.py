@@ -115,6 +115,10 @@ class Estimate:
         self.calls.append(PlannedCall(stage, who, model, prompt_tokens, max_tokens, cost))
         self.total += cost
 
+    def without_stage(self, stage: str) -> Estimate:
+        kept = [c for c in self.calls if c.stage != stage]
+        return Estimate(sum(c.cost for c in kept), kept, list(self.unpriced))
+
     def by_stage(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for c in self.calls:

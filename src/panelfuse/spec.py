@@ -74,6 +74,8 @@ class FusionSpec(BaseModel):
     panel_sees: Literal["conversation", "last_turn"] = "conversation"
     temperature: float | None = Field(default=None, ge=0, le=2, description="member default")
     reasoning: dict[str, Any] | None = None
+    # The caller's response_format: applies to the synthesizer (the answer), never to the judge.
+    response_format: dict[str, Any] | None = None
 
     @field_validator("mode", mode="before")
     @classmethod

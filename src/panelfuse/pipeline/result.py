@@ -44,6 +44,12 @@ class MemberResult:
     def cost(self) -> float | None:
         return sum_costs(c.cost for c in self.calls)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MemberResult:
+        """A stored member (to_dict's shape) back as a result, without its calls (not re-billed)."""
+        return cls(member=d["member"], model=d["model"], status=d.get("status", "ok"), content=d.get("content") or "",
+                   weight=d.get("weight"), error=d.get("error"), latency_ms=d.get("latency_ms") or 0)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "member": self.member,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from dataclasses import replace
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -69,8 +70,11 @@ class Fusion:
     def estimate(self, messages: str | Sequence[dict[str, Any]]) -> Estimate:
         return estimate_run(self.spec, normalize_messages(messages), self.prices, self._enforces_schema)
 
-    async def run(self, messages: str | Sequence[dict[str, Any]], run_id: str | None = None) -> FusionResult:
-        async for _ in self.stream(messages, run_id=run_id):
+    async def run(
+        self, messages: str | Sequence[dict[str, Any]], run_id: str | None = None,
+        reuse_panel: Sequence[MemberResult] | None = None,
+    ) -> FusionResult:
+        async for _ in self.stream(messages, run_id=run_id, reuse_panel=reuse_panel):
             pass
         assert self.result is not None
         if self.result.status == "failed":
@@ -78,15 +82,20 @@ class Fusion:
         return self.result
 
     async def stream(
-        self, messages: str | Sequence[dict[str, Any]], run_id: str | None = None
+        self, messages: str | Sequence[dict[str, Any]], run_id: str | None = None,
+        reuse_panel: Sequence[MemberResult] | None = None,
     ) -> AsyncIterator[Event]:
         """Yield the run's events as they happen. Leaving the loop early cancels the run and every
-        in-flight upstream call."""
+        in-flight upstream call.
+
+        `reuse_panel`: answers from an earlier run; the panel is not called again (nor billed again),
+        only the judge and synthesizer run: a re-synthesis.
+        """
         msgs = normalize_messages(messages)
         queue: asyncio.Queue[Event] = asyncio.Queue()
         log = EventLog(run_id or f"run_{uuid.uuid4().hex[:20]}", listener=queue.put_nowait)
         self.log = log
-        task = asyncio.create_task(self._execute(msgs, log), name=f"fusion-{log.run_id}")
+        task = asyncio.create_task(self._execute(msgs, log, reuse_panel), name=f"fusion-{log.run_id}")
         try:
             while True:
                 ev = await queue.get()
@@ -100,14 +109,16 @@ class Fusion:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _execute(self, messages: list[dict[str, Any]], log: EventLog) -> None:
+    async def _execute(
+        self, messages: list[dict[str, Any]], log: EventLog, reuse_panel: Sequence[MemberResult] | None
+    ) -> None:
         spec = self.spec
         started = time.monotonic()
         result = FusionResult(run_id=log.run_id, preset=spec.preset, mode=spec.mode, prompt_version=PROMPT_VERSION)
         self.result = result
         log.emit("run.started", spec=spec.model_dump(mode="json"), prompt_version=PROMPT_VERSION)
         try:
-            await self._stages(messages, log, result)
+            await self._stages(messages, log, result, reuse_panel)
         except _Fail as exc:
             result.status, result.error = "failed", str(exc)
             result.latency_ms = int((time.monotonic() - started) * 1000)
@@ -122,10 +133,15 @@ class Fusion:
         log.emit("final.completed", content=result.content, annotations=result.annotations)
         log.emit("run.completed", usage=result.usage_dict(), cost=result.cost, degraded=result.degraded)
 
-    async def _stages(self, messages: list[dict[str, Any]], log: EventLog, result: FusionResult) -> None:
+    async def _stages(
+        self, messages: list[dict[str, Any]], log: EventLog, result: FusionResult,
+        reuse_panel: Sequence[MemberResult] | None,
+    ) -> None:
         spec = self.spec
         try:
             est = self.estimate(messages)
+            if reuse_panel is not None:
+                est = est.without_stage("panel")
         except Exception as exc:  # an unknown provider in the spec, say: the caller's error, reported
             raise _Fail(f"cannot plan the run: {exc}") from exc
         result.estimate = est.total
@@ -138,10 +154,16 @@ class Fusion:
         guard = CostGuard(spec.max_cost, later_stages=by_stage.get("analysis", 0.0) + by_stage.get("synthesis", 0.0))
         ctx = CallContext(self.providers, self.prices, guard, timeout=spec.deadline_ms / 1000)
 
-        try:
-            await run_panel(ctx, spec, messages, log, into=result.panel)
-        except QuorumError as exc:
-            raise _Fail(str(exc)) from exc
+        if reuse_panel is not None:
+            # Earlier answers, unbilled here: their cost belongs to the run that made them.
+            result.panel = [replace(m, calls=[]) for m in reuse_panel]
+            if not any(m.status == "ok" for m in result.panel):
+                raise _Fail("the earlier run has no successful panel answer to re-synthesize")
+        else:
+            try:
+                await run_panel(ctx, spec, messages, log, into=result.panel)
+            except QuorumError as exc:
+                raise _Fail(str(exc)) from exc
         ok = [m for m in result.panel if m.status == "ok"]
 
         if spec.mode == "single":

@@ -121,6 +121,7 @@ async def run_synthesis(
         messages=prompts.synthesizer_messages(messages, answers_of(ok), analysis),
         max_tokens=spec.max_tokens,
         temperature=spec.temperature,
+        response_format=spec.response_format,
     )
     for i, model in enumerate(chain):
         stage.model = model

@@ -191,7 +191,9 @@ class AnthropicProvider(Provider):
                             f"malformed SSE data: {sse.data[:200]!r}", provider=self.name, model=req.model
                         ) from exc
                     if not isinstance(data, dict):
-                        raise BadResponseError("SSE data is not an object", provider=self.name, model=req.model)
+                        raise BadResponseError(
+                            "SSE data is not an object", provider=self.name, model=req.model
+                        )
                     kind = data.get("type", sse.event)
                     if kind == "message_start":
                         u = (data.get("message") or {}).get("usage") or {}

@@ -92,8 +92,9 @@ class Completion:
     latency_ms: int = 0
 
 
-async def fold_stream(model: str, events: AsyncIterator[StreamEvent]) -> Completion:
-    """Accumulate a stream into one Completion; raise RefusedError on the provider's refusal signal."""
+async def fold_stream(model: str, events: AsyncIterator[StreamEvent], *, raise_refusal: bool = True) -> Completion:
+    """Accumulate a stream into one Completion; raise RefusedError on the provider's refusal signal
+    (unless `raise_refusal` is off, for a proxy that passes the refusal on as it came)."""
     started = time.monotonic()
     out = Completion(model=model)
     parts: list[str] = []
@@ -109,7 +110,8 @@ async def fold_stream(model: str, events: AsyncIterator[StreamEvent]) -> Complet
             out.refusal = (out.refusal or "") + ev.refusal
     out.text = "".join(parts)
     out.latency_ms = int((time.monotonic() - started) * 1000)
-    raise_if_refused(out)
+    if raise_refusal:
+        raise_if_refused(out)
     return out
 
 

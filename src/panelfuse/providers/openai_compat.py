@@ -168,6 +168,9 @@ class OpenAICompatProvider(Provider):
                 async for sse in source.aiter_sse():
                     if sse.data.strip() == "[DONE]":
                         finished = True
+                        pending = tools.take()
+                        if pending:  # a server that ended without a finish_reason chunk
+                            yield StreamEvent(tool_calls=pending, finish_reason="tool_calls")
                         break
                     if not sse.data.strip():
                         continue

@@ -65,3 +65,9 @@ class Providers:
     def has_key(self, name: str) -> bool:
         pc = self.configs.get(name)
         return pc is not None and bool(pc.resolved_api_key(self.env))
+
+    def default_preset(self) -> str:
+        """The configured default; else `quality` when the default provider has a key, `local` when not."""
+        if self.config.default_preset:
+            return self.config.default_preset
+        return "quality" if self.has_key(self.config.default_provider) else "local"

@@ -1,0 +1,139 @@
+"""The FastAPI gateway: create_app() for tests and embedding; app_factory() for uvicorn workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from panelfuse import __version__
+from panelfuse.config import Config, load_config
+from panelfuse.providers.http import close_shared_client
+from panelfuse.providers.registry import Providers
+from panelfuse.server import chat, metrics, runs_api
+from panelfuse.server.errors import (
+    ApiError,
+    api_error_handler,
+    http_handler,
+    unexpected_handler,
+    validation_handler,
+)
+from panelfuse.server.state import GatewayState, ServerSettings
+from panelfuse.store import RunStore
+
+log = logging.getLogger("panelfuse.server")
+
+
+class BodyLimit:
+    """413 for bodies over the limit, by Content-Length or by counting a chunked body as it arrives."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = ApiError(413, f"the request body is larger than {self.max_bytes} bytes", code="body_too_large")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await too_big.response()(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise ApiError(413, too_big.message, code="body_too_large")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def create_app(
+    settings: ServerSettings | None = None, config: Config | None = None, providers: Providers | None = None
+) -> FastAPI:
+    settings = settings or ServerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cfg = config or load_config(settings.config_path)
+        store = await RunStore.open(settings.db_url or RunStore.default_url())
+        # Runs left 'running' by a dead process (no heartbeat for a while) are interrupted, not lost.
+        stale = datetime.now(UTC) - timedelta(seconds=settings.stale_after_s)
+        found = await store.mark_interrupted(older_than=stale)
+        if found:
+            log.warning("marked %d abandoned run(s) interrupted", found)
+        app.state.gateway = GatewayState.build(cfg, store, settings, providers)
+        try:
+            yield
+        finally:
+            await app.state.gateway.manager.shutdown(settings.shutdown_grace_s)
+            await store.close()
+            await close_shared_client()
+
+    app = FastAPI(
+        title="panelfuse",
+        version=__version__,
+        summary="An open, self-hosted Fusion API (OpenAI-compatible).",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(RequestValidationError, validation_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, api_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, unexpected_handler)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.REQUESTS.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    app.include_router(chat.router)
+    app.include_router(runs_api.router)
+
+    @app.get("/healthz", summary="Liveness and store check")
+    async def healthz(request: Request) -> JSONResponse:
+        state: GatewayState = request.app.state.gateway
+        try:
+            await state.store.list_runs(limit=1)
+        except Exception as exc:
+            return JSONResponse({"status": "degraded", "store": f"error: {type(exc).__name__}"}, status_code=503)
+        return JSONResponse({"status": "ok", "store": "ok", "version": __version__,
+                             "active_runs": len(state.manager.active)})
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def settings_from_env(env: dict[str, Any] | None = None) -> ServerSettings:
+    """Worker processes get their settings from the environment `panelfuse serve` sets."""
+    env = dict(os.environ if env is None else env)
+    return ServerSettings(
+        config_path=env.get("PANELFUSE_CONFIG") or None,
+        db_url=env.get("PANELFUSE_DB") or None,
+        max_body_bytes=int(env.get("PANELFUSE_MAX_BODY_BYTES", ServerSettings.max_body_bytes)),
+        keepalive_s=float(env.get("PANELFUSE_KEEPALIVE_S", ServerSettings.keepalive_s)),
+        shutdown_grace_s=float(env.get("PANELFUSE_SHUTDOWN_GRACE_S", ServerSettings.shutdown_grace_s)),
+    )
+
+
+def app_factory() -> FastAPI:
+    return create_app(settings_from_env())

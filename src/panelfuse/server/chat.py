@@ -1,0 +1,270 @@
+"""POST /v1/chat/completions: the fusion alias/plugin path and the proxy path."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from panelfuse.pipeline.run import Fusion
+from panelfuse.providers.base import ChatRequest, StreamEvent, fold_stream
+from panelfuse.providers.errors import ProviderError
+from panelfuse.resolve import FusionRoute, UnknownModelError
+from panelfuse.server import shapes
+from panelfuse.server.errors import ApiError, from_provider_error
+from panelfuse.server.plugin import spec_from_request
+from panelfuse.server.runs import ActiveRun
+from panelfuse.server.schemas import ChatCompletionRequest, FusionPlugin
+from panelfuse.server.state import GatewayState
+from panelfuse.spec import FusionSpec
+
+router = APIRouter()
+FUSION_TOOL_TYPES = ("panelfuse:fusion", "openrouter:fusion")
+
+
+def validation_api_error(exc: ValidationError, prefix: str) -> ApiError:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    param = f"{prefix}.{where}" if where else prefix
+    return ApiError(400, f"{param}: {first.get('msg')}", param=param, code="invalid_value")
+
+
+def answer_model_hint(spec: FusionSpec) -> str:
+    """The model expected to write the answer, for chunks sent before it is known for sure."""
+    if spec.mode == "single":
+        return spec.members[0].model
+    if spec.mode in ("judge-writes", "best-of"):
+        return spec.judge.model
+    return spec.synthesizer_model
+
+
+@router.post("/v1/chat/completions", summary="OpenAI-compatible chat completions, with fusion")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    state: GatewayState = request.app.state.gateway
+    try:
+        plugin = body.fusion_plugin()
+    except ValidationError as exc:
+        raise validation_api_error(exc, "plugins[0]") from exc
+    if any(isinstance(t, dict) and t.get("type") in FUSION_TOOL_TYPES for t in body.tools or []):
+        raise ApiError(400, "the fusion server tool is not available on this gateway yet; use the "
+                       "panelfuse/fusion model or the fusion plugin", param="tools", code="unsupported_tool")
+    try:
+        route = state.providers.route(body.model, list(state.presets))
+    except UnknownModelError as exc:
+        raise ApiError(404, str(exc), param="model", code="model_not_found") from exc
+    if isinstance(route, FusionRoute):
+        return await fusion_completion(state, body, plugin, route.preset, request)
+    if plugin is not None and plugin.enabled:
+        raise ApiError(400, f"the fusion plugin needs a fusion model (panelfuse/fusion); '{body.model}' is a "
+                       "plain model", param="plugins", code="fusion_plugin_on_plain_model")
+    return await proxy_completion(state, body, request)
+
+
+def build_fusion_spec(
+    state: GatewayState, body: ChatCompletionRequest, plugin: FusionPlugin | None, alias_preset: str | None
+) -> FusionSpec:
+    if body.n is not None and body.n > 1:
+        raise ApiError(400, "n > 1 is not supported on a fusion model", param="n", code="unsupported_parameter")
+    if body.tools:
+        raise ApiError(400, "client function tools are not supported on a fusion model; give them to a plain "
+                       "model that calls the fusion server tool", param="tools", code="unsupported_parameter")
+    try:
+        spec = spec_from_request(body, plugin, alias_preset, state.default_preset(), state.presets)
+    except KeyError as exc:
+        raise ApiError(400, str(exc.args[0]), param="plugins[0].preset", code="unknown_preset") from exc
+    except ValidationError as exc:
+        raise validation_api_error(exc, "fusion") from exc
+    if plugin is not None and not plugin.enabled:
+        spec = spec.model_copy(update={"mode": "single"})
+    return spec
+
+
+async def fusion_completion(
+    state: GatewayState, body: ChatCompletionRequest, plugin: FusionPlugin | None, alias_preset: str | None,
+    request: Request,
+) -> Any:
+    spec = build_fusion_spec(state, body, plugin, alias_preset)
+    fusion = Fusion(spec, providers=state.providers, prices=state.prices)
+    messages = body.plain_messages()
+    try:
+        est = fusion.estimate(messages)
+    except ProviderError as exc:
+        raise ApiError(400, f"cannot plan the fusion: {exc}", code="invalid_model") from exc
+    if spec.max_cost is not None and (est.unpriced or est.total > spec.max_cost):
+        why = (f"no price known for {', '.join(est.unpriced)}" if est.unpriced
+               else f"the worst-case estimate ${est.total:.6f} exceeds max_cost ${spec.max_cost:g}")
+        raise ApiError(400, f"refused: {why}", param="plugins[0].max_cost", code="max_cost_exceeded",
+                       extra={"estimate": est.total})
+    background = bool(plugin and plugin.background)
+    include_panel = plugin.include_panel if plugin else True
+    run = await state.manager.start(
+        fusion, messages, run_id=f"run_{uuid.uuid4().hex[:24]}", request=body.model_dump(mode="json"),
+        request_model=body.model, background=background,
+    )
+    if body.stream:
+        return StreamingResponse(
+            stream_fusion(run, spec, include_panel, state.keepalive_s),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Panelfuse-Run-Id": run.run_id},
+        )
+    await wait_or_disconnect(request, run)
+    result = run.result
+    assert result is not None
+    if result.status != "completed":
+        status = 499 if result.status == "cancelled" else 502
+        raise ApiError(status, f"fusion failed: {result.error}", code="fusion_failed",
+                       extra={"run_id": result.run_id, "failed_models": result.failed_models})
+    return JSONResponse(shapes.chat_completion(result, include_panel=include_panel),
+                        headers={"X-Panelfuse-Run-Id": result.run_id})
+
+
+async def wait_or_disconnect(request: Request, run: ActiveRun) -> None:
+    """Wait for the run; a client that goes away cancels it unless it runs in the background."""
+    while not run.done.is_set():
+        try:
+            await asyncio.wait_for(run.done.wait(), timeout=0.5)
+        except TimeoutError:
+            if await request.is_disconnected():
+                if not run.background:
+                    run.cancel("the client disconnected")
+                    await run.done.wait()
+                return
+
+
+async def stream_fusion(run: ActiveRun, spec: FusionSpec, include_panel: bool, keepalive: float) -> AsyncIterator[str]:
+    cid = shapes.completion_id(run.run_id)
+    created = int(time.time())
+    model = answer_model_hint(spec)
+    role_sent = False
+    events = run.follow().__aiter__()
+    pending: asyncio.Task[Any] = asyncio.ensure_future(anext(events))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=keepalive)
+            if not done:
+                yield shapes.KEEPALIVE  # the panel is still working: keep proxies from timing out
+                continue
+            try:
+                ev = pending.result()
+            except StopAsyncIteration:
+                break
+            pending = asyncio.ensure_future(anext(events))
+            if ev.type == "final.delta":
+                delta: dict[str, Any] = {"content": ev.data["text"]}
+                if not role_sent:
+                    delta["role"] = "assistant"
+                    role_sent = True
+                yield shapes.sse(shapes.chunk(cid, model, created, delta=delta))
+                continue
+            if ev.type == "panel.completed" and not include_panel:
+                ev_data = {k: v for k, v in ev.data.items() if k != "content"}
+                ev = type(ev)(ev.run_id, ev.seq, ev.type, ev_data, ev.stage, ev.ts)
+            yield shapes.sse(shapes.event_chunk(ev, cid, model, created))
+            if ev.type == "run.completed":
+                result = run.result
+                assert result is not None
+                yield shapes.sse(shapes.chunk(cid, result.model, created, delta={}, finish_reason="stop"))
+                yield shapes.sse(shapes.chunk(
+                    cid, result.model, created, usage=result.usage_dict(),
+                    fusion=shapes.fusion_object(result, include_panel),
+                ))
+                yield shapes.sse("[DONE]")
+                return
+            if ev.type in ("run.failed", "run.cancelled"):
+                message = ev.data.get("error") or ev.data.get("reason") or "the fusion failed"
+                extra = {"run_id": run.run_id, "failed_models": ev.data.get("failed_models", [])}
+                yield shapes.sse(shapes.error_chunk(f"fusion failed: {message}", 502, extra))
+                result = run.result
+                if result is not None:
+                    yield shapes.sse(shapes.chunk(cid, model, created, usage=result.usage_dict()))
+                yield shapes.sse("[DONE]")
+                return
+    finally:
+        pending.cancel()
+        if not run.done.is_set() and not run.background:
+            run.cancel("the client disconnected")
+
+
+def proxy_request(body: ChatCompletionRequest, model: str) -> ChatRequest:
+    return ChatRequest(
+        model=model,
+        messages=body.plain_messages(),
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stop_list(),
+        tools=body.tools,
+        tool_choice=body.tool_choice,
+        response_format=body.response_format,
+        extra_body=body.extra_body(),
+    )
+
+
+async def proxy_completion(state: GatewayState, body: ChatCompletionRequest, request: Request) -> Any:
+    try:
+        provider, route = state.providers.for_model(body.model)
+    except ProviderError as exc:
+        raise from_provider_error(exc) from exc
+    req = proxy_request(body, route.model)
+    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    upstream = provider.stream(req)
+    if not body.stream:
+        task = asyncio.ensure_future(fold_stream(route.model, upstream, raise_refusal=False))
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()  # the caller is gone: stop the upstream call too
+                raise ApiError(499, "the client disconnected", code="client_disconnected")
+        try:
+            completion = task.result()
+        except ProviderError as exc:
+            raise from_provider_error(exc) from exc
+        return shapes.proxied_completion(completion, model=body.model, cid=cid, created=created)
+    # Read the first event before answering, so an upstream failure still gets a real HTTP status.
+    try:
+        first = await anext(upstream)
+    except StopAsyncIteration:
+        first = StreamEvent(finish_reason="stop")
+    except ProviderError as exc:
+        raise from_provider_error(exc) from exc
+    return StreamingResponse(stream_proxy(first, upstream, body.model, cid, created), media_type="text/event-stream")
+
+
+async def stream_proxy(
+    first: StreamEvent, upstream: AsyncIterator[StreamEvent], model: str, cid: str, created: int
+) -> AsyncIterator[str]:
+    yield shapes.sse(shapes.chunk(cid, model, created, delta={"role": "assistant", "content": ""}))
+
+    async def all_events() -> AsyncIterator[StreamEvent]:
+        yield first
+        async for ev in upstream:
+            yield ev
+
+    try:
+        async for ev in all_events():
+            if ev.text or ev.refusal:
+                delta = {"content": ev.text} if ev.text else {"refusal": ev.refusal}
+                yield shapes.sse(shapes.chunk(cid, model, created, delta=delta))
+            if ev.tool_calls:
+                calls = [{"index": i, **t.to_openai()} for i, t in enumerate(ev.tool_calls)]
+                yield shapes.sse(shapes.chunk(cid, model, created, delta={"tool_calls": calls}))
+            if ev.finish_reason:
+                yield shapes.sse(shapes.chunk(cid, model, created, delta={}, finish_reason=ev.finish_reason))
+            if ev.usage is not None:
+                yield shapes.sse(shapes.chunk(cid, model, created, usage=ev.usage.to_dict()))
+    except ProviderError as exc:
+        err = from_provider_error(exc)
+        yield shapes.sse(shapes.error_chunk(err.message, err.status))
+    finally:
+        aclose = getattr(upstream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    yield shapes.sse("[DONE]")

@@ -1,0 +1,216 @@
+"""/v1/fusion/*: the runs (list, get, events replay + live tail, delete, resynthesize, feedback) and
+the estimate; /v1/models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from panelfuse.pipeline.result import MemberResult
+from panelfuse.pipeline.run import Fusion
+from panelfuse.providers.errors import ProviderError
+from panelfuse.resolve import FUSION_ALIASES, FUSION_PRESET_PREFIX
+from panelfuse.server import shapes
+from panelfuse.server.chat import build_fusion_spec, validation_api_error, wait_or_disconnect
+from panelfuse.server.errors import ApiError
+from panelfuse.server.schemas import (
+    ChatCompletionRequest,
+    EstimateRequest,
+    FeedbackRequest,
+    ResynthesizeRequest,
+)
+from panelfuse.server.state import GatewayState
+from panelfuse.spec import FusionSpec
+
+router = APIRouter()
+TERMINAL_STATUSES = ("completed", "failed", "cancelled", "interrupted")
+POLL_INTERVAL = 0.5  # live tail of a run served by another process: how often to read the store
+
+
+def _state(request: Request) -> GatewayState:
+    return request.app.state.gateway
+
+
+async def _run_or_404(state: GatewayState, run_id: str) -> Any:
+    run = await state.store.get_run(run_id)
+    if run is None:
+        raise ApiError(404, f"no run '{run_id}'", param="run_id", code="run_not_found")
+    return run
+
+
+@router.get("/v1/fusion/runs", summary="List runs, newest first")
+async def list_runs(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    before: str | None = None,
+    status: str | None = None,
+    preset: str | None = None,
+    mode: str | None = None,
+    degraded: bool | None = None,
+) -> dict[str, Any]:
+    page = await _state(request).store.list_runs(
+        limit=limit, before=before, status=status, preset=preset, mode=mode, degraded=degraded
+    )
+    return {
+        "object": "list",
+        "data": [r.to_dict() for r in page.items],
+        "next_cursor": page.next_cursor,
+        "has_more": page.next_cursor is not None,
+    }
+
+
+@router.get("/v1/fusion/runs/{run_id}", summary="One run with its result")
+async def get_run(run_id: str, request: Request) -> dict[str, Any]:
+    return (await _run_or_404(_state(request), run_id)).to_dict()
+
+
+def _sse_event(ev: dict[str, Any]) -> str:
+    return f"id: {ev['seq']}\nevent: {ev['type']}\ndata: {json.dumps(ev, ensure_ascii=False)}\n\n"
+
+
+@router.get("/v1/fusion/runs/{run_id}/events", summary="The run's events after `after` (SSE), then its live tail")
+async def run_events(
+    run_id: str,
+    request: Request,
+    after: Annotated[int, Query(ge=0)] = 0,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    state = _state(request)
+    await _run_or_404(state, run_id)
+    if last_event_id and last_event_id.isdigit():
+        after = max(after, int(last_event_id))
+    return StreamingResponse(_tail(state, run_id, after), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+async def _tail(state: GatewayState, run_id: str, after: int) -> AsyncIterator[str]:
+    """Stored events first; then, if this process drives the run, its live feed; otherwise poll the
+    store (the run may live in another worker or replica) until the run ends."""
+    last_ping = time.monotonic()
+    while True:
+        for rec in await state.store.events_after(run_id, after):
+            yield _sse_event(rec.to_dict())
+            after = rec.seq
+        active = state.manager.active.get(run_id)
+        if active is not None:
+            async for ev in active.follow(after):
+                yield _sse_event(ev.to_dict())
+                after = ev.seq
+        run = await state.store.get_run(run_id)
+        if run is None or run.status in TERMINAL_STATUSES:
+            for rec in await state.store.events_after(run_id, after):
+                yield _sse_event(rec.to_dict())
+            return
+        if time.monotonic() - last_ping > state.keepalive_s:
+            yield shapes.KEEPALIVE
+            last_ping = time.monotonic()
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+@router.delete("/v1/fusion/runs/{run_id}", summary="Delete a run (cancelling it if it is running)")
+async def delete_run(run_id: str, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    active = state.manager.active.get(run_id)
+    if active is not None:
+        active.cancel("deleted")
+        await active.done.wait()
+    if not await state.store.delete_run(run_id):
+        raise ApiError(404, f"no run '{run_id}'", param="run_id", code="run_not_found")
+    return {"id": run_id, "object": "fusion.run", "deleted": True}
+
+
+@router.post("/v1/fusion/runs/{run_id}/feedback", summary="Score a run (-1 … 1) with an optional comment")
+async def feedback(run_id: str, body: FeedbackRequest, request: Request) -> dict[str, Any]:
+    if not await _state(request).store.set_feedback(run_id, body.score, body.comment):
+        raise ApiError(404, f"no run '{run_id}'", param="run_id", code="run_not_found")
+    return {"id": run_id, "object": "fusion.feedback", "score": body.score, "comment": body.comment}
+
+
+@router.post("/v1/fusion/runs/{run_id}/resynthesize",
+             summary="A new judge/synthesizer/mode over the stored panel answers; billed for the new calls only")
+async def resynthesize(run_id: str, body: ResynthesizeRequest, request: Request) -> Any:
+    state = _state(request)
+    source = await _run_or_404(state, run_id)
+    if source.result is None or not source.result.get("panel"):
+        raise ApiError(409, f"run '{run_id}' has no stored panel answers", code="nothing_to_resynthesize")
+    panel = [MemberResult.from_dict(m) for m in source.result["panel"]]
+    data = dict(source.spec)
+    if body.model:
+        data["judge"] = {**data["judge"], "model": body.model, "fallbacks": []}
+    if body.synthesizer:
+        data["synthesizer"] = {"model": body.synthesizer, "fallbacks": []}
+    for key, value in (("mode", body.mode), ("max_tokens", body.max_completion_tokens)):
+        if value is not None:
+            data[key] = value
+    if body.criteria is not None:
+        data["judge"]["criteria"] = body.criteria
+    if body.dimensions is not None:
+        data["judge"]["dimensions"] = body.dimensions
+    try:
+        spec = FusionSpec.model_validate(data)
+    except ValidationError as exc:
+        raise validation_api_error(exc, "body") from exc
+    messages = source.request.get("messages") or []
+    fusion = Fusion(spec, providers=state.providers, prices=state.prices)
+    run = await state.manager.start(
+        fusion, messages, run_id=f"run_{uuid.uuid4().hex[:24]}", request=source.request,
+        request_model=source.request_model, background=False, parent_run_id=run_id, reuse_panel=panel,
+    )
+    await wait_or_disconnect(request, run)
+    result = run.result
+    assert result is not None
+    if result.status != "completed":
+        raise ApiError(502, f"re-synthesis failed: {result.error}", code="fusion_failed",
+                       extra={"run_id": result.run_id})
+    out = shapes.chat_completion(result)
+    out["fusion"]["parent_run_id"] = run_id
+    return out
+
+
+@router.post("/v1/fusion/estimate", summary="The worst-case cost of a fusion request, before running it")
+async def estimate(body: EstimateRequest, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    chat = ChatCompletionRequest(model=body.model, messages=body.messages, plugins=body.plugins,
+                                 max_completion_tokens=body.max_completion_tokens)
+    try:
+        plugin = chat.fusion_plugin()
+    except ValidationError as exc:
+        raise validation_api_error(exc, "plugins[0]") from exc
+    route = state.providers.route(body.model, list(state.presets))
+    spec = build_fusion_spec(state, chat, plugin, getattr(route, "preset", None))
+    try:
+        est = Fusion(spec, providers=state.providers, prices=state.prices).estimate(chat.plain_messages())
+    except ProviderError as exc:
+        raise ApiError(400, f"cannot plan the fusion: {exc}", code="invalid_model") from exc
+    return {
+        "object": "fusion.estimate",
+        "total": est.total,
+        "by_stage": est.by_stage(),
+        "unpriced": est.unpriced,
+        "prices_as_of": state.prices.as_of,
+        "calls": [c.__dict__ for c in est.calls],
+        "formula": "sum over planned calls of prompt_tokens x input_price + max_tokens x output_price",
+    }
+
+
+@router.get("/v1/models", summary="Fusion aliases and configured models (OpenAI shape)")
+async def list_models(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    created = int(time.time())
+    ids = list(FUSION_ALIASES) + [f"{FUSION_PRESET_PREFIX}{name}" for name in state.presets]
+    ids.append("local/smollm2")
+    for name, pc in state.providers.configs.items():
+        ids += [f"{name}/{m}" for m in pc.models]
+    owned = {i: ("panelfuse" if i.startswith(("panelfuse/", "openrouter/fusion")) else i.split("/", 1)[0])
+             for i in ids}
+    return {"object": "list",
+            "data": [{"id": i, "object": "model", "created": created, "owned_by": owned[i]}
+                     for i in dict.fromkeys(ids)]}

@@ -1,0 +1,34 @@
+"""Persistence of fusion runs and their events (SQLite by default, PostgreSQL by URL).
+
+The server writes here; the store knows nothing of HTTP. Schema changes are Alembic migrations in
+`panelfuse/store/migrations/versions`, applied automatically by `RunStore.open`.
+"""
+
+from panelfuse.store.errors import (
+    DuplicateRunError,
+    InvalidCursorError,
+    RunNotFoundError,
+    StoreConnectError,
+    StoreError,
+    StoreMigrationError,
+    StoreURLError,
+)
+from panelfuse.store.records import EventRecord, RunPage, RunRecord
+from panelfuse.store.runs import RunStore
+from panelfuse.store.url import mask_url, normalize_url
+
+__all__ = [
+    "DuplicateRunError",
+    "EventRecord",
+    "InvalidCursorError",
+    "RunNotFoundError",
+    "RunPage",
+    "RunRecord",
+    "RunStore",
+    "StoreConnectError",
+    "StoreError",
+    "StoreMigrationError",
+    "StoreURLError",
+    "mask_url",
+    "normalize_url",
+]

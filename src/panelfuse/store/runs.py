@@ -1,0 +1,373 @@
+"""RunStore: every fusion run and its events, in SQLite or PostgreSQL.
+
+Several gateway processes may share one database, so every method is a self-contained
+transaction and nothing is cached in the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import platformdirs
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from panelfuse.pipeline.events import stage_of
+from panelfuse.store.engine import SQLITE_BEGIN_OPTION, build_engine
+from panelfuse.store.errors import (
+    DuplicateRunError,
+    InvalidCursorError,
+    RunNotFoundError,
+    StoreConnectError,
+    StoreError,
+)
+from panelfuse.store.migrate import migrate
+from panelfuse.store.records import EventRecord, RunPage, RunRecord, decode_cursor, encode_cursor
+from panelfuse.store.schema import FINAL_STATUSES, RUN_STATUSES, run_events, runs
+from panelfuse.store.url import mask_url, normalize_url, sqlite_file
+
+# Columns update_run may touch (id and the timestamps are the store's own).
+UPDATABLE = frozenset(c.name for c in runs.columns) - {"id", "created_at", "updated_at"}
+MAX_PAGE = 1000
+_EVENT_CHUNK = 500  # rows per INSERT; keeps SQLite well under its bound-parameter limit
+INTERRUPTED_ERROR = "interrupted: the gateway stopped before the run finished"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _text(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; a model that emits one must not lose the whole run.
+    return value.replace("\x00", "\ufffd") if value else value
+
+
+def _record(row: sa.Row[Any]) -> RunRecord:
+    return RunRecord(**row._mapping)
+
+
+class RunStore:
+    """Async run store. Open with `await RunStore.open(url)`; close with `await store.close()`."""
+
+    def __init__(self, engine: AsyncEngine, url: URL) -> None:
+        self._engine = engine
+        self._url = url
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @staticmethod
+    def default_url() -> str:
+        """SQLite file in the user data dir, e.g. ~/.local/share/panelfuse/runs.db."""
+        return f"sqlite+aiosqlite:///{Path(platformdirs.user_data_dir('panelfuse')) / 'runs.db'}"
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | URL | None = None,
+        *,
+        schema: str | None = None,
+        connect_args: dict[str, Any] | None = None,
+        echo: bool = False,
+    ) -> Self:
+        """Connect and migrate to the latest schema (safe when several processes open at once).
+
+        `url`: sqlite[+aiosqlite]:///path.db or postgresql[+asyncpg]://...; None → default_url().
+        `schema` (PostgreSQL only): test / multi-tenant hook — tables live in that schema (created if
+        missing) via the connection's search_path. `connect_args` go to the driver's connect().
+        Raises StoreURLError (bad URL), StoreConnectError (unreachable, auth, missing driver),
+        StoreMigrationError; messages never contain the password.
+        """
+        parsed = normalize_url(url if url is not None else cls.default_url())
+        masked = mask_url(parsed)
+        path = sqlite_file(parsed)
+        if path is not None:
+            path.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = build_engine(parsed, schema=schema, connect_args=connect_args, echo=echo)
+        try:
+            await migrate(engine, schema=schema)
+        except StoreError:
+            await engine.dispose()
+            raise
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            await engine.dispose()
+            detail = str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
+            if parsed.password:
+                detail = detail.replace(parsed.password, "***")
+            raise StoreConnectError(f"could not open the run store at {masked}: {detail}", url=masked) from None
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine, parsed)
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def url(self) -> str:
+        """The database URL with the password masked."""
+        return mask_url(self._url)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The underlying engine (for tests and admin tooling; the API above is the contract)."""
+        return self._engine
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+        async with self._engine.connect() as conn:
+            if self._sqlite:
+                await conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+            async with conn.begin():
+                yield conn
+
+    # ---- runs ------------------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        run_id: str,
+        *,
+        spec: dict[str, Any],
+        request: dict[str, Any],
+        request_model: str,
+        preset: str | None,
+        mode: str,
+        prompt_version: str,
+        key_id: str | None = None,
+        background: bool = False,
+        parent_run_id: str | None = None,
+    ) -> RunRecord:
+        """Insert a run in status `running`. DuplicateRunError if the id is taken;
+        RunNotFoundError if `parent_run_id` names no run."""
+        now = _now()
+        record = RunRecord(
+            id=run_id, status="running", created_at=now, updated_at=now, preset=preset, mode=mode,
+            request_model=request_model, spec=spec, request=request, result=None, content="", usage=None,
+            cost=None, degraded=False, error=None, latency_ms=0, prompt_version=prompt_version, key_id=key_id,
+            background=background, parent_run_id=parent_run_id, feedback_score=None, feedback_comment=None,
+            owner_pid=os.getpid(), host=socket.gethostname(), purged_at=None,
+        )
+        values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+        try:
+            async with self._write() as conn:
+                await conn.execute(runs.insert().values(**values))
+        except IntegrityError:
+            if await self._exists(run_id):
+                raise DuplicateRunError(run_id) from None
+            raise RunNotFoundError(parent_run_id or run_id) from None
+        return record
+
+    async def update_run(self, run_id: str, **fields: Any) -> None:
+        """Partial update of run columns; always bumps updated_at (so `update_run(id)` is a heartbeat)."""
+        unknown = set(fields) - UPDATABLE
+        if unknown:
+            raise ValueError(f"update_run: unknown or read-only fields {sorted(unknown)}")
+        if "status" in fields and fields["status"] not in RUN_STATUSES:
+            raise ValueError(f"invalid run status {fields['status']!r}; expected one of {RUN_STATUSES}")
+        for key in ("content", "error", "feedback_comment"):
+            if key in fields:
+                fields[key] = _text(fields[key])
+        if fields.get("content", "") is None:
+            fields["content"] = ""
+        async with self._write() as conn:
+            res = await conn.execute(runs.update().where(runs.c.id == run_id).values(updated_at=_now(), **fields))
+        if res.rowcount == 0:
+            raise RunNotFoundError(run_id)
+
+    async def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        result: dict[str, Any] | None,
+        content: str,
+        usage: dict[str, Any] | None,
+        cost: float | None,
+        degraded: bool,
+        error: str | None,
+        latency_ms: int,
+    ) -> None:
+        """Record the outcome. `status` is one of completed|failed|cancelled|interrupted."""
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"finish_run: status must be one of {FINAL_STATUSES}, not {status!r}")
+        await self.update_run(run_id, status=status, result=result, content=content, usage=usage, cost=cost,
+                              degraded=degraded, error=error, latency_ms=latency_ms)
+
+    async def get_run(self, run_id: str, *, key_id: str | None = None) -> RunRecord | None:
+        """The run, or None. With `key_id`, only a run made by that key (admin passes None)."""
+        query = sa.select(runs).where(runs.c.id == run_id)
+        if key_id is not None:
+            query = query.where(runs.c.key_id == key_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _record(row) if row is not None else None
+
+    async def list_runs(
+        self,
+        *,
+        limit: int = 20,
+        before: str | None = None,
+        status: str | None = None,
+        preset: str | None = None,
+        mode: str | None = None,
+        key_id: str | None = None,
+        degraded: bool | None = None,
+        since: datetime | None = None,
+        parent_run_id: str | None = None,
+    ) -> RunPage:
+        """Newest first, keyset-paged on (created_at, id) so equal timestamps neither repeat nor skip.
+        `before` is a page's next_cursor (or a bare run id: the page starts after that run)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
+        query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
+        for column, value in (("status", status), ("preset", preset), ("mode", mode), ("key_id", key_id),
+                              ("degraded", degraded), ("parent_run_id", parent_run_id)):
+            if value is not None:
+                query = query.where(runs.c[column] == value)
+        if since is not None:
+            query = query.where(runs.c.created_at >= since)
+        async with self._engine.connect() as conn:
+            if before is not None:
+                at, after_id = await self._resolve_cursor(conn, before, key_id)
+                query = query.where(sa.or_(runs.c.created_at < at,
+                                           sa.and_(runs.c.created_at == at, runs.c.id < after_id)))
+            rows = (await conn.execute(query)).all()
+        items = [_record(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return RunPage(items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None)
+
+    async def _resolve_cursor(self, conn: AsyncConnection, cursor: str, key_id: str | None) -> tuple[datetime, str]:
+        decoded = decode_cursor(cursor)
+        if decoded is not None:
+            return decoded
+        query = sa.select(runs.c.created_at).where(runs.c.id == cursor)
+        if key_id is not None:
+            query = query.where(runs.c.key_id == key_id)
+        at = (await conn.execute(query)).scalar_one_or_none()
+        if at is None:
+            raise InvalidCursorError(f"invalid cursor {cursor!r}: neither a list_runs cursor nor a known run id")
+        return at, cursor
+
+    async def delete_run(self, run_id: str, *, key_id: str | None = None) -> bool:
+        """Delete the run and (by ON DELETE CASCADE) its events. False if no such run (for this key)."""
+        stmt = runs.delete().where(runs.c.id == run_id)
+        if key_id is not None:
+            stmt = stmt.where(runs.c.key_id == key_id)
+        async with self._write() as conn:
+            res = await conn.execute(stmt)
+        return res.rowcount > 0
+
+    async def set_feedback(self, run_id: str, score: float, comment: str | None, *, key_id: str | None = None) -> bool:
+        """Attach (or replace) the caller's rating. False if no such run (for this key)."""
+        if not math.isfinite(score):
+            raise ValueError(f"feedback score must be a finite number, not {score!r}")
+        stmt = runs.update().where(runs.c.id == run_id)
+        if key_id is not None:
+            stmt = stmt.where(runs.c.key_id == key_id)
+        stmt = stmt.values(feedback_score=float(score), feedback_comment=_text(comment), updated_at=_now())
+        async with self._write() as conn:
+            res = await conn.execute(stmt)
+        return res.rowcount > 0
+
+    async def mark_interrupted(
+        self, *, older_than: datetime | None = None, host: str | None = None, owner_pid: int | None = None
+    ) -> int:
+        """Runs still `running` become `interrupted`; returns how many. With several processes on one
+        database, narrow it: `older_than` compares updated_at (update_run(id) is a heartbeat), and
+        `host` / `owner_pid` match the process that created the run."""
+        stmt = runs.update().where(runs.c.status == "running")
+        if older_than is not None:
+            stmt = stmt.where(runs.c.updated_at < older_than)
+        if host is not None:
+            stmt = stmt.where(runs.c.host == host)
+        if owner_pid is not None:
+            stmt = stmt.where(runs.c.owner_pid == owner_pid)
+        stmt = stmt.values(status="interrupted", updated_at=_now(),
+                           error=sa.func.coalesce(runs.c.error, INTERRUPTED_ERROR))
+        async with self._write() as conn:
+            res = await conn.execute(stmt)
+        return res.rowcount
+
+    async def purge_content(self, older_than: datetime) -> int:
+        """Retention: for finished runs created before `older_than`, blank request, result, content and
+        event data; the row, its usage/cost/status and the event skeleton stay. Returns runs purged."""
+        doomed = (runs.c.created_at < older_than) & (runs.c.status != "running") & runs.c.purged_at.is_(None)
+        async with self._write() as conn:
+            await conn.execute(
+                run_events.update().where(run_events.c.run_id.in_(sa.select(runs.c.id).where(doomed))).values(data={})
+            )
+            res = await conn.execute(
+                runs.update().where(doomed).values(request={}, result=None, content="", purged_at=_now())
+            )
+        return res.rowcount
+
+    async def _exists(self, run_id: str) -> bool:
+        async with self._engine.connect() as conn:
+            return (await conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id))).first() is not None
+
+    # ---- events ----------------------------------------------------------------------------
+
+    async def append_events(self, run_id: str, events: Iterable[Any]) -> None:
+        """Batch insert. Events are pipeline `Event`s, `EventRecord`s or mappings with seq/type[/stage/data/ts].
+        A (run_id, seq) already stored is skipped, so replaying a batch is harmless."""
+        rows: dict[int, dict[str, Any]] = {}
+        for ev in events:
+            row = _event_row(run_id, ev)
+            rows.setdefault(row["seq"], row)  # first wins, as in the database
+        if not rows:
+            return
+        insert = sqlite_insert if self._sqlite else pg_insert
+        stmt = insert(run_events).on_conflict_do_nothing(index_elements=["run_id", "seq"])
+        batch = list(rows.values())
+        try:
+            async with self._write() as conn:
+                for i in range(0, len(batch), _EVENT_CHUNK):
+                    await conn.execute(stmt, batch[i : i + _EVENT_CHUNK])
+        except IntegrityError:
+            raise RunNotFoundError(run_id) from None  # the only constraint left is the run FK
+
+    async def events_after(
+        self, run_id: str, after_seq: int = 0, limit: int = 1000, *, key_id: str | None = None
+    ) -> list[EventRecord]:
+        """Events with seq > after_seq, in seq order. With `key_id`, empty unless the run is that key's."""
+        query = (sa.select(run_events).where(run_events.c.run_id == run_id, run_events.c.seq > after_seq)
+                 .order_by(run_events.c.seq).limit(limit))
+        if key_id is not None:
+            query = query.where(sa.exists().where(runs.c.id == run_id, runs.c.key_id == key_id))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [EventRecord(**r._mapping) for r in rows]
+
+
+def _event_row(run_id: str, ev: Any) -> dict[str, Any]:
+    get = ev.get if isinstance(ev, Mapping) else (lambda k, d=None: getattr(ev, k, d))
+    ev_run = get("run_id")
+    if ev_run is not None and ev_run != run_id:
+        raise ValueError(f"event for run {ev_run!r} appended to run {run_id!r}")
+    etype = get("type")
+    seq = get("seq")
+    if not isinstance(etype, str) or not isinstance(seq, int):
+        raise ValueError(f"event needs an int seq and a str type, got seq={seq!r} type={etype!r}")
+    ts = get("ts")
+    return {"run_id": run_id, "seq": seq, "type": etype, "stage": get("stage") or stage_of(etype),
+            "data": dict(get("data") or {}), "ts": float(ts) if ts is not None else time.time()}

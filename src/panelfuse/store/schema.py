@@ -1,0 +1,89 @@
+"""Table definitions (SQLAlchemy Core). The migrations in `migrations/versions` create these;
+keep the two in step (a new column = a new migration + a change here)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+RUN_STATUSES = ("running", "completed", "failed", "cancelled", "interrupted")
+FINAL_STATUSES = ("completed", "failed", "cancelled", "interrupted")
+VERSION_TABLE = "panelfuse_alembic_version"  # not `alembic_version`: the database may be shared
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out. PostgreSQL keeps timestamptz; SQLite stores naive UTC text
+    (fixed width, so text order is time order) and gets UTC re-attached on the way out."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # defensive: raw text from a hand-edited SQLite file
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _json(nullable: bool) -> sa.JSON:
+    # none_as_null: Python None is SQL NULL (not the JSON text 'null'), so IS NULL works.
+    return sa.JSON(none_as_null=nullable)
+
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("preset", sa.String, nullable=True),
+    sa.Column("mode", sa.String, nullable=False),
+    sa.Column("request_model", sa.String, nullable=False),
+    sa.Column("spec", _json(False), nullable=False),
+    sa.Column("request", _json(False), nullable=False),
+    sa.Column("result", _json(True), nullable=True),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("usage", _json(True), nullable=True),
+    sa.Column("cost", sa.Double, nullable=True),
+    sa.Column("degraded", sa.Boolean, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("latency_ms", sa.Integer, nullable=False),
+    sa.Column("prompt_version", sa.String, nullable=False),
+    sa.Column("key_id", sa.String, nullable=True),
+    sa.Column("background", sa.Boolean, nullable=False),
+    sa.Column("parent_run_id", sa.String, sa.ForeignKey("runs.id", ondelete="SET NULL"), nullable=True),
+    sa.Column("feedback_score", sa.Double, nullable=True),
+    sa.Column("feedback_comment", sa.Text, nullable=True),
+    sa.Column("owner_pid", sa.Integer, nullable=True),
+    sa.Column("host", sa.String, nullable=True),
+    sa.Column("purged_at", UTCDateTime, nullable=True),
+    # (created_at, id) is the paging key; the other indexes serve list filters and key scoping.
+    sa.Index("ix_runs_created_at_id", "created_at", "id"),
+    sa.Index("ix_runs_status", "status"),
+    sa.Index("ix_runs_key_id_created_at", "key_id", "created_at"),
+    sa.Index("ix_runs_parent_run_id", "parent_run_id"),
+)
+
+run_events = sa.Table(
+    "run_events",
+    metadata,
+    sa.Column("run_id", sa.String, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("type", sa.String, nullable=False),
+    sa.Column("stage", sa.String, nullable=False),
+    sa.Column("data", _json(False), nullable=False),
+    sa.Column("ts", sa.Double, nullable=False),
+)
