@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import openai
@@ -29,7 +30,8 @@ def client(gateway):
 
 
 def post(gateway, body, **kw):
-    return httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=30, **kw)
+    kw.setdefault("timeout", 30)
+    return httpx.post(f"{gateway.url}/v1/chat/completions", json=body, **kw)
 
 
 # --- the fusion alias, non-streaming and streaming -------------------------------------------------
@@ -326,18 +328,16 @@ def test_a_crash_leaves_interrupted_runs(fake, tmp_path):
     db = f"sqlite+aiosqlite:///{tmp_path}/runs.db"
 
     async def leave_a_running_row():
-        from datetime import UTC, datetime, timedelta
-
         from panelfuse.store import RunStore
 
         store = await RunStore.open(db)
         await store.create_run("run_crashed", spec={}, request={"messages": []}, request_model="panelfuse/fusion",
                                preset="test", mode="synthesize", prompt_version="x")
-        await store.update_run("run_crashed", updated_at=datetime.now(UTC) - timedelta(hours=1))
         await store.close()
 
     asyncio.run(leave_a_running_row())
-    gw = Gateway(fake, db).start()
+    # A restarted gateway treats runs with no heartbeat for stale_after_s as abandoned by a dead process.
+    gw = Gateway(fake, db, stale_after_s=0).start()
     try:
         run = httpx.get(f"{gw.url}/v1/fusion/runs/run_crashed").json()
         assert run["status"] == "interrupted"
@@ -348,5 +348,3 @@ def test_a_crash_leaves_interrupted_runs(fake, tmp_path):
 def test_analysis_for_helper_names_labels():
     assert analysis_for(["A", "B"])["unique_insights"][0]["model"] == "A"
 
-
-import time  # noqa: E402  (used by the polling loops above)

@@ -62,6 +62,32 @@ class BodyLimit:
         await self.app(scope, counting_receive, send)
 
 
+class CountRequests:
+    """Counts requests by route template and status. Pure ASGI (not BaseHTTPMiddleware, which hides
+    client disconnects from the endpoints)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = "000"
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.REQUESTS.labels(scope.get("method", "?"), route, status).inc()
+
+
 def create_app(
     settings: ServerSettings | None = None, config: Config | None = None, providers: Providers | None = None
 ) -> FastAPI:
@@ -95,13 +121,7 @@ def create_app(
     app.add_exception_handler(ApiError, api_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected_handler)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Any) -> Response:
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.REQUESTS.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-        return response
-
+    app.add_middleware(CountRequests)
     app.include_router(chat.router)
     app.include_router(runs_api.router)
 

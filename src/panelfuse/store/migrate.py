@@ -59,10 +59,10 @@ async def migrate(engine: AsyncEngine, *, schema: str | None = None) -> None:
     dialect = engine.dialect.name
     async with engine.connect() as conn:
         if dialect == "sqlite":
-            await conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+            pass
         async with conn.begin():
             if dialect == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+                pass
                 if schema is not None:  # validated as an identifier by build_engine
                     await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
             await conn.run_sync(_upgrade)

@@ -26,16 +26,18 @@ def mask_url(raw: str | URL) -> str:
 
 def normalize_url(raw: str | URL) -> URL:
     """Parse `raw` and point it at an async driver: sqlite → aiosqlite, postgresql → asyncpg."""
-    masked = mask_url(raw)
     try:
         url = make_url(raw)
     except (ArgumentError, ValueError, TypeError):
-        scheme = str(raw).split("://", 1)[0] if "://" in str(raw) else None
+        # Unparseable text is not echoed: we cannot tell which part of it is a password.
+        head = str(raw).split("://", 1)[0] if "://" in str(raw) else None
+        scheme = head if head and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", head) else None
         raise StoreURLError(
-            f"could not parse database URL {masked!r}: expected e.g. sqlite:///path/runs.db "
-            "or postgresql://user:password@host/dbname",
-            scheme=scheme, url=masked,
+            f"could not parse the database URL (scheme {scheme!r}): expected e.g. sqlite:///path/runs.db "
+            "or postgresql://user:password@host:5432/dbname",
+            scheme=scheme, url=None,
         ) from None
+    masked = mask_url(url)
     scheme = url.drivername
     if scheme in _SQLITE_SYNC:
         url = url.set(drivername="sqlite+aiosqlite")
