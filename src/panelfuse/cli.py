@@ -318,7 +318,7 @@ def serve(
     os.environ["PANELFUSE_SHUTDOWN_GRACE_S"] = str(shutdown_grace)
     uvicorn.run(
         "panelfuse.server.app:app_factory", factory=True, host=host, port=port, workers=workers,
-        log_level=log_level, timeout_graceful_shutdown=int(shutdown_grace) + 5,
+        log_level=log_level, timeout_graceful_shutdown=max(1, round(shutdown_grace)),
     )
 
 

@@ -132,7 +132,7 @@ def create_app(
             await state.store.list_runs(limit=1)
         except Exception as exc:
             return JSONResponse({"status": "degraded", "store": f"error: {type(exc).__name__}"}, status_code=503)
-        return JSONResponse({"status": "ok", "store": "ok", "version": __version__,
+        return JSONResponse({"status": "ok", "store": "ok", "version": __version__, "pid": os.getpid(),
                              "active_runs": len(state.manager.active)})
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)

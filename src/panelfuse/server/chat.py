@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -125,16 +126,28 @@ async def fusion_completion(
 
 
 async def wait_or_disconnect(request: Request, run: ActiveRun) -> None:
-    """Wait for the run; a client that goes away cancels it unless it runs in the background."""
-    while not run.done.is_set():
-        try:
-            await asyncio.wait_for(run.done.wait(), timeout=0.5)
-        except TimeoutError:
-            if await request.is_disconnected():
-                if not run.background:
-                    run.cancel("the client disconnected")
-                    await run.done.wait()
-                return
+    """Wait for the run; a client that goes away cancels it unless it runs in the background.
+
+    When the server cancels this request (graceful shutdown ran out of time), the run is stopped and
+    recorded, and the caller gets a 503 rather than a bare connection drop.
+    """
+    try:
+        while not run.done.is_set():
+            try:
+                await asyncio.wait_for(run.done.wait(), timeout=0.5)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    if not run.background:
+                        run.cancel("the client disconnected")
+                        await run.done.wait()
+                    return
+    except asyncio.CancelledError:
+        if not run.background:
+            run.cancel("the gateway shut down before the run finished")
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(run.done.wait()), timeout=10)
+        raise ApiError(503, "the gateway is shutting down; the run was stopped and recorded",
+                       code="shutting_down", extra={"run_id": run.run_id}) from None
 
 
 async def stream_fusion(run: ActiveRun, spec: FusionSpec, include_panel: bool, keepalive: float) -> AsyncIterator[str]:

@@ -166,7 +166,7 @@ class RunManager:
             return
         _, still = await asyncio.wait(pending, timeout=grace)
         for run in list(self.active.values()):
-            run.cancel("the gateway shut down")
+            run.cancel("the gateway shut down before the run finished")
         if still:
             with contextlib.suppress(Exception):
                 await asyncio.wait(still, timeout=10)

@@ -1,0 +1,126 @@
+"""`panelfuse serve` as a real process: several workers sharing one store; graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from pipeline_helpers import script_panel
+
+from panelfuse.store import RunStore
+from panelfuse.testing import Script
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(tmp_path, fake) -> str:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        'default_provider = "fake"\ndefault_preset = "test"\n'
+        f'[providers.fake]\nkind = "openai_compat"\nbase_url = "{fake.openai_base_url}"\napi_key = "k"\n'
+        '[presets.test]\nmembers = ["fake/m1", "fake/m2", "fake/m3"]\njudge = "fake/judge"\n'
+        'synthesizer = { model = "fake/synth" }\ndeadline_ms = 60000\nmax_tokens = 100\n'
+    )
+    return str(path)
+
+
+def start_server(tmp_path, fake, *args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    db = f"sqlite:///{tmp_path}/runs.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "panelfuse.cli", "serve", "--port", str(port), "--db", db,
+         "--config", write_config(tmp_path, fake), "--log-level", "warning", *args],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError("serve exited early")
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("serve did not come up")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_two_workers_share_one_store(tmp_path, fake):
+    script_panel(fake, m1=Script(text="one", latency=0.2))
+    proc, url = start_server(tmp_path, fake, "--workers", "2")
+    try:
+        async def many():
+            async with httpx.AsyncClient(timeout=60) as http:
+                body = {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}]}
+                return await asyncio.gather(*(http.post(f"{url}/v1/chat/completions", json=body) for _ in range(8)))
+
+        responses = asyncio.run(many())
+        assert [r.status_code for r in responses] == [200] * 8
+        run_ids = {r.json()["fusion"]["run_id"] for r in responses}
+        listed = httpx.get(f"{url}/v1/fusion/runs", params={"limit": 50}).json()["data"]
+        assert {r["id"] for r in listed} == run_ids
+        assert all(r["status"] == "completed" for r in listed)
+        # every run is readable through any worker: fetch each one several times
+        for rid in run_ids:
+            for _ in range(3):
+                assert httpx.get(f"{url}/v1/fusion/runs/{rid}").json()["status"] == "completed"
+        pids = {httpx.get(f"{url}/healthz", headers={"Connection": "close"}).json()["pid"] for _ in range(40)}
+        assert proc.pid not in pids and len(pids) >= 1
+    finally:
+        stop(proc)
+    assert proc.returncode is not None
+
+
+def test_graceful_shutdown_records_the_run(tmp_path, fake):
+    script_panel(fake, m1=Script(text="x", latency=60), m2=Script(text="x", latency=60),
+                 m3=Script(text="x", latency=60))
+    proc, url = start_server(tmp_path, fake, "--shutdown-grace", "1")
+
+    def stop_soon():
+        time.sleep(1.0)  # the request is in flight when the server is told to stop
+        proc.send_signal(signal.SIGTERM)
+
+    threading.Thread(target=stop_soon, daemon=True).start()
+    try:
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                       json={"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}]})
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "shutting_down"
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+
+    async def read_runs():
+        store = await RunStore.open(f"sqlite:///{tmp_path}/runs.db")
+        try:
+            return (await store.list_runs(limit=5)).items
+        finally:
+            await store.close()
+
+    runs = asyncio.run(read_runs())
+    assert len(runs) == 1
+    assert runs[0].status == "cancelled"
+    assert "shut down" in (runs[0].error or "")
+    assert fake.wait_idle(10)
