@@ -7,7 +7,6 @@ import re
 from typing import Any
 
 from conftest import fake_providers
-
 from panelfuse.pipeline.run import Fusion
 from panelfuse.pricing import Price, PriceTable
 from panelfuse.spec import FusionSpec

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from pipeline_helpers import fusion, script_panel, spec
 from rich.console import Console
 from typer.testing import CliRunner
 
 from panelfuse.cli import app
 from panelfuse.progress import ProgressPrinter
 from panelfuse.testing import Failure, Script
+from pipeline_helpers import fusion, script_panel, spec
 
 runner = CliRunner(env={"COLUMNS": "240"})
 

@@ -10,10 +10,10 @@ import time
 import httpx
 import openai
 import pytest
-from gateway_helpers import Gateway
-from pipeline_helpers import analysis_for, script_panel
 
+from gateway_helpers import Gateway
 from panelfuse.testing import Failure, Script
+from pipeline_helpers import analysis_for, script_panel
 
 
 @pytest.fixture
@@ -272,11 +272,12 @@ async def test_disconnect_cancels_the_run_and_its_upstream_calls(fake, gateway):
                     break  # the client goes away mid-panel
     assert await fake.wait_idle_async(10)
     assert fake.disconnects == 3
-    for _ in range(100):
-        run = httpx.get(f"{gateway.url}/v1/fusion/runs/{run_id}").json()
-        if run["status"] != "running":
-            break
-        await asyncio.sleep(0.05)
+    async with httpx.AsyncClient() as http:
+        for _ in range(100):
+            run = (await http.get(f"{gateway.url}/v1/fusion/runs/{run_id}")).json()
+            if run["status"] != "running":
+                break
+            await asyncio.sleep(0.05)
     assert run["status"] == "cancelled"
 
 
@@ -305,12 +306,14 @@ async def test_background_run_survives_disconnect_and_resumes_by_seq(fake, gatew
                     types.append(line[7:])
     assert seqs[0] == last_seq + 1 and seqs == list(range(last_seq + 1, last_seq + 1 + len(seqs)))
     assert types[-1] == "run.completed"
-    run = httpx.get(f"{gateway.url}/v1/fusion/runs/{run_id}").json()
+    async with httpx.AsyncClient() as http:
+        run = (await http.get(f"{gateway.url}/v1/fusion/runs/{run_id}")).json()
     assert run["status"] == "completed" and run["background"] is True
 
 
 def test_non_streaming_disconnect_cancels(fake, gateway):
-    script_panel(fake, m1=Script(text="x", latency=30), m2=Script(text="x", latency=30), m3=Script(text="x", latency=30))
+    slow = {m: Script(text="x", latency=30) for m in ("m1", "m2", "m3")}
+    script_panel(fake, **slow)
     with pytest.raises(httpx.ReadTimeout):
         post(gateway, {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}]}, timeout=0.5)
     assert fake.wait_idle(10)

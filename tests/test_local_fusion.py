@@ -6,8 +6,8 @@ import importlib.util
 
 import jsonschema
 import pytest
-from conftest import IN_CI
 
+from conftest import IN_CI
 from panelfuse.pipeline.analysis import analysis_schema
 from panelfuse.pipeline.run import Fusion
 from panelfuse.spec import all_presets, spec_from_preset

@@ -7,11 +7,11 @@ import asyncio
 import json
 
 import pytest
-from pipeline_helpers import PRICES, analysis_for, fusion, judge_script, script_panel, spec
 
 from panelfuse.pipeline.prompts import PROMPT_VERSION, SYNTHESIZER_NO_ANALYSIS
 from panelfuse.pipeline.run import FusionError
 from panelfuse.testing import Failure, Script
+from pipeline_helpers import PRICES, analysis_for, fusion, judge_script, script_panel, spec
 
 
 async def test_all_members_are_in_flight_at_once(fake):

@@ -12,11 +12,10 @@ import threading
 import time
 
 import httpx
-import pytest
-from pipeline_helpers import script_panel
 
 from panelfuse.store import RunStore
 from panelfuse.testing import Script
+from pipeline_helpers import script_panel
 
 
 def free_port() -> int:

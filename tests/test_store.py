@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import require_service
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from conftest import require_service
 from panelfuse.pipeline.events import Event
 from panelfuse.pipeline.result import CallRecord, FusionResult, MemberResult, StageResult
 from panelfuse.providers.base import Usage

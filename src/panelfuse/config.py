@@ -77,9 +77,15 @@ BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
         headers={"HTTP-Referer": "https://github.com/panelfuse/panelfuse", "X-Title": "panelfuse"},
     ),
     "openai": ProviderConfig(kind="openai_compat", base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY"),
-    "anthropic": ProviderConfig(kind="anthropic", base_url="https://api.anthropic.com", api_key_env="ANTHROPIC_API_KEY"),
-    "deepseek": ProviderConfig(kind="openai_compat", base_url="https://api.deepseek.com/v1", api_key_env="DEEPSEEK_API_KEY"),
-    "together": ProviderConfig(kind="openai_compat", base_url="https://api.together.xyz/v1", api_key_env="TOGETHER_API_KEY"),
+    "anthropic": ProviderConfig(
+        kind="anthropic", base_url="https://api.anthropic.com", api_key_env="ANTHROPIC_API_KEY"
+    ),
+    "deepseek": ProviderConfig(
+        kind="openai_compat", base_url="https://api.deepseek.com/v1", api_key_env="DEEPSEEK_API_KEY"
+    ),
+    "together": ProviderConfig(
+        kind="openai_compat", base_url="https://api.together.xyz/v1", api_key_env="TOGETHER_API_KEY"
+    ),
     "ollama": ProviderConfig(kind="openai_compat", base_url="http://127.0.0.1:11434/v1"),
 }
 ALWAYS_ON = ("local", "openrouter")
@@ -139,9 +145,7 @@ def locate_line(text: str, loc: tuple[str | int, ...]) -> int | None:
     return best[1] if best else None
 
 
-def load_config(
-    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
-) -> Config:
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate the config file (if any). Raises ConfigError naming file, line and field."""
     env = os.environ if env is None else env
     found = find_config_path(path, env)

@@ -115,6 +115,7 @@ async def run_panel(
     }
     pending = set(tasks)
     grace_until: float | None = None
+    stop_reason = "the run stopped before this member finished"
     try:
         while pending:
             timeout = None if grace_until is None else max(0.0, grace_until - time.monotonic())
@@ -133,7 +134,8 @@ async def run_panel(
                 pending = set()
                 break
             if ok + len(pending) < quorum:
-                break  # the quorum can no longer be reached: stop waiting
+                stop_reason = f"stopped: the quorum of {quorum} could no longer be reached"
+                break  # stop waiting for members that cannot save the run
             if ok >= quorum and spec.grace_ms is not None and grace_until is None:
                 grace_until = time.monotonic() + spec.grace_ms / 1000
     finally:
@@ -145,7 +147,7 @@ async def run_panel(
             for task in pending:
                 r = results[tasks[task]]
                 if r.status not in ("ok", "cut"):
-                    r.status, r.error = "cancelled", "the run stopped before this member finished"
+                    r.status, r.error = "cancelled", stop_reason
     out = list(results.values())
     ok = [r for r in out if r.status == "ok"]
     if len(ok) < quorum:

@@ -139,7 +139,7 @@ class FusionResult:
             {"member": m.member, "model": m.model, "status": m.status, "error": m.error,
              "status_code": m.status_code}
             for m in self.panel
-            if m.status in DEGRADING
+            if m.status not in ("ok", "cut")  # cancelled members appear when the run itself stopped
         ]
 
     def _all_calls(self) -> list[tuple[str, str, CallRecord]]:

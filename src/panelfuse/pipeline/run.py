@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from dataclasses import replace
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from panelfuse.config import Config

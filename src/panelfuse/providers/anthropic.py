@@ -88,11 +88,13 @@ def to_anthropic_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any
     out = []
     for t in tools:
         fn = t.get("function", t)
-        out.append({
-            "name": fn["name"],
-            "description": fn.get("description", ""),
-            "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
-        })
+        out.append(
+            {
+                "name": fn["name"],
+                "description": fn.get("description", ""),
+                "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+            }
+        )
     return out
 
 
@@ -191,9 +193,7 @@ class AnthropicProvider(Provider):
                             f"malformed SSE data: {sse.data[:200]!r}", provider=self.name, model=req.model
                         ) from exc
                     if not isinstance(data, dict):
-                        raise BadResponseError(
-                            "SSE data is not an object", provider=self.name, model=req.model
-                        )
+                        raise BadResponseError("SSE data is not an object", provider=self.name, model=req.model)
                     kind = data.get("type", sse.event)
                     if kind == "message_start":
                         u = (data.get("message") or {}).get("usage") or {}
@@ -265,7 +265,9 @@ class AnthropicProvider(Provider):
                 if b.get("type") == "tool_use"
             ],
             finish_reason=STOP_REASONS.get(stop, stop),
-            usage=Usage(prompt_tokens=int(u.get("input_tokens") or 0), completion_tokens=int(u.get("output_tokens") or 0)),
+            usage=Usage(
+                prompt_tokens=int(u.get("input_tokens") or 0), completion_tokens=int(u.get("output_tokens") or 0)
+            ),
             refusal="the model refused (stop_reason: refusal)" if stop == "refusal" else None,
         )
 

@@ -88,8 +88,10 @@ class ToolCallAccumulator:
                 slot["arguments"] += fn["arguments"]
 
     def take(self) -> list[ToolCall]:
-        calls = [ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=c["arguments"] or "{}")
-                 for i, c in sorted(self._calls.items())]
+        calls = [
+            ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=c["arguments"] or "{}")
+            for i, c in sorted(self._calls.items())
+        ]
         self._calls.clear()
         return calls
 
@@ -231,7 +233,9 @@ class OpenAICompatProvider(Provider):
                 f"unreadable completion: {resp.text[:200]!r}", provider=self.name, model=req.model
             ) from exc
         calls = [
-            ToolCall(id=tc.get("id", ""), name=tc["function"]["name"], arguments=tc["function"].get("arguments") or "{}")
+            ToolCall(
+                id=tc.get("id", ""), name=tc["function"]["name"], arguments=tc["function"].get("arguments") or "{}"
+            )
             for tc in message.get("tool_calls") or []
         ]
         yield StreamEvent(
@@ -253,7 +257,9 @@ async def fetch_model_ids(url: str, headers: Mapping[str, str], *, provider: str
     except httpx.HTTPError as exc:
         raise transport_error(exc, provider=provider, model="*") from exc
     if resp.status_code >= 400:
-        raise error_from_status(resp.status_code, error_message(resp.content), resp.headers, provider=provider, model="*")
+        raise error_from_status(
+            resp.status_code, error_message(resp.content), resp.headers, provider=provider, model="*"
+        )
     try:
         return [m["id"] for m in resp.json()["data"]]
     except (ValueError, KeyError, TypeError) as exc:

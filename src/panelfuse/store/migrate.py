@@ -13,7 +13,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from panelfuse.store.engine import SQLITE_BEGIN_OPTION
 from panelfuse.store.errors import StoreMigrationError
 from panelfuse.store.schema import VERSION_TABLE
 
