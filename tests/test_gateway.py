@@ -351,3 +351,68 @@ def test_a_crash_leaves_interrupted_runs(fake, tmp_path):
 def test_analysis_for_helper_names_labels():
     assert analysis_for(["A", "B"])["unique_insights"][0]["model"] == "A"
 
+
+
+def test_preset_alias_and_include_usage_stream(fake, client):
+    script_panel(fake)
+    r = client.chat.completions.create(model="panelfuse/fusion-test", messages=[{"role": "user", "content": "q"}])
+    assert r.model_extra["fusion"]["preset"] == "test"
+    stream = client.chat.completions.create(
+        model="panelfuse/fusion-test", messages=[{"role": "user", "content": "q"}], stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[-1].usage.total_tokens > 0
+    # the SSE event order, as the SDK saw it
+    order = [c.model_extra["fusion"]["event"] for c in chunks
+             if not c.choices and "event" in (c.model_extra.get("fusion") or {})]
+    firsts = [order.index(e) for e in ("run.started", "panel.started", "panel.completed", "analysis.started",
+                                       "analysis.completed", "final.completed", "run.completed")]
+    assert firsts == sorted(firsts)
+
+
+def test_runs_list_pages_and_filters(fake, gateway):
+    script_panel(fake)
+    for i in range(5):
+        mode = "best-of" if i % 2 else "synthesize"
+        if mode == "best-of":
+            fake.script("judge", Script(text=json.dumps({"best": "A", "reason": "r"})))
+        else:
+            from pipeline_helpers import judge_script
+
+            fake.script("judge", judge_script)
+        r = post(gateway, {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": f"q{i}"}],
+                           "plugins": [{"id": "fusion", "mode": mode}]})
+        assert r.status_code == 200, r.text
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"before": cursor} if cursor else {})}
+        page = httpx.get(f"{gateway.url}/v1/fusion/runs", params=params).json()
+        seen += [r["id"] for r in page["data"]]
+        cursor = page["next_cursor"]
+        if not page["has_more"]:
+            break
+    assert len(seen) == 5 and len(set(seen)) == 5
+    best_of = httpx.get(f"{gateway.url}/v1/fusion/runs", params={"mode": "best-of"}).json()["data"]
+    assert len(best_of) == 2 and all(r["mode"] == "best-of" for r in best_of)
+    bad = httpx.get(f"{gateway.url}/v1/fusion/runs", params={"before": "garbage"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "before"
+
+
+def _counter(text: str, line_prefix: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_counters_move(fake, gateway):
+    script_panel(fake, m2=Script(failure=Failure.HTTP, status_code=401))
+    key = 'panelfuse_upstream_errors_total{model="fake/m2",status="failed"}'
+    before = _counter(httpx.get(f"{gateway.url}/metrics").text, key)
+    runs_before = _counter(httpx.get(f"{gateway.url}/metrics").text, 'panelfuse_runs_total{degraded="true"')
+    assert post(gateway, {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}]}).status_code == 200
+    text = httpx.get(f"{gateway.url}/metrics").text
+    assert _counter(text, key) == before + 1
+    assert _counter(text, 'panelfuse_runs_total{degraded="true"') == runs_before + 1
+    assert _counter(text, 'panelfuse_cost_usd_total{stage="panel"}') > 0

@@ -24,11 +24,12 @@ from panelfuse.server.errors import (
     ApiError,
     api_error_handler,
     http_handler,
+    store_error_handler,
     unexpected_handler,
     validation_handler,
 )
 from panelfuse.server.state import GatewayState, ServerSettings
-from panelfuse.store import RunStore
+from panelfuse.store import RunStore, StoreError
 
 log = logging.getLogger("panelfuse.server")
 
@@ -96,7 +97,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cfg = config or load_config(settings.config_path)
-        store = await RunStore.open(settings.db_url or RunStore.default_url())
+        store = await RunStore.open(settings.db_url or RunStore.default_url(), schema=settings.db_schema)
         # Runs left 'running' by a dead process (no heartbeat for a while) are interrupted, not lost.
         stale = datetime.now(UTC) - timedelta(seconds=settings.stale_after_s)
         found = await store.mark_interrupted(older_than=stale)
@@ -119,6 +120,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_handler)  # type: ignore[arg-type]
     app.add_exception_handler(ApiError, api_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StoreError, store_error_handler)
     app.add_exception_handler(Exception, unexpected_handler)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CountRequests)

@@ -113,3 +113,8 @@ async def api_error_handler(_: Request, exc: ApiError) -> JSONResponse:
 async def unexpected_handler(_: Request, exc: Exception) -> JSONResponse:
     # A bug of ours: still OpenAI's shape, never a traceback in the body.
     return ApiError(500, f"internal error ({type(exc).__name__})", code="internal_error").response()
+
+
+async def store_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    # The database is unreachable or refused the write: a service problem, said plainly.
+    return ApiError(503, f"the run store is unavailable: {exc}", code="store_unavailable").response()

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from panelfuse.pipeline.result import MemberResult
 from panelfuse.pipeline.run import Fusion
 from panelfuse.providers.errors import ProviderError
-from panelfuse.resolve import FUSION_ALIASES, FUSION_PRESET_PREFIX
+from panelfuse.resolve import FUSION_ALIASES, FUSION_PRESET_PREFIX, FusionRoute, UnknownModelError
 from panelfuse.server import shapes
 from panelfuse.server.chat import build_fusion_spec, validation_api_error, wait_or_disconnect
 from panelfuse.server.errors import ApiError
@@ -29,6 +29,7 @@ from panelfuse.server.schemas import (
 )
 from panelfuse.server.state import GatewayState
 from panelfuse.spec import FusionSpec
+from panelfuse.store import InvalidCursorError
 
 router = APIRouter()
 TERMINAL_STATUSES = ("completed", "failed", "cancelled", "interrupted")
@@ -56,9 +57,12 @@ async def list_runs(
     mode: str | None = None,
     degraded: bool | None = None,
 ) -> dict[str, Any]:
-    page = await _state(request).store.list_runs(
-        limit=limit, before=before, status=status, preset=preset, mode=mode, degraded=degraded
-    )
+    try:
+        page = await _state(request).store.list_runs(
+            limit=limit, before=before, status=status, preset=preset, mode=mode, degraded=degraded
+        )
+    except InvalidCursorError as exc:
+        raise ApiError(400, str(exc), param="before", code="invalid_cursor") from exc
     return {
         "object": "list",
         "data": [r.to_dict() for r in page.items],
@@ -178,14 +182,20 @@ async def resynthesize(run_id: str, body: ResynthesizeRequest, request: Request)
 @router.post("/v1/fusion/estimate", summary="The worst-case cost of a fusion request, before running it")
 async def estimate(body: EstimateRequest, request: Request) -> dict[str, Any]:
     state = _state(request)
-    chat = ChatCompletionRequest(model=body.model, messages=body.messages, plugins=body.plugins,
-                                 max_completion_tokens=body.max_completion_tokens)
     try:
+        chat = ChatCompletionRequest(model=body.model, messages=body.messages, plugins=body.plugins,
+                                     max_completion_tokens=body.max_completion_tokens)
         plugin = chat.fusion_plugin()
     except ValidationError as exc:
-        raise validation_api_error(exc, "plugins[0]") from exc
-    route = state.providers.route(body.model, list(state.presets))
-    spec = build_fusion_spec(state, chat, plugin, getattr(route, "preset", None))
+        raise validation_api_error(exc, "body") from exc
+    try:
+        route = state.providers.route(body.model, list(state.presets))
+    except UnknownModelError as exc:
+        raise ApiError(404, str(exc), param="model", code="model_not_found") from exc
+    if not isinstance(route, FusionRoute):
+        raise ApiError(400, f"'{body.model}' is not a fusion model: estimates are for panelfuse/fusion",
+                       param="model", code="not_a_fusion_model")
+    spec = build_fusion_spec(state, chat, plugin, route.preset)
     try:
         est = Fusion(spec, providers=state.providers, prices=state.prices).estimate(chat.plain_messages())
     except ProviderError as exc:

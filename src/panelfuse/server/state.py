@@ -17,6 +17,7 @@ from panelfuse.store import RunStore
 class ServerSettings:
     config_path: str | None = None
     db_url: str | None = None  # None: the SQLite file in the user data dir
+    db_schema: str | None = None  # PostgreSQL only: keep the tables in this schema (tests, tenants)
     max_body_bytes: int = 8 * 1024 * 1024
     keepalive_s: float = 5.0
     shutdown_grace_s: float = 20.0
