@@ -8,6 +8,7 @@ import uuid
 import httpx
 import openai
 import pytest
+
 from conftest import require_service
 from gateway_helpers import Gateway
 from pipeline_helpers import script_panel

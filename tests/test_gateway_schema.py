@@ -6,9 +6,9 @@ Driven through hypothesis directly (schemathesis's pytest plugin does not load u
 from __future__ import annotations
 
 import schemathesis
-from gateway_helpers import Gateway
 from hypothesis import HealthCheck, given, settings
 
+from gateway_helpers import Gateway
 from panelfuse.testing import Script
 
 

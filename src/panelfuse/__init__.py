@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from panelfuse.pipeline.result import FusionResult, MemberResult  # noqa: E402
-from panelfuse.pipeline.run import Fusion, FusionError  # noqa: E402
-from panelfuse.spec import FusionSpec, all_presets, spec_from_preset  # noqa: E402
+from panelfuse.pipeline.result import FusionResult, MemberResult
+from panelfuse.pipeline.run import Fusion, FusionError
+from panelfuse.spec import FusionSpec, all_presets, spec_from_preset
 
 __all__ = ["Fusion", "FusionError", "FusionResult", "FusionSpec", "MemberResult", "all_presets", "spec_from_preset"]
