@@ -93,7 +93,7 @@ async def test_migrate_on_open_is_idempotent(target):
     await first.close()
     second = await RunStore.open(url, schema=schema)  # already at head: must not re-create or wipe
     try:
-        assert await scalar(second, sa.text(f"SELECT version_num FROM {VERSION_TABLE}")) == head_revision() == "0001"
+        assert await scalar(second, sa.text(f"SELECT version_num FROM {VERSION_TABLE}")) == head_revision() is not None
         assert (await second.get_run("run_keep")) is not None
     finally:
         await second.close()
@@ -131,7 +131,8 @@ def test_url_normalization():
     assert normalize_url("sqlite+aiosqlite:///x.db").database == "x.db"
     assert normalize_url("sqlite://").database == ":memory:"
     pg = normalize_url("postgres://u:pw@h:5433/db?sslmode=require")
-    assert (pg.drivername, pg.port, pg.database, dict(pg.query)) == ("postgresql+asyncpg", 5433, "db", {"ssl": "require"})
+    assert (pg.drivername, pg.port, pg.database) == ("postgresql+asyncpg", 5433, "db")
+    assert dict(pg.query) == {"ssl": "require"}
     assert normalize_url("postgresql://u@h/db").drivername == "postgresql+asyncpg"
     assert RunStore.default_url().startswith("sqlite+aiosqlite:///")
     assert RunStore.default_url().endswith("runs.db")

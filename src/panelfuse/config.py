@@ -39,6 +39,61 @@ class ProviderConfig(BaseModel):
         return env.get(self.api_key_env) if self.api_key_env else None
 
 
+class SearchServiceConfig(BaseModel):
+    """One web search service ([tools.searxng], [tools.brave], [tools.tavily])."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None  # default: the service's public API (SearXNG has none: it is self-hosted)
+    api_key_env: str | None = None
+    api_key: str | None = None  # allowed for self-hosted setups; api_key_env is preferred
+    price: float | None = Field(default=None, ge=0, description="USD per search request")
+    timeout: float = Field(default=15.0, gt=0, description="seconds")
+
+    def resolved_api_key(self, env: Mapping[str, str]) -> str | None:
+        if self.api_key:
+            return self.api_key
+        return env.get(self.api_key_env) if self.api_key_env else None
+
+
+class FetchConfig(BaseModel):
+    """[tools.fetch]: web_fetch reaches out of the machine, so it is off until turned on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    # Hosts or CIDRs exempt from the SSRF guard (self-hosted services, tests), e.g. ["wiki.lan", "10.1.0.0/16"].
+    allow: list[str] = Field(default_factory=list)
+    max_bytes: int = Field(default=2_000_000, gt=0)
+    max_redirects: int = Field(default=3, ge=0, le=10)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=15.0, gt=0)
+
+
+class ToolsConfig(BaseModel):
+    """[tools]: the web_search backend and web_fetch. Out of the box nothing leaves the machine:
+    web_search answers from the local corpus (once `panelfuse index DIR` has built one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    search: Literal["corpus", "searxng", "brave", "tavily", "none"] = "corpus"
+    corpus_index: str | None = None  # default: corpus.db in the user data dir
+    corpus_price: float = Field(default=0.0, ge=0)
+    max_results: int = Field(default=5, ge=1, le=20)
+    result_tokens: int = Field(default=2000, ge=100, le=32_000, description="one tool result is cut to this")
+    tool_timeout: float = Field(default=30.0, gt=0, description="seconds, one tool call")
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    searxng: SearchServiceConfig = Field(default_factory=SearchServiceConfig)
+    brave: SearchServiceConfig = Field(default_factory=lambda: SearchServiceConfig(api_key_env="BRAVE_API_KEY"))
+    tavily: SearchServiceConfig = Field(default_factory=lambda: SearchServiceConfig(api_key_env="TAVILY_API_KEY"))
+
+    @model_validator(mode="after")
+    def _searxng_needs_url(self) -> ToolsConfig:
+        if self.search == "searxng" and not self.searxng.url:
+            raise ValueError("search = 'searxng' needs [tools.searxng] url (your SearXNG instance)")
+        return self
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +103,7 @@ class Config(BaseModel):
     # Filled in by the pipeline's preset module; kept raw here so config has no pipeline dependency.
     presets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
     source: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="before")
@@ -220,4 +276,13 @@ def effective_config(cfg: Config, env: Mapping[str, str] | None = None) -> dict[
         "providers": providers,
         "presets": cfg.presets,
         "prices": cfg.prices,
+        "tools": _effective_tools(cfg.tools, env),
     }
+
+
+def _effective_tools(tools: ToolsConfig, env: Mapping[str, str]) -> dict[str, Any]:
+    out = tools.model_dump()
+    for name in ("searxng", "brave", "tavily"):
+        key = getattr(tools, name).resolved_api_key(env)
+        out[name]["api_key"] = mask_secret(key) if key else None
+    return out

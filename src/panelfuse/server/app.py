@@ -19,7 +19,7 @@ from panelfuse import __version__
 from panelfuse.config import Config, load_config
 from panelfuse.providers.http import close_shared_client
 from panelfuse.providers.registry import Providers
-from panelfuse.server import chat, metrics, runs_api
+from panelfuse.server import chat, chatroom, metrics, runs_api
 from panelfuse.server.errors import (
     ApiError,
     api_error_handler,
@@ -126,6 +126,7 @@ def create_app(
     app.add_middleware(CountRequests)
     app.include_router(chat.router)
     app.include_router(runs_api.router)
+    app.include_router(chatroom.router)
 
     @app.get("/healthz", summary="Liveness and store check")
     async def healthz(request: Request) -> JSONResponse:

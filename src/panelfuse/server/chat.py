@@ -7,17 +7,21 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from panelfuse.pipeline.run import Fusion
+from panelfuse.pricing import Price, call_cost, messages_tokens, token_cost
 from panelfuse.providers.base import ChatRequest, StreamEvent, fold_stream
 from panelfuse.providers.errors import ProviderError
-from panelfuse.resolve import FusionRoute, UnknownModelError
+from panelfuse.providers.registry import Providers
+from panelfuse.resolve import FusionRoute, ProviderRoute, UnknownModelError
 from panelfuse.server import shapes
+from panelfuse.server.access import Principal, current_principal, providers_for
+from panelfuse.server.admission import Admission, admit
 from panelfuse.server.errors import ApiError, from_provider_error
 from panelfuse.server.plugin import spec_from_request
 from panelfuse.server.runs import ActiveRun
@@ -46,8 +50,11 @@ def answer_model_hint(spec: FusionSpec) -> str:
 
 
 @router.post("/v1/chat/completions", summary="OpenAI-compatible chat completions, with fusion")
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, principal: Annotated[Principal, Depends(current_principal)]
+) -> Any:
     state: GatewayState = request.app.state.gateway
+    providers = providers_for(principal, state.providers)
     try:
         plugin = body.fusion_plugin()
     except ValidationError as exc:
@@ -56,15 +63,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         raise ApiError(400, "the fusion server tool is not available on this gateway yet; use the "
                        "panelfuse/fusion model or the fusion plugin", param="tools", code="unsupported_tool")
     try:
-        route = state.providers.route(body.model, list(state.presets))
+        route = providers.route(body.model, list(state.presets))
     except UnknownModelError as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from exc
     if isinstance(route, FusionRoute):
-        return await fusion_completion(state, body, plugin, route.preset, request)
+        return await fusion_completion(state, providers, principal, body, plugin, route.preset, request)
     if plugin is not None and plugin.enabled:
         raise ApiError(400, f"the fusion plugin needs a fusion model (panelfuse/fusion); '{body.model}' is a "
                        "plain model", param="plugins", code="fusion_plugin_on_plain_model")
-    return await proxy_completion(state, body, request)
+    return await proxy_completion(state, providers, principal, body, request)
 
 
 def build_fusion_spec(
@@ -86,12 +93,28 @@ def build_fusion_spec(
     return spec
 
 
+def spec_model_ids(spec: FusionSpec, providers: Providers, *, panel: bool = True) -> list[str]:
+    """Every qualified model id a spec may call (members unless `panel` is off, judge, synthesizer,
+    all their fallbacks): what a key's allowlist is checked against."""
+    ids = [m for member in spec.members for m in (member.model, *member.fallbacks)] if panel else []
+    if spec.mode != "single":
+        ids += [spec.judge.model, *spec.judge.fallbacks]
+    if spec.mode == "synthesize":
+        ids += [spec.synthesizer_model, *spec.synthesizer_fallbacks]
+    out = []
+    for model in ids:
+        route = providers.route(model)
+        out.append(route.qualified if isinstance(route, ProviderRoute) else model)
+    return out
+
+
 async def fusion_completion(
-    state: GatewayState, body: ChatCompletionRequest, plugin: FusionPlugin | None, alias_preset: str | None,
-    request: Request,
+    state: GatewayState, providers: Providers, principal: Principal, body: ChatCompletionRequest,
+    plugin: FusionPlugin | None, alias_preset: str | None, request: Request,
 ) -> Any:
     spec = build_fusion_spec(state, body, plugin, alias_preset)
-    fusion = Fusion(spec, providers=state.providers, prices=state.prices)
+    principal.check_models(spec_model_ids(spec, providers))
+    fusion = Fusion(spec, providers=providers, prices=state.prices)
     messages = body.plain_messages()
     try:
         est = fusion.estimate(messages)
@@ -104,10 +127,16 @@ async def fusion_completion(
                        extra={"estimate": est.total})
     background = bool(plugin and plugin.background)
     include_panel = plugin.include_panel if plugin else True
-    run = await state.manager.start(
-        fusion, messages, run_id=f"run_{uuid.uuid4().hex[:24]}", request=body.model_dump(mode="json"),
-        request_model=body.model, background=background,
-    )
+    run_id = f"run_{uuid.uuid4().hex[:24]}"
+    admission = await admit(state, principal, run_id, est.total, est.unpriced)
+    try:
+        run = await state.manager.start(
+            fusion, messages, run_id=run_id, request=body.model_dump(mode="json"), request_model=body.model,
+            background=background, key_id=principal.key_id, on_finish=admission.release_result,
+        )
+    except BaseException:
+        await admission.release(0.0)
+        raise
     if body.stream:
         return StreamingResponse(
             stream_fusion(run, spec, include_panel, state.keepalive_s),
@@ -220,26 +249,42 @@ def proxy_request(body: ChatCompletionRequest, model: str) -> ChatRequest:
     )
 
 
-async def proxy_completion(state: GatewayState, body: ChatCompletionRequest, request: Request) -> Any:
+PROXY_DEFAULT_MAX_TOKENS = 4096  # the worst case of a proxied call that sets no max_tokens
+
+
+async def proxy_completion(
+    state: GatewayState, providers: Providers, principal: Principal, body: ChatCompletionRequest, request: Request
+) -> Any:
     try:
-        provider, route = state.providers.for_model(body.model)
+        provider, route = providers.for_model(body.model)
     except ProviderError as exc:
         raise from_provider_error(exc) from exc
+    principal.check_models([route.qualified])
     req = proxy_request(body, route.model)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
+    price = state.prices.lookup(route.qualified)
+    worst = token_cost(messages_tokens(req.messages), req.max_tokens or PROXY_DEFAULT_MAX_TOKENS, price) \
+        if price else 0.0
+    admission = await admit(state, principal, f"proxy_{cid}", worst, [] if price else [route.qualified])
     upstream = provider.stream(req)
     if not body.stream:
         task = asyncio.ensure_future(fold_stream(route.model, upstream, raise_refusal=False))
-        while not task.done():
-            await asyncio.wait({task}, timeout=0.5)
-            if not task.done() and await request.is_disconnected():
-                task.cancel()  # the caller is gone: stop the upstream call too
-                raise ApiError(499, "the client disconnected", code="client_disconnected")
         try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.5)
+                if not task.done() and await request.is_disconnected():
+                    task.cancel()  # the caller is gone: stop the upstream call too
+                    raise ApiError(499, "the client disconnected", code="client_disconnected")
             completion = task.result()
         except ProviderError as exc:
+            await admission.release(0.0)
             raise from_provider_error(exc) from exc
+        except BaseException:
+            task.cancel()
+            await admission.release(None)
+            raise
+        await admission.release(call_cost(completion.usage, price))
         return shapes.proxied_completion(completion, model=body.model, cid=cid, created=created)
     # Read the first event before answering, so an upstream failure still gets a real HTTP status.
     try:
@@ -247,13 +292,18 @@ async def proxy_completion(state: GatewayState, body: ChatCompletionRequest, req
     except StopAsyncIteration:
         first = StreamEvent(finish_reason="stop")
     except ProviderError as exc:
+        await admission.release(0.0)
         raise from_provider_error(exc) from exc
-    return StreamingResponse(stream_proxy(first, upstream, body.model, cid, created), media_type="text/event-stream")
+    return StreamingResponse(
+        stream_proxy(first, upstream, body.model, cid, created, admission, price), media_type="text/event-stream"
+    )
 
 
 async def stream_proxy(
-    first: StreamEvent, upstream: AsyncIterator[StreamEvent], model: str, cid: str, created: int
+    first: StreamEvent, upstream: AsyncIterator[StreamEvent], model: str, cid: str, created: int,
+    admission: Admission, price: Price | None,
 ) -> AsyncIterator[str]:
+    cost: float | None = None
     yield shapes.sse(shapes.chunk(cid, model, created, delta={"role": "assistant", "content": ""}))
 
     async def all_events() -> AsyncIterator[StreamEvent]:
@@ -272,6 +322,7 @@ async def stream_proxy(
             if ev.finish_reason:
                 yield shapes.sse(shapes.chunk(cid, model, created, delta={}, finish_reason=ev.finish_reason))
             if ev.usage is not None:
+                cost = call_cost(ev.usage, price)
                 yield shapes.sse(shapes.chunk(cid, model, created, usage=ev.usage.to_dict()))
     except ProviderError as exc:
         err = from_provider_error(exc)
@@ -280,4 +331,5 @@ async def stream_proxy(
         aclose = getattr(upstream, "aclose", None)
         if aclose is not None:
             await aclose()
+        await admission.release(cost)
     yield shapes.sse("[DONE]")

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,8 @@ class ActiveRun:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
+    # Settles the budget and frees the rate-limit slot, whatever way the run ends.
+    on_finish: Callable[[FusionResult | None], Awaitable[None]] | None = None
 
     @property
     def result(self) -> FusionResult | None:
@@ -90,6 +92,7 @@ class RunManager:
         key_id: str | None = None,
         parent_run_id: str | None = None,
         reuse_panel: list[MemberResult] | None = None,
+        on_finish: Callable[[FusionResult | None], Awaitable[None]] | None = None,
     ) -> ActiveRun:
         spec = fusion.spec
         # The row exists before any upstream call: a crash from here on leaves a findable run.
@@ -98,7 +101,7 @@ class RunManager:
             preset=spec.preset, mode=spec.mode, prompt_version=PROMPT_VERSION, key_id=key_id,
             background=background, parent_run_id=parent_run_id,
         )
-        run = ActiveRun(run_id, fusion, background)
+        run = ActiveRun(run_id, fusion, background, on_finish=on_finish)
         self.active[run_id] = run
         run.task = asyncio.create_task(self._drive(run, messages, reuse_panel), name=f"run-{run_id}")
         metrics.RUNS_ACTIVE.inc()
@@ -158,6 +161,12 @@ class RunManager:
             metrics.observe_result(result, status)
         except Exception:  # the store is down: the run's outcome is still in memory and in the logs
             log.exception("could not record run %s", run.run_id)
+        finally:
+            if run.on_finish is not None:
+                try:
+                    await run.on_finish(result)
+                except Exception:
+                    log.exception("could not settle run %s", run.run_id)
 
     async def shutdown(self, grace: float) -> None:
         """Let runs finish for `grace` seconds, then cancel the rest and record them."""

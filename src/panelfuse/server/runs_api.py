@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
@@ -19,7 +19,9 @@ from panelfuse.pipeline.run import Fusion
 from panelfuse.providers.errors import ProviderError
 from panelfuse.resolve import FUSION_ALIASES, FUSION_PRESET_PREFIX, FusionRoute, UnknownModelError
 from panelfuse.server import shapes
-from panelfuse.server.chat import build_fusion_spec, validation_api_error, wait_or_disconnect
+from panelfuse.server.access import Principal, current_principal, providers_for
+from panelfuse.server.admission import admit
+from panelfuse.server.chat import build_fusion_spec, spec_model_ids, validation_api_error, wait_or_disconnect
 from panelfuse.server.errors import ApiError
 from panelfuse.server.schemas import (
     ChatCompletionRequest,
@@ -40,8 +42,12 @@ def _state(request: Request) -> GatewayState:
     return request.app.state.gateway
 
 
-async def _run_or_404(state: GatewayState, run_id: str) -> Any:
-    run = await state.store.get_run(run_id)
+Caller = Annotated[Principal, Depends(current_principal)]
+
+
+async def _run_or_404(state: GatewayState, run_id: str, principal: Principal) -> Any:
+    # Another key's run is indistinguishable from a missing one: no probing for ids.
+    run = await state.store.get_run(run_id, key_id=principal.scope)
     if run is None:
         raise ApiError(404, f"no run '{run_id}'", param="run_id", code="run_not_found")
     return run
@@ -50,6 +56,7 @@ async def _run_or_404(state: GatewayState, run_id: str) -> Any:
 @router.get("/v1/fusion/runs", summary="List runs, newest first")
 async def list_runs(
     request: Request,
+    principal: Caller,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     before: str | None = None,
     status: str | None = None,
@@ -59,7 +66,8 @@ async def list_runs(
 ) -> dict[str, Any]:
     try:
         page = await _state(request).store.list_runs(
-            limit=limit, before=before, status=status, preset=preset, mode=mode, degraded=degraded
+            limit=limit, before=before, status=status, preset=preset, mode=mode, degraded=degraded,
+            key_id=principal.scope,
         )
     except InvalidCursorError as exc:
         raise ApiError(400, str(exc), param="before", code="invalid_cursor") from exc
@@ -72,8 +80,8 @@ async def list_runs(
 
 
 @router.get("/v1/fusion/runs/{run_id}", summary="One run with its result")
-async def get_run(run_id: str, request: Request) -> dict[str, Any]:
-    return (await _run_or_404(_state(request), run_id)).to_dict()
+async def get_run(run_id: str, request: Request, principal: Caller) -> dict[str, Any]:
+    return (await _run_or_404(_state(request), run_id, principal)).to_dict()
 
 
 def _sse_event(ev: dict[str, Any]) -> str:
@@ -84,11 +92,12 @@ def _sse_event(ev: dict[str, Any]) -> str:
 async def run_events(
     run_id: str,
     request: Request,
+    principal: Caller,
     after: Annotated[int, Query(ge=0)] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     state = _state(request)
-    await _run_or_404(state, run_id)
+    await _run_or_404(state, run_id, principal)
     if last_event_id and last_event_id.isdigit():
         after = max(after, int(last_event_id))
     return StreamingResponse(_tail(state, run_id, after), media_type="text/event-stream",
@@ -120,29 +129,30 @@ async def _tail(state: GatewayState, run_id: str, after: int) -> AsyncIterator[s
 
 
 @router.delete("/v1/fusion/runs/{run_id}", summary="Delete a run (cancelling it if it is running)")
-async def delete_run(run_id: str, request: Request) -> dict[str, Any]:
+async def delete_run(run_id: str, request: Request, principal: Caller) -> dict[str, Any]:
     state = _state(request)
+    await _run_or_404(state, run_id, principal)
     active = state.manager.active.get(run_id)
     if active is not None:
         active.cancel("deleted")
         await active.done.wait()
-    if not await state.store.delete_run(run_id):
+    if not await state.store.delete_run(run_id, key_id=principal.scope):
         raise ApiError(404, f"no run '{run_id}'", param="run_id", code="run_not_found")
     return {"id": run_id, "object": "fusion.run", "deleted": True}
 
 
 @router.post("/v1/fusion/runs/{run_id}/feedback", summary="Score a run (-1 … 1) with an optional comment")
-async def feedback(run_id: str, body: FeedbackRequest, request: Request) -> dict[str, Any]:
-    if not await _state(request).store.set_feedback(run_id, body.score, body.comment):
+async def feedback(run_id: str, body: FeedbackRequest, request: Request, principal: Caller) -> dict[str, Any]:
+    if not await _state(request).store.set_feedback(run_id, body.score, body.comment, key_id=principal.scope):
         raise ApiError(404, f"no run '{run_id}'", param="run_id", code="run_not_found")
     return {"id": run_id, "object": "fusion.feedback", "score": body.score, "comment": body.comment}
 
 
 @router.post("/v1/fusion/runs/{run_id}/resynthesize",
              summary="A new judge/synthesizer/mode over the stored panel answers; billed for the new calls only")
-async def resynthesize(run_id: str, body: ResynthesizeRequest, request: Request) -> Any:
+async def resynthesize(run_id: str, body: ResynthesizeRequest, request: Request, principal: Caller) -> Any:
     state = _state(request)
-    source = await _run_or_404(state, run_id)
+    source = await _run_or_404(state, run_id, principal)
     if source.result is None or not source.result.get("panel"):
         raise ApiError(409, f"run '{run_id}' has no stored panel answers", code="nothing_to_resynthesize")
     panel = [MemberResult.from_dict(m) for m in source.result["panel"]]
@@ -163,11 +173,21 @@ async def resynthesize(run_id: str, body: ResynthesizeRequest, request: Request)
     except ValidationError as exc:
         raise validation_api_error(exc, "body") from exc
     messages = source.request.get("messages") or []
-    fusion = Fusion(spec, providers=state.providers, prices=state.prices)
-    run = await state.manager.start(
-        fusion, messages, run_id=f"run_{uuid.uuid4().hex[:24]}", request=source.request,
-        request_model=source.request_model, background=False, parent_run_id=run_id, reuse_panel=panel,
-    )
+    providers = providers_for(principal, state.providers)
+    principal.check_models(spec_model_ids(spec, providers, panel=False))
+    fusion = Fusion(spec, providers=providers, prices=state.prices)
+    est = fusion.estimate(messages).without_stage("panel")
+    new_id = f"run_{uuid.uuid4().hex[:24]}"
+    admission = await admit(state, principal, new_id, est.total, est.unpriced)
+    try:
+        run = await state.manager.start(
+            fusion, messages, run_id=new_id, request=source.request, request_model=source.request_model,
+            background=False, parent_run_id=run_id, reuse_panel=panel, key_id=principal.key_id,
+            on_finish=admission.release_result,
+        )
+    except BaseException:
+        await admission.release(0.0)
+        raise
     await wait_or_disconnect(request, run)
     result = run.result
     assert result is not None
@@ -180,7 +200,7 @@ async def resynthesize(run_id: str, body: ResynthesizeRequest, request: Request)
 
 
 @router.post("/v1/fusion/estimate", summary="The worst-case cost of a fusion request, before running it")
-async def estimate(body: EstimateRequest, request: Request) -> dict[str, Any]:
+async def estimate(body: EstimateRequest, request: Request, principal: Caller) -> dict[str, Any]:
     state = _state(request)
     try:
         chat = ChatCompletionRequest(model=body.model, messages=body.messages, plugins=body.plugins,
@@ -212,7 +232,7 @@ async def estimate(body: EstimateRequest, request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/models", summary="Fusion aliases and configured models (OpenAI shape)")
-async def list_models(request: Request) -> dict[str, Any]:
+async def list_models(request: Request, principal: Caller) -> dict[str, Any]:
     state = _state(request)
     created = int(time.time())
     ids = list(FUSION_ALIASES) + [f"{FUSION_PRESET_PREFIX}{name}" for name in state.presets]
@@ -224,3 +244,4 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list",
             "data": [{"id": i, "object": "model", "created": created, "owned_by": owned[i]}
                      for i in dict.fromkeys(ids)]}
+

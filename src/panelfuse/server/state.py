@@ -8,6 +8,8 @@ from typing import Any
 from panelfuse.config import Config
 from panelfuse.pricing import PriceTable
 from panelfuse.providers.registry import Providers
+from panelfuse.server.access import Authenticator, is_loopback
+from panelfuse.server.ratelimit import InProcessLimiter, Limiter, RedisLimiter
 from panelfuse.server.runs import RunManager
 from panelfuse.spec import all_presets
 from panelfuse.store import RunStore
@@ -23,6 +25,11 @@ class ServerSettings:
     shutdown_grace_s: float = 20.0
     # Runs still 'running' whose row has not been refreshed for this long belong to a dead process.
     stale_after_s: float = 60.0
+    host: str = "127.0.0.1"  # where the server listens: off loopback, auth defaults to on
+    auth: bool | None = None  # None: on when a key exists (or off loopback); True/False: --auth/--no-auth
+    admin_key: str | None = None
+    passthrough_keys: bool = False
+    redis_url: str | None = None  # rate limits shared across processes
 
 
 @dataclass
@@ -33,12 +40,18 @@ class GatewayState:
     store: RunStore
     manager: RunManager
     settings: ServerSettings
+    auth: Authenticator
+    limiter: Limiter
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: Config, store: RunStore, settings: ServerSettings,
               providers: Providers | None = None) -> GatewayState:
         providers = providers or Providers(config)
+        auth_on = settings.auth
+        if auth_on is None and not is_loopback(settings.host):
+            auth_on = True  # never an open gateway off loopback unless --no-auth says so
+        limiter: Limiter = RedisLimiter(settings.redis_url) if settings.redis_url else InProcessLimiter()
         return cls(
             config=config,
             providers=providers,
@@ -46,6 +59,8 @@ class GatewayState:
             store=store,
             manager=RunManager(store),
             settings=settings,
+            auth=Authenticator(auth=auth_on, admin_key=settings.admin_key, passthrough=settings.passthrough_keys),
+            limiter=limiter,
             presets=all_presets(config.presets),
         )
 

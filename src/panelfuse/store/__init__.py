@@ -13,14 +13,18 @@ from panelfuse.store.errors import (
     StoreMigrationError,
     StoreURLError,
 )
+from panelfuse.store.keys import ApiKey, KeyStore, NewKey, looks_like_panelfuse_key
 from panelfuse.store.records import EventRecord, RunPage, RunRecord
 from panelfuse.store.runs import RunStore
 from panelfuse.store.url import mask_url, normalize_url
 
 __all__ = [
+    "ApiKey",
     "DuplicateRunError",
     "EventRecord",
     "InvalidCursorError",
+    "KeyStore",
+    "NewKey",
     "RunNotFoundError",
     "RunPage",
     "RunRecord",
@@ -29,6 +33,7 @@ __all__ = [
     "StoreError",
     "StoreMigrationError",
     "StoreURLError",
+    "looks_like_panelfuse_key",
     "mask_url",
     "normalize_url",
 ]

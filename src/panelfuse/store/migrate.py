@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from panelfuse.store.engine import SQLITE_BEGIN_OPTION
 from panelfuse.store.errors import StoreMigrationError
 from panelfuse.store.schema import VERSION_TABLE
 
@@ -58,10 +59,10 @@ async def migrate(engine: AsyncEngine, *, schema: str | None = None) -> None:
     dialect = engine.dialect.name
     async with engine.connect() as conn:
         if dialect == "sqlite":
-            pass
+            await conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
         async with conn.begin():
             if dialect == "postgresql":
-                pass
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
                 if schema is not None:  # validated as an identifier by build_engine
                     await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
             await conn.run_sync(_upgrade)

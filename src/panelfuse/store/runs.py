@@ -34,6 +34,7 @@ from panelfuse.store.errors import (
     StoreConnectError,
     StoreError,
 )
+from panelfuse.store.keys import KeyStore
 from panelfuse.store.migrate import migrate
 from panelfuse.store.records import EventRecord, RunPage, RunRecord, decode_cursor, encode_cursor
 from panelfuse.store.schema import FINAL_STATUSES, RUN_STATUSES, run_events, runs
@@ -126,6 +127,11 @@ class RunStore:
     def url(self) -> str:
         """The database URL with the password masked."""
         return mask_url(self._url)
+
+    @property
+    def keys(self) -> KeyStore:
+        """API keys and budgets, in the same database."""
+        return KeyStore(self)
 
     @property
     def engine(self) -> AsyncEngine:

@@ -87,3 +87,79 @@ run_events = sa.Table(
     sa.Column("data", _json(False), nullable=False),
     sa.Column("ts", sa.Double, nullable=False),
 )
+
+# API keys (issue: access control). The secret is never stored: only its SHA-256 (keys are 256-bit
+# random tokens, so a fast hash is enough) and a short display prefix.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("key_hash", sa.String, nullable=False, unique=True),
+    sa.Column("prefix", sa.String, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("is_admin", sa.Boolean, nullable=False),
+    sa.Column("budget_usd", sa.Double, nullable=True),  # None: no budget
+    sa.Column("spent_usd", sa.Double, nullable=False),
+    sa.Column("reserved_usd", sa.Double, nullable=False),
+    sa.Column("rpm", sa.Integer, nullable=True),
+    sa.Column("max_concurrent", sa.Integer, nullable=True),
+    sa.Column("models", _json(True), nullable=True),  # allowlist of fnmatch patterns; None: all
+    sa.Index("ix_api_keys_name", "name"),
+)
+
+# One reservation per run: the worst case held against the key's budget until the run settles.
+budget_reservations = sa.Table(
+    "budget_reservations",
+    metadata,
+    sa.Column("run_id", sa.String, primary_key=True),
+    sa.Column("key_id", sa.String, sa.ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("amount_usd", sa.Double, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("settled_usd", sa.Double, nullable=True),
+    sa.Column("settled_at", UTCDateTime, nullable=True),
+    sa.Index("ix_budget_reservations_key", "key_id"),
+)
+
+# Evaluation runs (issue 7: `panelfuse eval`). Keyed so a rerun finds what is done and skips it:
+# one answer per (eval, configuration, task, pass), one grade per answer and criterion.
+eval_answers = sa.Table(
+    "eval_answers",
+    metadata,
+    sa.Column("eval_name", sa.String, primary_key=True),
+    sa.Column("config_label", sa.String, primary_key=True),
+    sa.Column("task_id", sa.String, primary_key=True),
+    sa.Column("pass_index", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("config_hash", sa.String, nullable=False),  # the configuration's spec, hashed: a changed one is caught
+    sa.Column("status", sa.String, nullable=False),  # ok | failed
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("cost", sa.Double, nullable=True),  # USD; None when no price is known
+    sa.Column("latency_ms", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String, nullable=True),  # the fusion run in `runs`, for fusion configurations
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+eval_grades = sa.Table(
+    "eval_grades",
+    metadata,
+    sa.Column("eval_name", sa.String, primary_key=True),
+    sa.Column("config_label", sa.String, primary_key=True),
+    sa.Column("task_id", sa.String, primary_key=True),
+    sa.Column("pass_index", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("criterion_id", sa.String, primary_key=True),
+    sa.Column("verdict", sa.String, nullable=True),  # MET | UNMET; None: the grader failed (excluded)
+    sa.Column("explanation", sa.Text, nullable=False),
+    sa.Column("grader_model", sa.String, nullable=False),
+    sa.Column("grader_version", sa.String, nullable=False),  # the grading prompt's version string
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("cost", sa.Double, nullable=True),
+    sa.Column("latency_ms", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)

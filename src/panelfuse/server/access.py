@@ -1,0 +1,132 @@
+"""Who is calling: panelfuse keys, the admin, opt-in passthrough of a caller's own provider key.
+
+Auth is on when `--auth` is given, or when any key exists in the store; `--no-auth` turns it off.
+Secrets never leave this module: runs store a key *id*, errors never echo a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from panelfuse.config import ProviderConfig
+from panelfuse.providers.registry import Providers
+from panelfuse.server.errors import ApiError
+from panelfuse.store import ApiKey, looks_like_panelfuse_key
+
+KEY_COUNT_TTL = 2.0  # seconds: keys created by the CLI while serving turn auth on this fast
+# A passthrough token's prefix tells which provider it belongs to; anything else goes to the default one.
+PASSTHROUGH_PREFIXES = {"sk-or-": "openrouter", "sk-ant-": "anthropic"}
+
+
+@dataclass
+class Principal:
+    key: ApiKey | None = None
+    is_admin: bool = False
+    # A passthrough caller: identified by a hash of their token, never by the token.
+    passthrough_id: str | None = None
+    upstream_keys: dict[str, str] = field(default_factory=dict)  # provider name → the caller's key
+
+    @property
+    def key_id(self) -> str | None:
+        if self.key is not None:
+            return self.key.id
+        return self.passthrough_id
+
+    @property
+    def scope(self) -> str | None:
+        """The key_id filter for the runs API: None (all runs) for the admin and when auth is off."""
+        return None if self.is_admin or self.key_id is None else self.key_id
+
+    def check_models(self, qualified_ids: Iterable[str]) -> None:
+        if self.key is None:
+            return
+        refused = sorted({m for m in qualified_ids if not self.key.allows(m)})
+        if refused:
+            raise ApiError(403, f"this key may not use: {', '.join(refused)}", code="model_not_allowed")
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Authenticator:
+    def __init__(self, *, auth: bool | None, admin_key: str | None, passthrough: bool) -> None:
+        self.auth = auth
+        self.admin_key = admin_key
+        self.passthrough = passthrough
+        self._key_count: tuple[float, int] = (0.0, 0)
+
+    async def _keys_exist(self, request: Request) -> bool:
+        checked_at, count = self._key_count
+        if time.monotonic() - checked_at > KEY_COUNT_TTL:
+            count = await request.app.state.gateway.store.keys.count_active()
+            self._key_count = (time.monotonic(), count)
+        return count > 0
+
+    async def enabled(self, request: Request) -> bool:
+        if self.auth is not None:
+            return self.auth
+        return self.admin_key is not None or await self._keys_exist(request)
+
+    async def __call__(self, request: Request) -> Principal:
+        token = bearer_token(request)
+        if not await self.enabled(request):
+            # Auth off: a passthrough token still routes the caller's own upstream key.
+            return self._passthrough(token) if token and self.passthrough and not looks_like_panelfuse_key(token) \
+                else Principal(is_admin=True)
+        if not token:
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
+        if self.admin_key is not None and hmac.compare_digest(token.encode(), self.admin_key.encode()):
+            return Principal(is_admin=True)
+        if looks_like_panelfuse_key(token):
+            key = await request.app.state.gateway.store.keys.authenticate(token)
+            if key is None:
+                raise ApiError(401, "invalid or revoked API key", code="invalid_api_key")
+            return Principal(key=key, is_admin=key.is_admin)
+        if self.passthrough:
+            return self._passthrough(token)
+        raise ApiError(401, "invalid API key", code="invalid_api_key")
+
+    def _passthrough(self, token: str) -> Principal:
+        provider = next((p for prefix, p in PASSTHROUGH_PREFIXES.items() if token.startswith(prefix)), None)
+        digest = hashlib.sha256(token.encode()).hexdigest()[:16]
+        return Principal(passthrough_id=f"pt_{digest}", upstream_keys={provider or "*": token})
+
+
+async def current_principal(request: Request) -> Principal:
+    """FastAPI dependency: the caller, or a 401 in OpenAI's error shape."""
+    return await request.app.state.gateway.auth(request)
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization") or ""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def providers_for(principal: Principal, providers: Providers) -> Providers:
+    """The providers a request uses: the gateway's own, or — with passthrough — the same providers
+    using the caller's key for the provider it belongs to (the default provider when unknown)."""
+    if not principal.upstream_keys:
+        return providers
+    config = providers.config.model_copy(deep=True)
+    for name, token in principal.upstream_keys.items():
+        target = providers.config.default_provider if name == "*" else name
+        pc = providers.configs.get(target)
+        if pc is not None:
+            config.providers[target] = ProviderConfig.model_validate(pc.model_dump() | {"api_key": token})
+    return Providers(config, providers.env)
