@@ -151,6 +151,8 @@ async def test_bad_url_is_a_typed_error_without_the_password(url, scheme):
     assert "s3cretpw" not in str(info.value)
     if scheme:
         assert scheme in str(info.value)
+    if scheme == "mysql":  # parseable: echoed, password masked
+        assert "admin:***@db.example" in str(info.value)
 
 
 async def test_unreachable_database_is_a_typed_error_without_the_password():

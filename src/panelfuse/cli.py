@@ -299,9 +299,16 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", min=1, help="worker processes sharing the store")] = 1,
     shutdown_grace: Annotated[float, typer.Option("--shutdown-grace", min=0.0, help="seconds to finish runs")] = 20.0,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    auth: Annotated[bool | None, typer.Option("--auth/--no-auth", help="default: on if keys exist")] = None,
+    passthrough_keys: Annotated[bool, typer.Option("--passthrough-keys", help="use callers' own keys")] = False,
+    redis: Annotated[str | None, typer.Option("--redis", help="Redis URL: rate limits shared by all processes")] = None,
+    retain_days: Annotated[float | None, typer.Option("--retain-days", min=0.0, help="purge old runs' content")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Run the OpenAI-compatible gateway (POST /v1/chat/completions, the runs API, /docs)."""
+    """Run the OpenAI-compatible gateway (POST /v1/chat/completions, the runs API, /docs).
+
+    The admin key, if any, comes from $PANELFUSE_ADMIN_KEY (never from the command line, where it would
+    show in the process list)."""
     import os
 
     import uvicorn
@@ -316,10 +323,90 @@ def serve(
     if db:
         os.environ["PANELFUSE_DB"] = db
     os.environ["PANELFUSE_SHUTDOWN_GRACE_S"] = str(shutdown_grace)
+    os.environ["PANELFUSE_HOST"] = host
+    if auth is not None:
+        os.environ["PANELFUSE_AUTH"] = "1" if auth else "0"
+    if passthrough_keys:
+        os.environ["PANELFUSE_PASSTHROUGH_KEYS"] = "1"
+    if redis:
+        os.environ["PANELFUSE_REDIS"] = redis
+    if retain_days is not None:
+        os.environ["PANELFUSE_RETAIN_DAYS"] = str(retain_days)
     uvicorn.run(
         "panelfuse.server.app:app_factory", factory=True, host=host, port=port, workers=workers,
         log_level=log_level, timeout_graceful_shutdown=max(1, round(shutdown_grace)),
     )
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys (stored hashed).")
+app.add_typer(keys_app, name="keys")
+DbOpt = Annotated[str | None, typer.Option("--db", help="store URL (default: $PANELFUSE_DB or the SQLite file)")]
+
+
+def _with_store(db: str | None, work: Any) -> Any:
+    import os
+
+    from panelfuse.store import RunStore, StoreError
+
+    async def go() -> Any:
+        store = await RunStore.open(db or os.environ.get("PANELFUSE_DB") or RunStore.default_url())
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except StoreError as exc:
+        raise _err(str(exc)) from exc
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="who the key is for")],
+    budget: Annotated[float | None, typer.Option("--budget", min=0.0, help="USD this key may spend")] = None,
+    rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="requests per minute")] = None,
+    concurrent: Annotated[int | None, typer.Option("--concurrent", min=1, help="runs at once")] = None,
+    models: Annotated[list[str] | None, typer.Option("--models", help="allowed patterns: 'openrouter/*'")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="sees every key's runs")] = False,
+    db: DbOpt = None,
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    patterns = [p for m in models or [] for p in m.split(",") if p.strip()] or None
+    new = _with_store(db, lambda store: store.keys.create(
+        name, budget_usd=budget, rpm=rpm, max_concurrent=concurrent, models=patterns, is_admin=admin))
+    console = _console()
+    console.print(new.secret, markup=False)
+    Console(stderr=True, highlight=False).print(
+        f"[dim]{new.key.id} ({name}) created; the key above is shown once, store it now.[/]")
+
+
+@keys_app.command("list")
+def keys_list(db: DbOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List keys: id, name, prefix, budget and spend (never the keys themselves)."""
+    keys = _with_store(db, lambda store: store.keys.list())
+    console = _console()
+    if as_json:
+        console.print_json(json.dumps([k.to_dict() for k in keys]))
+        return
+    table = Table(show_edge=False)
+    for col in ("id", "name", "prefix", "admin", "budget", "spent", "reserved", "rpm", "models", "revoked"):
+        table.add_column(col)
+    for k in keys:
+        table.add_row(k.id, k.name, k.prefix + "…", "yes" if k.is_admin else "", money(k.budget_usd),
+                      money(k.spent_usd), money(k.reserved_usd), str(k.rpm or ""), ",".join(k.models or []),
+                      k.revoked_at.isoformat() if k.revoked_at else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(id_or_name: Annotated[str, typer.Argument(help="a key id, or a name (revokes all with it)")],
+                db: DbOpt = None) -> None:
+    """Revoke a key: requests with it get 401 from then on."""
+    count = _with_store(db, lambda store: store.keys.revoke(id_or_name))
+    if not count:
+        raise _err(f"no active key '{id_or_name}'")
+    _console().print(f"revoked {count} key{'s' if count > 1 else ''}")
 
 
 @config_app.command("show")

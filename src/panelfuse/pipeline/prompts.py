@@ -7,7 +7,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-PROMPT_VERSION = "2026-11-23.1"
+from panelfuse.tools import untrusted
+from panelfuse.tools.records import Citation
+
+PROMPT_VERSION = "2026-11-24.1"
 
 ANSWER_MARKER = "=== ANSWER ==="
 
@@ -52,6 +55,62 @@ answer: the most correct, complete and useful for the user. Reply with a JSON ob
 {{"best": "<label>", "reason": "<one sentence>"}} and nothing else.{criteria}"""
 
 
+TOOLS_SYSTEM = f"""\
+You may call the tools you are given to look things up before you answer: search first, then fetch the
+pages that look most useful. Use them only when they help; stop when you can answer well. In your answer,
+cite the URLs of the sources you relied on.
+{untrusted.NOTICE}"""
+
+RETRIEVAL_SYSTEM = f"""\
+Passages found for the user's request follow. Use those that are relevant and cite their URLs or paths;
+say so when they do not answer the request.
+{untrusted.NOTICE}
+
+{{results}}"""
+
+SOURCES_NOTE = f"""
+
+The assistants consulted the sources listed below. Where your answer relies on one, cite it as a
+markdown link with its exact URL. {untrusted.NOTICE}
+{{sources}}"""
+
+
+def with_system_note(messages: Sequence[Mapping[str, Any]], note: str) -> list[dict[str, Any]]:
+    """The messages with one more system message, right after the leading system/developer ones."""
+    out = [dict(m) for m in messages]
+    at = 0
+    while at < len(out) and out[at].get("role") in ("system", "developer"):
+        at += 1
+    return [*out[:at], {"role": "system", "content": note}, *out[at:]]
+
+
+def with_tool_notice(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return with_system_note(messages, TOOLS_SYSTEM)
+
+
+def with_retrieved(messages: Sequence[Mapping[str, Any]], results: str) -> list[dict[str, Any]]:
+    """Pre-retrieval for models without function calling: `results` are already untrusted blocks."""
+    return with_system_note(messages, RETRIEVAL_SYSTEM.format(results=results))
+
+
+def sources_note(sources: Sequence[Citation]) -> str:
+    if not sources:
+        return ""
+    listing = "\n".join(f"- {c.title or c.url}: {c.url}" for c in sources)
+    return SOURCES_NOTE.format(sources=untrusted.wrap(listing, "sources consulted by the panel"))
+
+
+def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The text of the last user turn: what pre-retrieval searches for."""
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, list):
+                return " ".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+            return str(content or "")
+    return ""
+
+
 def render_conversation(messages: Sequence[Mapping[str, Any]]) -> str:
     """The request as the judge and synthesizer see it: every turn, labelled by role."""
     lines = []
@@ -75,6 +134,7 @@ def judge_messages(
     criteria: str | None = None,
     dimensions: Sequence[str] = (),
     writes_answer: bool = False,
+    sources: Sequence[Citation] = (),
 ) -> list[dict[str, str]]:
     weight_text = ""
     if weights:
@@ -91,7 +151,7 @@ def judge_messages(
         criteria=f"\nAlso judge by these criteria: {criteria}\n" if criteria else "",
     )
     if writes_answer:
-        system += JUDGE_WRITES_SUFFIX
+        system += JUDGE_WRITES_SUFFIX + sources_note(sources)
     user = f"The request:\n{render_conversation(conversation)}\n\nThe answers:\n{render_answers(answers)}"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
@@ -107,6 +167,7 @@ def synthesizer_messages(
     conversation: Sequence[Mapping[str, Any]],
     answers: Mapping[str, str],
     analysis: Mapping[str, Any] | None,
+    sources: Sequence[Citation] = (),
 ) -> list[dict[str, Any]]:
     if analysis is None:
         context = f"The answers:\n{render_answers(answers)}"
@@ -119,7 +180,7 @@ def synthesizer_messages(
         system = SYNTHESIZER_SYSTEM
     # The conversation stays as real turns so the synthesizer answers its last turn naturally.
     turns = [dict(m) for m in conversation if m.get("role") != "system"]
-    briefing = {"role": "system", "content": f"{system}\n\n{context}"}
+    briefing = {"role": "system", "content": f"{system}{sources_note(sources)}\n\n{context}"}
     own_system = [dict(m) for m in conversation if m.get("role") == "system"]
     return [*own_system, briefing, *turns]
 

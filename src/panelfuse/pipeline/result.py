@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from panelfuse.providers.base import Usage
+from panelfuse.tools.records import Citation, ToolUsage, dedupe_citations, url_annotations
 
 MemberStatus = Literal["ok", "failed", "timeout", "refused", "empty", "cut", "cancelled"]
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
@@ -35,6 +36,8 @@ class MemberResult:
     status_code: int | None = None
     latency_ms: int = 0
     calls: list[CallRecord] = field(default_factory=list)
+    tools: ToolUsage = field(default_factory=ToolUsage)  # every attempt's tool use (all of it is billed)
+    citations: list[Citation] = field(default_factory=list)  # sources behind the answer that succeeded
 
     @property
     def usage(self) -> Usage:
@@ -42,13 +45,15 @@ class MemberResult:
 
     @property
     def cost(self) -> float | None:
-        return sum_costs(c.cost for c in self.calls)
+        """Model calls plus search requests."""
+        return with_tool_cost(sum_costs(c.cost for c in self.calls), self.tools)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemberResult:
         """A stored member (to_dict's shape) back as a result, without its calls (not re-billed)."""
         return cls(member=d["member"], model=d["model"], status=d.get("status", "ok"), content=d.get("content") or "",
-                   weight=d.get("weight"), error=d.get("error"), latency_ms=d.get("latency_ms") or 0)
+                   weight=d.get("weight"), error=d.get("error"), latency_ms=d.get("latency_ms") or 0,
+                   citations=[Citation.from_dict(c) for c in d.get("citations") or [] if c.get("url")])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +67,8 @@ class MemberResult:
             "latency_ms": self.latency_ms,
             "error": self.error,
             "weight": self.weight,
+            "tools": self.tools.to_dict(),
+            "citations": [c.to_dict() for c in self.citations],
         }
 
 
@@ -73,6 +80,8 @@ class StageResult:
     content: str = ""
     error: str | None = None
     calls: list[CallRecord] = field(default_factory=list)
+    tools: ToolUsage = field(default_factory=ToolUsage)  # the judge's tool use (judge_tools)
+    citations: list[Citation] = field(default_factory=list)
 
     @property
     def latency_ms(self) -> int:
@@ -84,11 +93,11 @@ class StageResult:
 
     @property
     def cost(self) -> float | None:
-        return sum_costs(c.cost for c in self.calls)
+        return with_tool_cost(sum_costs(c.cost for c in self.calls), self.tools)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "usage": self.usage.to_dict(), "cost": self.cost,
-                "latency_ms": self.latency_ms, "error": self.error}
+                "latency_ms": self.latency_ms, "error": self.error, "tools": self.tools.to_dict()}
 
 
 def sum_usage(usages: Any) -> Usage:
@@ -103,6 +112,11 @@ def sum_costs(costs: Any) -> float | None:
     """Sum of known costs; None only when every cost is unknown."""
     known = [c for c in costs if c is not None]
     return sum(known) if known else None
+
+
+def with_tool_cost(cost: float | None, tools: ToolUsage) -> float | None:
+    """A model-call cost plus the search requests' (a zero tool cost leaves an unknown cost unknown)."""
+    return sum_costs([cost, tools.cost]) if tools.cost else cost
 
 
 @dataclass
@@ -155,22 +169,45 @@ class FusionResult:
         return sum_usage(c.usage for _, _, c in self._all_calls())
 
     @property
+    def tool_usage(self) -> ToolUsage:
+        """Tool calls and search requests of the whole run (members and judge)."""
+        return ToolUsage.total([*(m.tools for m in self.panel), *([self.judge.tools] if self.judge else [])])
+
+    @property
     def cost(self) -> float | None:
-        return sum_costs(c.cost for _, _, c in self._all_calls())
+        return with_tool_cost(sum_costs(c.cost for _, _, c in self._all_calls()), self.tool_usage)
 
     def cost_details(self) -> dict[str, Any]:
+        # Stage figures include their search costs (so they sum to `cost`); `tools` says how much of them.
         return {
             "panel": {m.member: m.cost for m in self.panel},
             "analysis": self.judge.cost if self.judge else None,
             "synthesis": self.synthesizer.cost if self.synthesizer else None,
             "estimated": any(c.cost_estimated for _, _, c in self._all_calls()),
+            "tools": {
+                "panel": {m.member: m.tools.cost for m in self.panel},
+                "analysis": self.judge.tools.cost if self.judge else 0.0,
+                "total": self.tool_usage.cost,
+            },
         }
 
     def usage_dict(self) -> dict[str, Any]:
         out = self.usage.to_dict()
         out["cost"] = self.cost
         out["cost_details"] = self.cost_details()
+        out["tools"] = self.tool_usage.to_dict()
         return out
+
+    def citations(self, members: list[MemberResult] | None = None) -> list[Citation]:
+        """Sources behind the answer: those of `members` (default: every member that answered) and the
+        judge's, each URL once."""
+        chosen = [m for m in self.panel if m.status == "ok"] if members is None else members
+        judge = self.judge.citations if self.judge else []
+        return dedupe_citations([*(c for m in chosen for c in m.citations), *judge])
+
+    def annotate(self, members: list[MemberResult] | None = None) -> None:
+        """Set `annotations` (url_citation) from the sources, located in the final content where cited."""
+        self.annotations = url_annotations(self.content, self.citations(members))
 
     def to_dict(self) -> dict[str, Any]:
         return {

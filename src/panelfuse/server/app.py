@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -89,6 +90,21 @@ class CountRequests:
             metrics.REQUESTS.labels(scope.get("method", "?"), route, status).inc()
 
 
+RETENTION_INTERVAL = 3600.0
+
+
+async def retain(store: RunStore, days: float) -> None:
+    """Blank the content of runs older than `days`, at start and every hour (costs and ids stay)."""
+    while True:
+        try:
+            purged = await store.purge_content(datetime.now(UTC) - timedelta(days=days))
+            if purged:
+                log.info("retention: purged the content of %d run(s)", purged)
+        except Exception:
+            log.exception("retention pass failed")
+        await asyncio.sleep(RETENTION_INTERVAL)
+
+
 def create_app(
     settings: ServerSettings | None = None, config: Config | None = None, providers: Providers | None = None
 ) -> FastAPI:
@@ -103,11 +119,15 @@ def create_app(
         found = await store.mark_interrupted(older_than=stale)
         if found:
             log.warning("marked %d abandoned run(s) interrupted", found)
-        app.state.gateway = GatewayState.build(cfg, store, settings, providers)
+        app.state.gateway = state = GatewayState.build(cfg, store, settings, providers)
+        retention = asyncio.create_task(retain(store, settings.retain_days)) if settings.retain_days else None
         try:
             yield
         finally:
-            await app.state.gateway.manager.shutdown(settings.shutdown_grace_s)
+            if retention is not None:
+                retention.cancel()
+            await state.manager.shutdown(settings.shutdown_grace_s)
+            await state.limiter.close()
             await store.close()
             await close_shared_client()
 
@@ -152,9 +172,16 @@ def settings_from_env(env: dict[str, Any] | None = None) -> ServerSettings:
     return ServerSettings(
         config_path=env.get("PANELFUSE_CONFIG") or None,
         db_url=env.get("PANELFUSE_DB") or None,
+        db_schema=env.get("PANELFUSE_DB_SCHEMA") or None,
         max_body_bytes=int(env.get("PANELFUSE_MAX_BODY_BYTES", ServerSettings.max_body_bytes)),
         keepalive_s=float(env.get("PANELFUSE_KEEPALIVE_S", ServerSettings.keepalive_s)),
         shutdown_grace_s=float(env.get("PANELFUSE_SHUTDOWN_GRACE_S", ServerSettings.shutdown_grace_s)),
+        host=env.get("PANELFUSE_HOST", ServerSettings.host),
+        auth={"1": True, "0": False}.get(env.get("PANELFUSE_AUTH", "")),
+        admin_key=env.get("PANELFUSE_ADMIN_KEY") or None,
+        passthrough_keys=env.get("PANELFUSE_PASSTHROUGH_KEYS") == "1",
+        redis_url=env.get("PANELFUSE_REDIS") or None,
+        retain_days=float(env["PANELFUSE_RETAIN_DAYS"]) if env.get("PANELFUSE_RETAIN_DAYS") else None,
     )
 
 

@@ -30,6 +30,7 @@ class ServerSettings:
     admin_key: str | None = None
     passthrough_keys: bool = False
     redis_url: str | None = None  # rate limits shared across processes
+    retain_days: float | None = None  # purge the content of older runs
 
 
 @dataclass

@@ -68,9 +68,12 @@ export class FusionTurn {
     return h("section", { class: `stage ${cls}`, "aria-labelledby": id }, h("h4", { id, text: title }), ...children);
   }
 
+  // The analysis names members by model id (or label): show "A · model" when that is unambiguous.
   who = (labelOrModel) => {
     const m = this.members.get(labelOrModel);
-    return m ? `${labelOrModel} · ${m.model}` : String(labelOrModel ?? "?");
+    if (m) return `${labelOrModel} · ${m.model}`;
+    const labels = [...this.members].filter(([, v]) => v.model === labelOrModel).map(([k]) => k);
+    return labels.length === 1 ? `${labels[0]} · ${labelOrModel}` : String(labelOrModel ?? "?");
   };
 
   setBadge(status, text) {
