@@ -254,6 +254,7 @@ def test_reopen_from_history_and_continue_the_conversation(fake, browser, gatewa
     build_panel(page)
     send(page, "Why is the sky blue?")
     wait_done(page)
+    expect(page.locator(".history-item").first).to_contain_text("completed")
     page.context.close()
 
     fresh = open_page(browser, gateway)

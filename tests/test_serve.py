@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,54 +12,7 @@ import httpx
 from panelfuse.store import RunStore
 from panelfuse.testing import Script
 from pipeline_helpers import script_panel
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_config(tmp_path, fake) -> str:
-    path = tmp_path / "gw.toml"
-    path.write_text(
-        'default_provider = "fake"\ndefault_preset = "test"\n'
-        f'[providers.fake]\nkind = "openai_compat"\nbase_url = "{fake.openai_base_url}"\napi_key = "k"\n'
-        '[presets.test]\nmembers = ["fake/m1", "fake/m2", "fake/m3"]\njudge = "fake/judge"\n'
-        'synthesizer = { model = "fake/synth" }\ndeadline_ms = 60000\nmax_tokens = 100\n'
-    )
-    return str(path)
-
-
-def start_server(tmp_path, fake, *args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    db = f"sqlite:///{tmp_path}/runs.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "panelfuse.cli", "serve", "--port", str(port), "--db", db,
-         "--config", write_config(tmp_path, fake), "--log-level", "warning", *args],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("serve exited early")
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("serve did not come up")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+from serve_helpers import start_server, stop
 
 
 def test_two_workers_share_one_store(tmp_path, fake):

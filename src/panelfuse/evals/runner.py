@@ -97,11 +97,14 @@ class EvalRunner:
         self._check_consistent(data)
         self.progress.start(len(configs) * len(tasks) * s.passes,
                             len(configs) * s.passes * sum(len(t.criteria) for t in tasks))
-        async with asyncio.TaskGroup() as group:
-            for config in configs:
-                for task in tasks:
-                    for p in range(s.passes):
-                        group.create_task(self._unit(data, config, task, p))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for config in configs:
+                    for task in tasks:
+                        for p in range(s.passes):
+                            group.create_task(self._unit(data, config, task, p))
+        except BaseExceptionGroup as eg:
+            raise _first_leaf(eg) from eg  # callers get the error itself (a StoreError, say), not a group
         return data
 
     def _check_consistent(self, data: EvalData) -> None:
@@ -225,3 +228,10 @@ class EvalRunner:
                 await self.store.delete_run(result.run_id)
             return None
         return result.run_id
+
+
+def _first_leaf(eg: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = eg
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+from panelfuse.pipeline import prompts
+from panelfuse.pipeline.events import EventLog
 from panelfuse.pipeline.result import CallRecord
 from panelfuse.pricing import PriceTable, call_cost, estimate_tokens, messages_tokens, token_cost
 from panelfuse.providers.base import ChatRequest, Completion, StreamEvent, Usage, fold_stream
 from panelfuse.providers.errors import ProviderError
 from panelfuse.providers.registry import Providers
+from panelfuse.tools.loop import OnTool, run_tool_loop
+from panelfuse.tools.records import Citation, ToolUsage
+from panelfuse.tools.toolbox import WEB_SEARCH, Toolbox, ToolOutcome
 
 
 class CostLimitReached(ProviderError):
@@ -48,7 +54,8 @@ class CallContext:
     providers: Providers
     prices: PriceTable
     guard: CostGuard
-    timeout: float  # seconds, each call
+    timeout: float  # seconds, each call (and the tool loop's deadline for tools)
+    toolbox: Toolbox | None = None
 
     def worst_case(self, model: str, req: ChatRequest) -> float:
         price = self.prices.lookup(model)
@@ -104,3 +111,92 @@ async def call_model(
         record.latency_ms = int((time.monotonic() - started) * 1000)
         records.append(record)
         ctx.guard.finish(key, record.cost)
+
+
+# ---- tools ----------------------------------------------------------------------------------------
+
+PRE_RETRIEVAL_RESULTS = 3
+
+
+def offered_tools(
+    providers: Providers, toolbox: Toolbox | None, model: str, wanted: Sequence[str], max_tool_calls: int
+) -> list[str]:
+    """The tools `model` gets through function calling: none unless the spec wants some, allows calls,
+    the provider can call tools and the toolbox can run them."""
+    if not wanted or max_tool_calls <= 0 or toolbox is None:
+        return []
+    try:
+        provider, _ = providers.for_model(model)
+    except ProviderError:
+        return []  # the call itself will report the problem
+    return toolbox.offer(wanted) if provider.supports_tools else []
+
+
+def tool_event(log: EventLog, who: str) -> OnTool:
+    def emit(tool: str, args: Any, refused: str | None) -> None:
+        extra = {"refused": refused} if refused else {}
+        log.emit("tool.called", member=who, tool=tool, args=args, **extra)
+
+    return emit
+
+
+async def call_with_tools(
+    ctx: CallContext,
+    model: str,
+    template: ChatRequest,
+    records: list[CallRecord],
+    *,
+    offered: Sequence[str],
+    max_tool_calls: int,
+    usage: ToolUsage,
+    citations: list[Citation],
+    on_tool: OnTool | None = None,
+    on_text: Callable[[str], None] | None = None,
+) -> Completion:
+    """`call_model` through the tool loop when tools are offered (each model call one CallRecord);
+    a plain call otherwise. Tool usage and citations accumulate into `usage` and `citations`."""
+    if not offered or ctx.toolbox is None:
+        return await call_model(ctx, model, template, records, on_text)
+    req = replace(template, messages=prompts.with_tool_notice(template.messages))
+    spent_before = usage.cost
+    try:
+        loop = await run_tool_loop(
+            lambda r: call_model(ctx, model, r, records, on_text), req, ctx.toolbox, offered,
+            max_tool_calls=max_tool_calls, deadline=time.monotonic() + ctx.timeout, on_tool=on_tool,
+            usage=usage, citations=citations,
+        )
+    finally:
+        ctx.guard.spent += usage.cost - spent_before  # searches count against max_cost too
+    return loop.completion
+
+
+class SharedRetrieval:
+    """Pre-retrieval for members that cannot call tools: the question is searched once per run and the
+    results shared; the member whose call made the search carries its request and cost."""
+
+    def __init__(self, ctx: CallContext, question: str) -> None:
+        self.ctx, self.question = ctx, question
+        self._lock = asyncio.Lock()
+        self._outcome: ToolOutcome | None = None
+
+    @staticmethod
+    def wanted(toolbox: Toolbox | None, panel_tools: Sequence[str]) -> bool:
+        return WEB_SEARCH in panel_tools and toolbox is not None and toolbox.can_search()
+
+    async def messages_for(
+        self, messages: list[dict[str, Any]], usage: ToolUsage, citations: list[Citation]
+    ) -> list[dict[str, Any]]:
+        """`messages` with the results in a system note (unchanged when nothing was found)."""
+        assert self.ctx.toolbox is not None
+        async with self._lock:
+            if self._outcome is None:
+                outcome = await self.ctx.toolbox.run_search(self.question, PRE_RETRIEVAL_RESULTS,
+                                                            time_left=self.ctx.timeout)
+                # Not a tool call the model made: only the search request is counted.
+                usage.add(ToolUsage(search_requests=outcome.usage.search_requests, cost=outcome.usage.cost))
+                self.ctx.guard.spent += outcome.usage.cost
+                self._outcome = outcome
+        if not self._outcome.citations:  # nothing found, or the search failed: the run goes on without
+            return messages
+        citations.extend(self._outcome.citations)
+        return prompts.with_retrieved(messages, self._outcome.content)

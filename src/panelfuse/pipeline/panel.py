@@ -5,14 +5,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from panelfuse.pipeline.calls import CallContext, call_model
+from panelfuse.pipeline import prompts
+from panelfuse.pipeline.calls import (
+    CallContext,
+    SharedRetrieval,
+    call_model,
+    call_with_tools,
+    offered_tools,
+    tool_event,
+)
 from panelfuse.pipeline.events import EventLog
 from panelfuse.pipeline.result import MemberResult, MemberStatus
-from panelfuse.providers.base import ChatRequest
+from panelfuse.providers.base import ChatRequest, Completion
 from panelfuse.providers.errors import DeadlineExceeded, ProviderError, RefusedError
 from panelfuse.spec import FusionSpec, MemberSpec
+from panelfuse.tools.records import Citation
 
 
 class QuorumError(Exception):
@@ -50,8 +60,12 @@ async def run_member(
     messages: list[dict[str, Any]],
     log: EventLog,
     result: MemberResult,
+    retrieval: SharedRetrieval | None = None,
 ) -> MemberResult:
-    """Try the member's model, then each fallback; fill `result` in place (so a cut keeps its calls)."""
+    """Try the member's model, then each fallback; fill `result` in place (so a cut keeps its calls).
+
+    A model that can call tools gets the spec's panel tools through the tool loop; one that cannot
+    gets the question's search results in its prompt (`retrieval`), when there is a search backend."""
     chain = [member.model, *member.fallbacks]
     started = time.monotonic()
     for i, model in enumerate(chain):
@@ -65,10 +79,9 @@ async def run_member(
             temperature=member.temperature if member.temperature is not None else spec.temperature,
             seed=member.seed,
         )
+        citations: list[Citation] = []
         try:
-            completion = await call_model(
-                ctx, model, req, result.calls, on_text=lambda t: log.emit("panel.delta", member=label, text=t)
-            )
+            completion = await _answer(ctx, spec, label, model, req, log, result, citations, retrieval)
             if not completion.text.strip():
                 raise EmptyAnswer("the model returned an empty answer", model=model)
         except ProviderError as exc:
@@ -82,6 +95,7 @@ async def run_member(
             log.emit("panel.failed", member=label, model=model, status=result.status, error=result.error)
             return result
         result.status, result.content, result.error, result.status_code = "ok", completion.text, None, None
+        result.citations = citations
         result.latency_ms = int((time.monotonic() - started) * 1000)
         log.emit(
             "panel.completed", member=label, model=model, content=completion.text,
@@ -89,6 +103,24 @@ async def run_member(
         )
         return result
     return result
+
+
+async def _answer(
+    ctx: CallContext, spec: FusionSpec, label: str, model: str, req: ChatRequest, log: EventLog,
+    result: MemberResult, citations: list[Citation], retrieval: SharedRetrieval | None,
+) -> Completion:
+    def on_text(t: str) -> None:
+        log.emit("panel.delta", member=label, text=t)
+
+    offered = offered_tools(ctx.providers, ctx.toolbox, model, spec.panel_tools, spec.max_tool_calls)
+    if offered:
+        return await call_with_tools(
+            ctx, model, req, result.calls, offered=offered, max_tool_calls=spec.max_tool_calls,
+            usage=result.tools, citations=citations, on_tool=tool_event(log, label), on_text=on_text,
+        )
+    if retrieval is not None:
+        req = replace(req, messages=await retrieval.messages_for(req.messages, result.tools, citations))
+    return await call_model(ctx, model, req, result.calls, on_text=on_text)
 
 
 async def run_panel(
@@ -109,8 +141,13 @@ async def run_panel(
         for label, m in members
     }
     into[:] = list(results.values())
+    retrieval = None
+    if SharedRetrieval.wanted(ctx.toolbox, spec.panel_tools):
+        retrieval = SharedRetrieval(ctx, prompts.last_user_text(seen))
     tasks = {
-        asyncio.create_task(run_member(ctx, spec, label, m, seen, log, results[label]), name=f"member-{label}"): label
+        asyncio.create_task(
+            run_member(ctx, spec, label, m, seen, log, results[label], retrieval), name=f"member-{label}"
+        ): label
         for label, m in members
     }
     pending = set(tasks)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from panelfuse.config import Config
-from panelfuse.pipeline.calls import CallContext, CostGuard
+from panelfuse.pipeline.calls import CallContext, CostGuard, SharedRetrieval, offered_tools
 from panelfuse.pipeline.estimate import estimate_run
 from panelfuse.pipeline.events import Event, EventLog
 from panelfuse.pipeline.panel import QuorumError, run_panel
@@ -21,6 +21,8 @@ from panelfuse.pipeline.stages import run_analysis, run_best_of, run_judge_write
 from panelfuse.pricing import Estimate, PriceTable
 from panelfuse.providers.registry import Providers
 from panelfuse.spec import FusionSpec
+from panelfuse.tools.records import ToolUsage
+from panelfuse.tools.toolbox import Toolbox
 
 TERMINAL = ("run.completed", "run.failed", "run.cancelled")
 
@@ -56,10 +58,13 @@ class Fusion:
         providers: Providers | None = None,
         prices: PriceTable | None = None,
         config: Config | None = None,
+        toolbox: Toolbox | None = None,
     ) -> None:
         self.spec = spec
         self.providers = providers or Providers(config)
         self.prices = prices or PriceTable.load(self.providers.config.prices)
+        # web_search / web_fetch as the config's [tools] describes them (see panelfuse.tools.toolbox)
+        self.toolbox = toolbox or Toolbox.from_config(self.providers.config.tools, self.providers.env)
         self.result: FusionResult | None = None
         self.log: EventLog | None = None
 
@@ -67,8 +72,16 @@ class Fusion:
         provider, _ = self.providers.for_model(model)
         return provider.supports_json_schema
 
+    def _tools_for(self, role: str, model: str) -> list[str]:
+        wanted = self.spec.panel_tools if role == "panel" else self.spec.judge_tools
+        return offered_tools(self.providers, self.toolbox, model, wanted, self.spec.max_tool_calls)
+
     def estimate(self, messages: str | Sequence[dict[str, Any]]) -> Estimate:
-        return estimate_run(self.spec, normalize_messages(messages), self.prices, self._enforces_schema)
+        return estimate_run(
+            self.spec, normalize_messages(messages), self.prices, self._enforces_schema, tools_for=self._tools_for,
+            search_price=self.toolbox.search_price,
+            pre_retrieval=SharedRetrieval.wanted(self.toolbox, self.spec.panel_tools),
+        )
 
     async def run(
         self, messages: str | Sequence[dict[str, Any]], run_id: str | None = None,
@@ -152,11 +165,11 @@ class Fusion:
                 raise _Fail(f"refused: worst-case estimate ${est.total:.6f} exceeds max_cost ${spec.max_cost:g}")
         by_stage = est.by_stage()
         guard = CostGuard(spec.max_cost, later_stages=by_stage.get("analysis", 0.0) + by_stage.get("synthesis", 0.0))
-        ctx = CallContext(self.providers, self.prices, guard, timeout=spec.deadline_ms / 1000)
+        ctx = CallContext(self.providers, self.prices, guard, timeout=spec.deadline_ms / 1000, toolbox=self.toolbox)
 
         if reuse_panel is not None:
             # Earlier answers, unbilled here: their cost belongs to the run that made them.
-            result.panel = [replace(m, calls=[]) for m in reuse_panel]
+            result.panel = [replace(m, calls=[], tools=ToolUsage()) for m in reuse_panel]
             if not any(m.status == "ok" for m in result.panel):
                 raise _Fail("the earlier run has no successful panel answer to re-synthesize")
         else:
@@ -178,21 +191,23 @@ class Fusion:
             return
         if spec.mode == "judge-writes":
             guard.later_stages = 0.0
-            outcome = await run_judge_writes(ctx, spec, messages, ok, log)
+            outcome = await run_judge_writes(ctx, spec, messages, ok, log, sources=result.citations(ok))
             result.judge, result.analysis, result.analysis_repaired = outcome.stage, outcome.analysis, outcome.repaired
             if not outcome.answer:
                 raise _Fail(f"the judge wrote no answer: {outcome.stage.error or 'empty output'}")
             result.content, result.model = outcome.answer, outcome.stage.model
+            result.annotate(ok)
             return
 
         guard.later_stages = by_stage.get("synthesis", 0.0)
         outcome = await run_analysis(ctx, spec, messages, ok, log)
         result.judge, result.analysis, result.analysis_repaired = outcome.stage, outcome.analysis, outcome.repaired
         guard.later_stages = 0.0
-        synth = await run_synthesis(ctx, spec, messages, ok, result.analysis, log)
+        synth = await run_synthesis(ctx, spec, messages, ok, result.analysis, log, sources=result.citations(ok))
         result.synthesizer = synth
         if synth.error is None:
             result.content, result.model = synth.content, synth.model
+            result.annotate(ok)
             return
         if synth.content or any(c.cost_estimated for c in synth.calls):
             raise _Fail(f"the synthesizer failed mid-answer: {synth.error}")
@@ -205,4 +220,5 @@ class Fusion:
     @staticmethod
     def _answer_verbatim(result: FusionResult, member: MemberResult, log: EventLog) -> None:
         result.content, result.model = member.content, member.model
+        result.annotate([member])
         log.emit("final.delta", text=member.content)

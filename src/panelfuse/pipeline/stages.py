@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,13 +17,14 @@ from panelfuse.pipeline.analysis import (
     response_format,
     split_judge_writes,
 )
-from panelfuse.pipeline.calls import CallContext, call_model
+from panelfuse.pipeline.calls import CallContext, call_model, call_with_tools, offered_tools, tool_event
 from panelfuse.pipeline.estimate import judge_max_tokens
 from panelfuse.pipeline.events import EventLog
 from panelfuse.pipeline.result import MemberResult, StageResult
-from panelfuse.providers.base import ChatRequest
+from panelfuse.providers.base import ChatRequest, Completion
 from panelfuse.providers.errors import ProviderError
 from panelfuse.spec import FusionSpec
+from panelfuse.tools.records import Citation
 
 
 @dataclass
@@ -45,6 +46,21 @@ def weights_of(ok: Sequence[MemberResult]) -> dict[str, float] | None:
 
 def _chain(first: str, fallbacks: Sequence[str]) -> list[str]:
     return [first, *fallbacks]
+
+
+async def _judge_call(
+    ctx: CallContext, spec: FusionSpec, model: str, req: ChatRequest, stage: StageResult, log: EventLog,
+    on_text: Callable[[str], None] | None = None,
+) -> Completion:
+    """One judge call: through the tool loop when the spec gives the judge tools (judge_tools)."""
+    offered = offered_tools(ctx.providers, ctx.toolbox, model, spec.judge_tools, spec.max_tool_calls)
+    citations: list[Citation] = []
+    completion = await call_with_tools(
+        ctx, model, req, stage.calls, offered=offered, max_tool_calls=spec.max_tool_calls, usage=stage.tools,
+        citations=citations, on_tool=tool_event(log, "judge"), on_text=on_text,
+    )
+    stage.citations = citations
+    return completion
 
 
 async def run_analysis(
@@ -70,7 +86,7 @@ async def run_analysis(
     for i, model in enumerate(chain):
         outcome.stage.model = model
         try:
-            completion = await call_model(ctx, model, base, outcome.stage.calls)
+            completion = await _judge_call(ctx, spec, model, base, outcome.stage, log)
             try:
                 parsed = parse_analysis(completion.text, labels, dims)
             except AnalysisError as first_error:
@@ -105,8 +121,10 @@ async def run_synthesis(
     ok: Sequence[MemberResult],
     analysis: dict[str, Any] | None,
     log: EventLog,
+    sources: Sequence[Citation] = (),
 ) -> StageResult:
-    """Stream the final answer. A fallback is tried only while nothing has streamed yet."""
+    """Stream the final answer. A fallback is tried only while nothing has streamed yet. `sources`: the
+    URLs the panel (and judge) used, which the synthesizer is asked to cite."""
     chain = _chain(spec.synthesizer_model, spec.synthesizer_fallbacks)
     stage = StageResult(model=chain[0])
     streamed = False
@@ -118,7 +136,7 @@ async def run_synthesis(
 
     req = ChatRequest(
         model="",
-        messages=prompts.synthesizer_messages(messages, answers_of(ok), analysis),
+        messages=prompts.synthesizer_messages(messages, answers_of(ok), analysis, sources),
         max_tokens=spec.max_tokens,
         temperature=spec.temperature,
         response_format=spec.response_format,
@@ -139,7 +157,8 @@ async def run_synthesis(
 
 
 async def run_judge_writes(
-    ctx: CallContext, spec: FusionSpec, messages: Sequence[dict[str, Any]], ok: Sequence[MemberResult], log: EventLog
+    ctx: CallContext, spec: FusionSpec, messages: Sequence[dict[str, Any]], ok: Sequence[MemberResult], log: EventLog,
+    sources: Sequence[Citation] = (),
 ) -> AnalysisOutcome:
     """One judge call writes the analysis, then the marker, then the answer; the answer part streams."""
     labels = [m.member for m in ok]
@@ -150,7 +169,7 @@ async def run_judge_writes(
         model="",
         messages=prompts.judge_messages(
             messages, answers_of(ok), weights=weights_of(ok), criteria=spec.judge.criteria,
-            dimensions=spec.judge.dimensions, writes_answer=True,
+            dimensions=spec.judge.dimensions, writes_answer=True, sources=sources,
         ),
         max_tokens=judge_max_tokens(spec),
         temperature=0.0,
@@ -159,7 +178,7 @@ async def run_judge_writes(
         outcome.stage.model = model
         splitter = AnswerSplitter(log)
         try:
-            completion = await call_model(ctx, model, req, outcome.stage.calls, on_text=splitter.feed)
+            completion = await _judge_call(ctx, spec, model, req, outcome.stage, log, on_text=splitter.feed)
         except ProviderError as exc:
             outcome.stage.error = str(exc)
             if splitter.answer_started or i + 1 == len(chain):

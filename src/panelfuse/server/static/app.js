@@ -104,6 +104,7 @@ async function send() {
   const ok = await runFusion(turn, { ...body, messages }, running.signal);
   if (compare) await compare;
   if (ok) conversation = [...messages, { role: "assistant", content: turn.answerLive.text }];
+  pastRuns.markFinished(turn.runId, turn.outcome);
   else $("prompt").value = $("prompt").value || prompt; // let the user retry the same message
   running = null;
   setBusy(false);
@@ -218,6 +219,7 @@ async function reopen(runId) {
     ok = await followRun(turn, run.id, 0, running.signal);
     running = null;
     setBusy(false);
+    pastRuns.markFinished(run.id, turn.outcome);
     pastRuns.load();
   } else {
     ok = showStoredRun(turn, run);

@@ -19,6 +19,8 @@ export class History {
     this.onOpen = onOpen;
     this.onError = onError;
     this.cursor = null;
+    // Outcomes this page saw end: the store may record them a moment after the stream's last chunk.
+    this.finished = new Map();
     $("history-refresh").addEventListener("click", () => this.load());
     $("history-more").addEventListener("click", () => this.load(this.cursor));
   }
@@ -41,7 +43,13 @@ export class History {
     }
   }
 
-  item(run) {
+  markFinished(runId, outcome) {
+    if (runId && outcome) this.finished.set(runId, outcome);
+  }
+
+  item(stored) {
+    const seen = this.finished.get(stored.id);
+    const run = stored.status === "running" && seen ? { ...stored, ...seen } : stored;
     const prompt = promptOf(run);
     const short = prompt.length > 70 ? `${prompt.slice(0, 69)}…` : prompt;
     const status = run.status === "completed" && run.degraded ? "degraded" : run.status;

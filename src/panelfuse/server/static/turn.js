@@ -190,9 +190,11 @@ export class FusionTurn {
         this.setBadge(ev.degraded ? "degraded" : "completed", ev.degraded ? "completed, degraded" : "completed");
         break;
       case "run.failed":
+        this.outcome = { status: "failed" };
         this.fail(ev.error || "the fusion failed");
         break;
       case "run.cancelled":
+        this.outcome = { status: "cancelled" };
         this.fail(ev.reason || "cancelled", "cancelled");
         break;
       default:
@@ -237,6 +239,8 @@ export class FusionTurn {
   // The whole result (stream's last chunk, a stored run, or a re-synthesis): render everything from it.
   complete(result) {
     this.setRunInfo(result.run_id, result);
+    this.outcome = { status: result.status, degraded: Boolean(result.degraded),
+      cost: result.usage ? result.usage.cost : null };
     for (const p of result.panel || []) {
       const m = this.member(p.member, p.model);
       this.setMemberStatus(m, p.status);
