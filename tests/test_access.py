@@ -7,11 +7,11 @@ import logging
 
 import httpx
 import pytest
-from gateway_helpers import Gateway
-from pipeline_helpers import script_panel
 
+from gateway_helpers import Gateway
 from panelfuse.store import RunStore
 from panelfuse.testing import Script
+from pipeline_helpers import script_panel
 
 
 def run_async(coro):

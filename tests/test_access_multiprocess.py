@@ -9,10 +9,8 @@ import uuid
 
 import httpx
 import pytest
-from conftest import require_service
-from pipeline_helpers import judge_script
-from serve_helpers import start_server, stop
 
+from conftest import require_service
 from panelfuse.config import Config, ProviderConfig
 from panelfuse.pipeline.run import Fusion
 from panelfuse.pricing import PriceTable
@@ -20,6 +18,8 @@ from panelfuse.providers.registry import Providers
 from panelfuse.spec import all_presets, spec_from_preset
 from panelfuse.store import RunStore
 from panelfuse.testing import Script
+from pipeline_helpers import judge_script
+from serve_helpers import start_server, stop
 
 PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 PRICES = {m: {"input": 1.0, "output": 2.0} for m in ("fake/m1", "fake/m2", "fake/m3")} | {

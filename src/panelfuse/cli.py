@@ -411,6 +411,26 @@ def keys_revoke(id_or_name: Annotated[str, typer.Argument(help="a key id, or a n
     _console().print(f"revoked {count} key{'s' if count > 1 else ''}")
 
 
+@app.command("index")
+def index_cmd(
+    folder: Annotated[str, typer.Argument(help="a folder of .txt, .md and .html files (PDF: index its text)")],
+    out: Annotated[str | None, typer.Option("--out", help="the index file (default: corpus.db in the user data "
+                                                          "dir, where web_search looks unless [tools] corpus_index "
+                                                          "says otherwise)")] = None,
+) -> None:
+    """Build the local corpus index (SQLite FTS5, BM25) that web_search answers from, offline."""
+    from panelfuse.tools.corpus import build_index
+
+    try:
+        stats = build_index(folder, out)
+    except (NotADirectoryError, OSError) as exc:
+        raise _err(str(exc), 2) from exc
+    console = _console()
+    console.print(f"indexed {stats.files} files ({stats.chunks} passages) into {stats.path}", markup=False)
+    for path, why in stats.skipped:
+        console.print(f"[yellow]skipped[/] {path}: {why}")
+
+
 @config_app.command("show")
 def config_show(config: ConfigOpt = None) -> None:
     """Print the effective config, secrets masked."""

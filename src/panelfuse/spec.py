@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from panelfuse.resolve import canonical_preset
 
-Mode = Literal["synthesize", "judge-writes", "best-of", "single"]
+# "analyze": panel + analysis only, no answer (what the fusion server tool hands to the outer model).
+Mode = Literal["synthesize", "judge-writes", "best-of", "single", "analyze"]
 MODE_SYNONYMS = {"full": "synthesize", "fast": "single"}
 MAX_MEMBERS = 8
 LABELS = string.ascii_uppercase[:MAX_MEMBERS]

@@ -98,6 +98,11 @@ def _spec_file(path: Path, overrides: dict[str, Any]) -> FusionSpec:
     if not isinstance(data, dict):
         raise ConfigSpecError(f"the spec file {path} must hold an object")
     data.update({k: v for k, v in overrides.items() if v is not None})
+    # The preset shorthand is accepted too: members and judge as bare model ids.
+    if isinstance(data.get("members"), list):
+        data["members"] = [{"model": m} if isinstance(m, str) else m for m in data["members"]]
+    if isinstance(data.get("judge"), str):
+        data["judge"] = {"model": data["judge"]}
     try:
         return FusionSpec.model_validate(data)
     except ValidationError as exc:

@@ -85,13 +85,13 @@ def estimate_run(
     judge_prompt = messages_tokens(messages) + len(members) * spec.max_tokens + PROMPT_OVERHEAD_TOKENS
     out = judge_max_tokens(spec)
     for model in (spec.judge.model, *spec.judge.fallbacks):
-        offered = tools("judge", model) if spec.mode in ("synthesize", "judge-writes") else ()
+        offered = tools("judge", model) if spec.mode in ("synthesize", "judge-writes", "analyze") else ()
         rounds = spec.max_tool_calls if offered else 0
         for tokens in member_call_tokens(judge_prompt, out, rounds):
             est.add(prices, "analysis", "judge", model, tokens, out)
         if WEB_SEARCH in offered:
             add_searches(est, "analysis", "judge", rounds, search_price)
-        if spec.mode == "synthesize" and not enforces_schema(model):
+        if spec.mode in ("synthesize", "analyze") and not enforces_schema(model):
             # one repair retry: the same prompt plus the rejected output
             est.add(prices, "analysis", "judge", model, judge_prompt + out, out)
     if spec.mode == "synthesize":

@@ -143,7 +143,7 @@ class FusionResult:
     @property
     def degraded(self) -> bool:
         member_failed = any(m.status in DEGRADING for m in self.panel)
-        analysis_missing = self.mode in ("synthesize", "judge-writes") and self.analysis is None
+        analysis_missing = self.mode in ("synthesize", "judge-writes", "analyze") and self.analysis is None
         # A completed run that carries an error answered by a fallback path (e.g. synthesis failed).
         return member_failed or analysis_missing or self.stopped_by_max_cost or self.error is not None
 

@@ -203,6 +203,9 @@ class Fusion:
         outcome = await run_analysis(ctx, spec, messages, ok, log)
         result.judge, result.analysis, result.analysis_repaired = outcome.stage, outcome.analysis, outcome.repaired
         guard.later_stages = 0.0
+        if spec.mode == "analyze":
+            result.model = outcome.stage.model
+            return
         synth = await run_synthesis(ctx, spec, messages, ok, result.analysis, log, sources=result.citations(ok))
         result.synthesizer = synth
         if synth.error is None:

@@ -92,24 +92,38 @@ class Completion:
     latency_ms: int = 0
 
 
+class StreamFold:
+    """Accumulates stream events into a Completion, for callers that also pass the events on."""
+
+    def __init__(self, model: str) -> None:
+        self.started = time.monotonic()
+        self.out = Completion(model=model)
+        self.parts: list[str] = []
+
+    def add(self, ev: StreamEvent) -> None:
+        if ev.text:
+            self.parts.append(ev.text)
+        self.out.tool_calls.extend(ev.tool_calls)
+        if ev.finish_reason:
+            self.out.finish_reason = ev.finish_reason
+        if ev.usage is not None:
+            self.out.usage = ev.usage
+        if ev.refusal:
+            self.out.refusal = (self.out.refusal or "") + ev.refusal
+
+    def result(self) -> Completion:
+        self.out.text = "".join(self.parts)
+        self.out.latency_ms = int((time.monotonic() - self.started) * 1000)
+        return self.out
+
+
 async def fold_stream(model: str, events: AsyncIterator[StreamEvent], *, raise_refusal: bool = True) -> Completion:
     """Accumulate a stream into one Completion; raise RefusedError on the provider's refusal signal
     (unless `raise_refusal` is off, for a proxy that passes the refusal on as it came)."""
-    started = time.monotonic()
-    out = Completion(model=model)
-    parts: list[str] = []
+    fold = StreamFold(model)
     async for ev in events:
-        if ev.text:
-            parts.append(ev.text)
-        out.tool_calls.extend(ev.tool_calls)
-        if ev.finish_reason:
-            out.finish_reason = ev.finish_reason
-        if ev.usage is not None:
-            out.usage = ev.usage
-        if ev.refusal:
-            out.refusal = (out.refusal or "") + ev.refusal
-    out.text = "".join(parts)
-    out.latency_ms = int((time.monotonic() - started) * 1000)
+        fold.add(ev)
+    out = fold.result()
     if raise_refusal:
         raise_if_refused(out)
     return out

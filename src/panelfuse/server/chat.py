@@ -7,15 +7,17 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from panelfuse.pipeline.events import Event
 from panelfuse.pipeline.run import Fusion
 from panelfuse.pricing import Price, call_cost, messages_tokens, token_cost
-from panelfuse.providers.base import ChatRequest, StreamEvent, fold_stream
+from panelfuse.providers.base import ChatRequest, Completion, StreamEvent, fold_stream
 from panelfuse.providers.errors import ProviderError
 from panelfuse.providers.registry import Providers
 from panelfuse.resolve import FusionRoute, ProviderRoute, UnknownModelError
@@ -23,6 +25,16 @@ from panelfuse.server import shapes
 from panelfuse.server.access import Principal, current_principal, providers_for
 from panelfuse.server.admission import Admission, admit
 from panelfuse.server.errors import ApiError, from_provider_error
+from panelfuse.server.fusion_tool import (
+    FUSION_FUNCTION_DEF,
+    FusionToolSession,
+    completion_response,
+    fusion_depth,
+    outer_tool_choice,
+    outer_worst_case,
+    split_tools,
+    with_depth_header,
+)
 from panelfuse.server.plugin import spec_from_request
 from panelfuse.server.runs import ActiveRun
 from panelfuse.server.schemas import ChatCompletionRequest, FusionPlugin
@@ -30,9 +42,6 @@ from panelfuse.server.state import GatewayState
 from panelfuse.spec import FusionSpec
 
 router = APIRouter()
-FUSION_TOOL_TYPES = ("panelfuse:fusion", "openrouter:fusion")
-
-
 def validation_api_error(exc: ValidationError, prefix: str) -> ApiError:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ()))
@@ -59,13 +68,21 @@ async def chat_completions(
         plugin = body.fusion_plugin()
     except ValidationError as exc:
         raise validation_api_error(exc, "plugins[0]") from exc
-    if any(isinstance(t, dict) and t.get("type") in FUSION_TOOL_TYPES for t in body.tools or []):
-        raise ApiError(400, "the fusion server tool is not available on this gateway yet; use the "
-                       "panelfuse/fusion model or the fusion plugin", param="tools", code="unsupported_tool")
+    tool_params, own_tools = split_tools(body.tools)
     try:
         route = providers.route(body.model, list(state.presets))
     except UnknownModelError as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from exc
+    wants_fusion = isinstance(route, FusionRoute) or tool_params is not None or (plugin is not None and plugin.enabled)
+    if wants_fusion and fusion_depth(request.headers) > 0:
+        # This request was made on behalf of a fusion: a fusion may never start another one.
+        raise ApiError(400, "a fusion cannot call a fusion (the request carries a fusion depth header)",
+                       code="fusion_recursion")
+    if tool_params is not None:
+        if isinstance(route, FusionRoute):
+            raise ApiError(400, "the fusion server tool goes on a plain model, not on a fusion model",
+                           param="tools", code="invalid_value")
+        return await server_tool_completion(state, providers, principal, body, tool_params, own_tools, request)
     if isinstance(route, FusionRoute):
         return await fusion_completion(state, providers, principal, body, plugin, route.preset, request)
     if plugin is not None and plugin.enabled:
@@ -114,7 +131,7 @@ async def fusion_completion(
 ) -> Any:
     spec = build_fusion_spec(state, body, plugin, alias_preset)
     principal.check_models(spec_model_ids(spec, providers))
-    fusion = Fusion(spec, providers=providers, prices=state.prices)
+    fusion = Fusion(spec, providers=with_depth_header(providers), prices=state.prices)
     messages = body.plain_messages()
     try:
         est = fusion.estimate(messages)
@@ -332,4 +349,86 @@ async def stream_proxy(
         if aclose is not None:
             await aclose()
         await admission.release(cost)
+    yield shapes.sse("[DONE]")
+
+
+async def server_tool_completion(
+    state: GatewayState, providers: Providers, principal: Principal, body: ChatCompletionRequest,
+    params: FusionPlugin, own_tools: list[dict[str, Any]], request: Request,
+) -> Any:
+    """A plain outer model with the fusion server tool (and possibly the caller's own tools)."""
+    try:
+        provider, route = providers.for_model(body.model)
+    except ProviderError as exc:
+        raise from_provider_error(exc) from exc
+    spec = build_fusion_spec(state, body.model_copy(update={"tools": None, "n": None}), params, None)
+    spec = spec.model_copy(update={"mode": "analyze"})
+    principal.check_models([route.qualified, *spec_model_ids(spec, providers)])
+    base = replace(proxy_request(body, route.model), tools=[*own_tools, FUSION_FUNCTION_DEF],
+                   tool_choice=outer_tool_choice(body.tool_choice))
+    fusion_providers = with_depth_header(providers)
+    conversation = body.plain_messages()
+    est = Fusion(spec, providers=fusion_providers, prices=state.prices).estimate(conversation)
+    outer, unpriced = outer_worst_case(state.prices, route.qualified, base)
+    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    admission = await admit(state, principal, f"tool_{cid}", est.total + outer, est.unpriced + unpriced)
+
+    async def run_fusion(messages: list[dict[str, Any]]) -> AsyncIterator[Any]:
+        fusion = Fusion(spec, providers=fusion_providers, prices=state.prices)
+        run = await state.manager.start(
+            fusion, messages, run_id=f"run_{uuid.uuid4().hex[:24]}",
+            request={"messages": messages, "server_tool": True, "outer_model": body.model},
+            request_model=body.model, background=False, key_id=principal.key_id,
+        )
+        try:
+            async for ev in run.follow():
+                yield ev
+            await run.done.wait()
+        finally:
+            run.cancel("the request ended")  # a no-op once done; stops the fusion if the caller left
+        yield run.result
+
+    session = FusionToolSession(provider, route, base, state.prices, run_fusion)
+    if body.stream:
+        return StreamingResponse(stream_server_tool(session, conversation, body.model, cid, created, admission),
+                                 media_type="text/event-stream")
+    final = None
+    try:
+        async for item in session.events(conversation):
+            if isinstance(item, Completion):
+                final = item
+    except ProviderError as exc:
+        raise from_provider_error(exc) from exc
+    finally:
+        await admission.release(session.state.usage_dict()["cost"])
+    assert final is not None
+    return completion_response(body.model, final, session.state, cid, created)
+
+
+async def stream_server_tool(
+    session: FusionToolSession, conversation: list[dict[str, Any]], model: str, cid: str, created: int,
+    admission: Admission,
+) -> AsyncIterator[str]:
+    yield shapes.sse(shapes.chunk(cid, model, created, delta={"role": "assistant", "content": ""}))
+    try:
+        async for item in session.events(conversation):
+            if isinstance(item, StreamEvent):
+                yield shapes.sse(shapes.chunk(cid, model, created, delta={"content": item.text}))
+            elif isinstance(item, Event):
+                yield shapes.sse(shapes.event_chunk(item, cid, model, created))
+            else:
+                if item.tool_calls:
+                    calls = [{"index": i, **t.to_openai()} for i, t in enumerate(item.tool_calls)]
+                    yield shapes.sse(shapes.chunk(cid, model, created, delta={"tool_calls": calls}))
+                finish = "tool_calls" if item.tool_calls else (item.finish_reason or "stop")
+                yield shapes.sse(shapes.chunk(cid, model, created, delta={}, finish_reason=finish))
+                result = session.state.fusion_result
+                yield shapes.sse(shapes.chunk(cid, model, created, usage=session.state.usage_dict(),
+                                              fusion=shapes.fusion_object(result) if result else None))
+    except (ProviderError, ApiError) as exc:
+        err = from_provider_error(exc) if isinstance(exc, ProviderError) else exc
+        yield shapes.sse(shapes.error_chunk(err.message, err.status))
+    finally:
+        await admission.release(session.state.usage_dict()["cost"])
     yield shapes.sse("[DONE]")

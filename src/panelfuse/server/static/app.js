@@ -104,8 +104,8 @@ async function send() {
   const ok = await runFusion(turn, { ...body, messages }, running.signal);
   if (compare) await compare;
   if (ok) conversation = [...messages, { role: "assistant", content: turn.answerLive.text }];
-  pastRuns.markFinished(turn.runId, turn.outcome);
   else $("prompt").value = $("prompt").value || prompt; // let the user retry the same message
+  pastRuns.markFinished(turn.runId, turn.outcome);
   running = null;
   setBusy(false);
   pastRuns.load();
