@@ -410,10 +410,11 @@ def test_metrics_counters_move(fake, gateway):
     script_panel(fake, m2=Script(failure=Failure.HTTP, status_code=401))
     key = 'panelfuse_upstream_errors_total{model="fake/m2",status="failed"}'
     before = _counter(httpx.get(f"{gateway.url}/metrics").text, key)
-    runs_before = _counter(httpx.get(f"{gateway.url}/metrics").text, 'panelfuse_runs_total{degraded="true",status="completed"}')
+    completed_degraded = 'panelfuse_runs_total{degraded="true",status="completed"}'
+    runs_before = _counter(httpx.get(f"{gateway.url}/metrics").text, completed_degraded)
     r = post(gateway, {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}]})
     assert r.status_code == 200
     text = httpx.get(f"{gateway.url}/metrics").text
     assert _counter(text, key) == before + 1
-    assert _counter(text, 'panelfuse_runs_total{degraded="true",status="completed"}') == runs_before + 1
+    assert _counter(text, completed_degraded) == runs_before + 1
     assert _counter(text, 'panelfuse_cost_usd_total{stage="panel"}') > 0
