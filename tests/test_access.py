@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import httpx
 import pytest
@@ -211,3 +212,23 @@ def test_auth_defaults(fake, db):
                     ).status_code == 401
     finally:
         forced.stop()
+
+
+def test_retention_blanks_old_runs_content(fake, db):
+    script_panel(fake)
+    gw = Gateway(fake, db).start()
+    try:
+        run_id = call(gw, None).json()["fusion"]["run_id"]
+    finally:
+        gw.stop()
+    gw = Gateway(fake, db, retain_days=0.0).start()  # everything finished is "old"
+    try:
+        for _ in range(100):
+            run = httpx.get(f"{gw.url}/v1/fusion/runs/{run_id}").json()
+            if run["content"] == "":
+                break
+            time.sleep(0.05)
+        assert run["content"] == "" and run["result"] is None
+        assert run["cost"] > 0  # the bill stays
+    finally:
+        gw.stop()

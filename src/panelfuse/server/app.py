@@ -120,7 +120,9 @@ def create_app(
         if found:
             log.warning("marked %d abandoned run(s) interrupted", found)
         app.state.gateway = state = GatewayState.build(cfg, store, settings, providers)
-        retention = asyncio.create_task(retain(store, settings.retain_days)) if settings.retain_days else None
+        retention = None
+        if settings.retain_days is not None:
+            retention = asyncio.create_task(retain(store, settings.retain_days))
         try:
             yield
         finally:
