@@ -8,6 +8,7 @@ token: cancelling the asyncio task stops the generation within a token and frees
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import importlib.metadata
 import json
@@ -47,6 +48,17 @@ class _Loaded:
 
 _models: dict[str, _Loaded] = {}
 _models_lock = threading.Lock()
+
+
+@atexit.register
+def _close_models() -> None:
+    # Free the models while llama_cpp's module globals still exist; freeing them in __del__ during
+    # interpreter teardown fails with "'NoneType' object is not callable".
+    with _models_lock:
+        for loaded in _models.values():
+            with contextlib.suppress(Exception):
+                loaded.llm.close()
+        _models.clear()
 
 
 def _load(path: Path) -> _Loaded:
