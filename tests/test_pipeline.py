@@ -322,3 +322,17 @@ def test_prices_table_lookup():
     assert PRICES.lookup("fake/m1").input == 1.0
     assert PRICES.lookup("local/smollm2").output == 0.0
     assert PRICES.lookup("openrouter/unknown/x") is None
+
+
+async def test_a_bug_inside_the_pipeline_is_a_failed_run_not_a_crash(fake, monkeypatch):
+    script_panel(fake)
+    from panelfuse.pipeline import run as run_module
+
+    async def broken(*args, **kwargs):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(run_module, "run_analysis", broken)
+    f = fusion(fake, spec())
+    events = [ev.type async for ev in f.stream("q")]
+    assert events[-1] == "run.failed"
+    assert f.result.status == "failed" and "internal error" in f.result.error and "boom" in f.result.error

@@ -64,7 +64,8 @@ class Fusion:
         self.providers = providers or Providers(config)
         self.prices = prices or PriceTable.load(self.providers.config.prices)
         # web_search / web_fetch as the config's [tools] describes them (see panelfuse.tools.toolbox)
-        self.toolbox = toolbox or Toolbox.from_config(self.providers.config.tools, self.providers.env)
+        self.toolbox = toolbox if toolbox is not None else Toolbox.from_config(self.providers.config.tools,
+                                                                               self.providers.env)
         self.result: FusionResult | None = None
         self.log: EventLog | None = None
 
@@ -132,8 +133,10 @@ class Fusion:
         log.emit("run.started", spec=spec.model_dump(mode="json"), prompt_version=PROMPT_VERSION)
         try:
             await self._stages(messages, log, result, reuse_panel)
-        except _Fail as exc:
-            result.status, result.error = "failed", str(exc)
+        except (_Fail, Exception) as exc:
+            # _Fail is a reasoned failure; anything else is a bug of ours, still reported as a value.
+            result.status = "failed"
+            result.error = str(exc) if isinstance(exc, _Fail) else f"internal error: {exc!r}"
             result.latency_ms = int((time.monotonic() - started) * 1000)
             log.emit("run.failed", error=result.error, failed_models=result.failed_models)
             return
