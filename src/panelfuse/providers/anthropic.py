@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
-from httpx_sse import SSEError, aconnect_sse
 
 from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage
 from panelfuse.providers.errors import AuthError, BadResponseError, ProviderError, UpstreamError
 from panelfuse.providers.http import shared_client
 from panelfuse.providers.openai_compat import error_from_status, error_message, fetch_model_ids, transport_error
+from panelfuse.providers.sse import json_events
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # the Messages API requires max_tokens
@@ -176,56 +177,42 @@ class AnthropicProvider(Provider):
         blocks: dict[int, dict[str, Any]] = {}
         stop_reason: str | None = None
         finished = False
-        try:
-            async with aconnect_sse(
-                shared_client(), "POST", url, json=self.body(req, stream=True), headers=self._request_headers()
-            ) as source:
-                resp = source.response
-                if resp.status_code >= 400:
-                    raise self._error(resp.status_code, await resp.aread(), resp.headers, req.model)
-                async for sse in source.aiter_sse():
-                    if not sse.data.strip():
-                        continue
-                    try:
-                        data = json.loads(sse.data)
-                    except ValueError as exc:
-                        raise BadResponseError(
-                            f"malformed SSE data: {sse.data[:200]!r}", provider=self.name, model=req.model
-                        ) from exc
-                    if not isinstance(data, dict):
-                        raise BadResponseError("SSE data is not an object", provider=self.name, model=req.model)
-                    kind = data.get("type", sse.event)
-                    if kind == "message_start":
-                        u = (data.get("message") or {}).get("usage") or {}
-                        usage.prompt_tokens = int(u.get("input_tokens") or 0)
-                        usage.completion_tokens = int(u.get("output_tokens") or 0)
-                    elif kind == "content_block_start":
-                        block = dict(data.get("content_block") or {})
-                        block["partial_json"] = ""
-                        blocks[int(data.get("index", 0))] = block
-                        if block.get("type") == "text" and block.get("text"):
-                            yield StreamEvent(text=block["text"])
-                    elif kind == "content_block_delta":
-                        delta = data.get("delta") or {}
-                        if delta.get("type") == "text_delta":
-                            yield StreamEvent(text=delta.get("text", ""))
-                        elif delta.get("type") == "input_json_delta":
-                            blocks.setdefault(int(data.get("index", 0)), {"partial_json": ""})
-                            blocks[int(data.get("index", 0))]["partial_json"] += delta.get("partial_json", "")
-                    elif kind == "message_delta":
-                        stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-                        u = data.get("usage") or {}
-                        if u.get("output_tokens") is not None:
-                            usage.completion_tokens = int(u["output_tokens"])
-                    elif kind == "message_stop":
-                        finished = True
-                        break
-                    elif kind == "error":
-                        raise UpstreamError(error_message(sse.data.encode()), provider=self.name, model=req.model)
-        except SSEError as exc:
-            raise BadResponseError(str(exc), provider=self.name, model=req.model) from exc
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, provider=self.name, model=req.model) from exc
+        async with contextlib.aclosing(json_events(
+            url, self.body(req, stream=True), self._request_headers(), provider=self.name, model=req.model,
+            on_status=lambda status, body, headers: self._error(status, body, headers, req.model),
+            on_transport=lambda exc: transport_error(exc, provider=self.name, model=req.model),
+        )) as events:
+            async for event_name, data in events:
+                if not isinstance(data, dict):
+                    continue  # Anthropic sends no [DONE]; ignore one if a proxy adds it
+                kind = data.get("type", event_name)
+                if kind == "message_start":
+                    u = (data.get("message") or {}).get("usage") or {}
+                    usage.prompt_tokens = int(u.get("input_tokens") or 0)
+                    usage.completion_tokens = int(u.get("output_tokens") or 0)
+                elif kind == "content_block_start":
+                    block = dict(data.get("content_block") or {})
+                    block["partial_json"] = ""
+                    blocks[int(data.get("index", 0))] = block
+                    if block.get("type") == "text" and block.get("text"):
+                        yield StreamEvent(text=block["text"])
+                elif kind == "content_block_delta":
+                    delta = data.get("delta") or {}
+                    if delta.get("type") == "text_delta":
+                        yield StreamEvent(text=delta.get("text", ""))
+                    elif delta.get("type") == "input_json_delta":
+                        blocks.setdefault(int(data.get("index", 0)), {"partial_json": ""})
+                        blocks[int(data.get("index", 0))]["partial_json"] += delta.get("partial_json", "")
+                elif kind == "message_delta":
+                    stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                    u = data.get("usage") or {}
+                    if u.get("output_tokens") is not None:
+                        usage.completion_tokens = int(u["output_tokens"])
+                elif kind == "message_stop":
+                    finished = True
+                    break
+                elif kind == "error":
+                    raise UpstreamError(error_message(json.dumps(data).encode()), provider=self.name, model=req.model)
         if not finished:
             raise UpstreamError("stream ended before the answer finished", provider=self.name, model=req.model)
         calls = [

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
-from httpx_sse import SSEError, aconnect_sse
 
 from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage
 from panelfuse.providers.errors import (
@@ -21,6 +21,7 @@ from panelfuse.providers.errors import (
     UpstreamError,
 )
 from panelfuse.providers.http import shared_client
+from panelfuse.providers.sse import DONE, json_events
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -157,43 +158,28 @@ class OpenAICompatProvider(Provider):
         return error_from_status(status, error_message(body), headers, provider=self.name, model=model)
 
     async def _open_stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
-        url = f"{self.base_url}/chat/completions"
         tools = ToolCallAccumulator()
         finished = False
-        try:
-            async with aconnect_sse(
-                shared_client(), "POST", url, json=self.body(req, stream=True), headers=self._request_headers()
-            ) as source:
-                resp = source.response
-                if resp.status_code >= 400:
-                    raise self._error(resp.status_code, await resp.aread(), resp.headers, req.model)
-                async for sse in source.aiter_sse():
-                    if sse.data.strip() == "[DONE]":
+        async with contextlib.aclosing(json_events(
+            f"{self.base_url}/chat/completions", self.body(req, stream=True), self._request_headers(),
+            provider=self.name, model=req.model,
+            on_status=lambda status, body, headers: self._error(status, body, headers, req.model),
+            on_transport=lambda exc: transport_error(exc, provider=self.name, model=req.model),
+        )) as events:
+            async for _, chunk in events:
+                if chunk == DONE:
+                    finished = True
+                    pending = tools.take()
+                    if pending:  # a server that ended without a finish_reason chunk
+                        yield StreamEvent(tool_calls=pending, finish_reason="tool_calls")
+                    break
+                assert isinstance(chunk, dict)
+                if "error" in chunk:  # OpenRouter reports mid-stream failures this way
+                    raise UpstreamError(error_message(json.dumps(chunk).encode()), provider=self.name, model=req.model)
+                for ev in self._chunk_events(chunk, tools):
+                    if ev.finish_reason:
                         finished = True
-                        pending = tools.take()
-                        if pending:  # a server that ended without a finish_reason chunk
-                            yield StreamEvent(tool_calls=pending, finish_reason="tool_calls")
-                        break
-                    if not sse.data.strip():
-                        continue
-                    try:
-                        chunk = json.loads(sse.data)
-                    except ValueError as exc:
-                        raise BadResponseError(
-                            f"malformed SSE data: {sse.data[:200]!r}", provider=self.name, model=req.model
-                        ) from exc
-                    if not isinstance(chunk, dict):
-                        raise BadResponseError("SSE data is not an object", provider=self.name, model=req.model)
-                    if "error" in chunk:  # OpenRouter reports mid-stream failures this way
-                        raise UpstreamError(error_message(sse.data.encode()), provider=self.name, model=req.model)
-                    for ev in self._chunk_events(chunk, tools):
-                        if ev.finish_reason:
-                            finished = True
-                        yield ev
-        except SSEError as exc:  # e.g. a non-SSE content type on a 200
-            raise BadResponseError(str(exc), provider=self.name, model=req.model) from exc
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, provider=self.name, model=req.model) from exc
+                    yield ev
         if not finished:
             raise UpstreamError("stream ended before the answer finished", provider=self.name, model=req.model)
 
