@@ -247,6 +247,12 @@ def test_resynthesize_with_another_judge_and_mode(fake, page):
     expect(again.locator(".best-of")).to_contain_text("C · fake/m3")
     assert fake.requests_for("judge2")
     assert sum(len(fake.requests_for(m)) for m in ("m1", "m2", "m3")) == panel_calls  # the panel is reused
+    # The conversation now continues from the re-synthesized answer.
+    send(page, "More?")
+    expect(page.locator(".turn")).to_have_count(3)
+    wait_done(page)
+    sent = [m["content"] for m in fake.requests_for("m1")[-1].body["messages"] if m["role"] == "assistant"]
+    assert sent[-1] == "Air molecules scatter blue light."
 
 
 def test_reopen_from_history_and_continue_the_conversation(fake, browser, gateway, page):

@@ -1,6 +1,6 @@
 // The judge's analysis as readable sections, and the totals (cost by stage and member, latency, tokens).
 
-import { fmtCost, fmtMs, h, uid } from "./dom.js";
+import { fmtCost, fmtMs, h } from "./dom.js";
 
 const SECTIONS = [
   ["consensus", "Consensus"],
@@ -41,10 +41,8 @@ export function renderAnalysis(analysis, who) {
   for (const [key, title] of keys) {
     const items = analysis[key];
     if (items === undefined) continue;
-    const id = uid("an");
     const list = Array.isArray(items) ? items : [items];
-    wrap.append(h("section", { class: `an-section an-${key.replace(/_/g, "-")}`, "aria-labelledby": id },
-      h("h5", { id, text: title }),
+    wrap.append(h("section", { class: `an-section an-${key.replace(/_/g, "-")}` }, h("h5", { text: title }),
       list.length ? h("ul", {}, list.map((it) => itemFor(key, it, who))) : h("p", { class: "hint", text: "None." })));
   }
   return wrap;

@@ -9,6 +9,7 @@ import { assistantMessage, FusionTurn, userMessage } from "./turn.js";
 const $ = (id) => document.getElementById(id);
 let conversation = []; // finished turns as {role, content}: what the next request carries
 let running = null; // the AbortController of the send in flight
+let lastRunId = null; // the run whose answer ends `conversation`
 
 function errorText(err) {
   if (err instanceof ApiError || err instanceof AuthError) return err.message;
@@ -18,9 +19,10 @@ function errorText(err) {
 // --- sign-in ----------------------------------------------------------------------------------------
 
 function showSignin(reason) {
+  const wasHidden = $("signin").hidden;
   $("signin").hidden = false;
   $("signin-why").textContent = reason || "This gateway needs a panelfuse key.";
-  $("key").focus();
+  if (wasHidden) $("key").focus(); // once: a failing estimate must not keep stealing focus
 }
 
 function onAuthError(err) {
@@ -103,11 +105,16 @@ async function send() {
   const compare = compareModel ? runCompare(turn.addCompare(compareModel), compareModel, messages, running.signal) : null;
   const ok = await runFusion(turn, { ...body, messages }, running.signal);
   if (compare) await compare;
-  if (ok) conversation = [...messages, { role: "assistant", content: turn.answerLive.text }];
-  else $("prompt").value = $("prompt").value || prompt; // let the user retry the same message
+  if (ok) {
+    conversation = [...messages, { role: "assistant", content: turn.answerLive.text }];
+    lastRunId = turn.runId;
+  } else {
+    $("prompt").value = $("prompt").value || prompt; // let the user retry the same message
+  }
   pastRuns.markFinished(turn.runId, turn.outcome);
   running = null;
   setBusy(false);
+  panel.changed(); // the estimate now covers the longer conversation
   pastRuns.load();
 }
 
@@ -225,6 +232,8 @@ async function reopen(runId) {
     ok = showStoredRun(turn, run);
   }
   conversation = ok ? [...msgs, { role: "assistant", content: turn.answerLive.text }] : msgs.slice(0, lastUser);
+  lastRunId = ok ? run.id : null;
+  panel.changed();
   announce(`Reopened run ${run.id}.`);
 }
 
@@ -240,8 +249,12 @@ async function resynthesize({ runId, model, mode, button }) {
     const message = data.choices[0].message;
     turn.complete({ ...data.fusion, usage: data.usage, content: message.content, status: "completed",
       annotations: message.annotations || data.fusion.annotations || [] });
+    // Re-synthesizing the latest turn changes what the conversation continues from.
     const last = conversation[conversation.length - 1];
-    if (last && last.role === "assistant") last.content = message.content;
+    if (runId === lastRunId && last && last.role === "assistant") {
+      last.content = message.content;
+      lastRunId = data.fusion.run_id;
+    }
     turn.heading.focus();
   } catch (err) {
     turn.fail(errorText(err));
@@ -256,6 +269,7 @@ async function resynthesize({ runId, model, mode, button }) {
 function newConversation() {
   if (running) running.abort();
   conversation = [];
+  lastRunId = null;
   $("transcript").replaceChildren();
   $("empty-note").hidden = false;
   showComposerError("");

@@ -63,9 +63,9 @@ export class FusionTurn {
     this.root = h("article", { class: "turn", "aria-labelledby": headId }, this.heading, this.runInfo, this.body);
   }
 
+  // Unnamed sections (not landmarks): the headings are the way around a turn.
   section(title, cls, ...children) {
-    const id = uid("sec");
-    return h("section", { class: `stage ${cls}`, "aria-labelledby": id }, h("h4", { id, text: title }), ...children);
+    return h("section", { class: `stage ${cls}` }, h("h4", { text: title }), ...children);
   }
 
   // The analysis names members by model id (or label): show "A · model" when that is unambiguous.
@@ -91,12 +91,11 @@ export class FusionTurn {
   member(label, model) {
     let m = this.members.get(label);
     if (!m) {
-      const id = uid("member");
       m = { model, status: h("span", { class: "badge badge-waiting", text: STATUS_TEXT.waiting }),
         meta: h("span", { class: "meta" }), notes: h("ul", { class: "notes" }),
         body: h("div", { class: "md member-text" }), error: h("p", { class: "error", hidden: true }), text: "" };
-      m.title = h("h5", { id, text: `${label} · ${model}` });
-      m.root = h("section", { class: "member", "data-member": label, "aria-labelledby": id },
+      m.title = h("h5", { text: `${label} · ${model}` });
+      m.root = h("section", { class: "member", "data-member": label },
         m.title, h("p", { class: "member-status" }, m.status, " ", m.meta), m.notes, m.error, m.body);
       this.members.set(label, m);
       this.memberGrid.append(m.root);
@@ -297,14 +296,12 @@ export class FusionTurn {
 
 export class CompareColumn {
   constructor(model) {
-    const id = uid("cmp");
     this.status = h("span", { class: "badge badge-running", text: "answering…" });
     this.meta = h("span", { class: "meta" });
     this.text = h("div", { class: "md compare-text", "aria-busy": "true" });
     this.error = h("p", { class: "error", hidden: true });
     this.live = liveMarkdown(this.text, 5);
-    this.root = h("section", { class: "compare-col", "aria-labelledby": id },
-      h("h4", { id, text: `Compare: ${model}` }), h("p", { class: "member-status" }, this.status, " ", this.meta),
+    this.root = h("section", { class: "compare-col" }, h("h4", { text: `Compare: ${model}` }), h("p", { class: "member-status" }, this.status, " ", this.meta),
       this.error, this.text);
   }
 
