@@ -11,7 +11,8 @@ const SECTIONS = [
   ["anomalies", "Anomalies"],
 ];
 
-// `who` turns a label (or model id) into "A · model" using the run's members.
+// `who` turns a label (or model id) into "A · model" using the run's members. The gateway keeps each
+// label beside its model id (`member`, `members`), which stays unambiguous when a model sits twice.
 function itemFor(key, item, who) {
   if (typeof item === "string") return h("li", { text: item });
   if (!item || typeof item !== "object") return h("li", { text: String(item) });
@@ -20,14 +21,14 @@ function itemFor(key, item, who) {
       return h("li", {},
         h("span", { class: "topic", text: item.topic || "(no topic)" }),
         h("ul", { class: "stances" }, (item.stances || []).map((s) =>
-          h("li", {}, h("span", { class: "who", text: `${who(s.model)}: ` }), s.stance || ""))));
+          h("li", {}, h("span", { class: "who", text: `${who(s.member || s.model)}: ` }), s.stance || ""))));
     case "partial_coverage":
       return h("li", {}, item.point || "", h("span", { class: "who",
-        text: ` — covered by ${(item.models || []).map(who).join(", ") || "?"}` }));
+        text: ` — covered by ${(item.members || item.models || []).map(who).join(", ") || "?"}` }));
     case "unique_insights":
-      return h("li", {}, h("span", { class: "who", text: `${who(item.model)}: ` }), item.insight || "");
+      return h("li", {}, h("span", { class: "who", text: `${who(item.member || item.model)}: ` }), item.insight || "");
     case "anomalies":
-      return h("li", {}, h("span", { class: "who", text: `${who(item.model)}: ` }), item.reason || "");
+      return h("li", {}, h("span", { class: "who", text: `${who(item.member || item.model)}: ` }), item.reason || "");
     default:
       return h("li", { text: JSON.stringify(item) });
   }
