@@ -14,6 +14,16 @@ from panelfuse.testing import FakeUpstream
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Keep every test off the developer's own data and config dirs (a corpus index or a runs.db made
+    by hand there must not change what a test sees)."""
+    home = tmp_path_factory.mktemp("xdg")
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.delenv("PANELFUSE_CONFIG", raising=False)
+
+
 @pytest.fixture
 def fake():
     with FakeUpstream() as upstream:

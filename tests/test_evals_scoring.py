@@ -134,7 +134,8 @@ async def test_equal_to_the_rubric_package_end_to_end() -> None:
         key = next(k for k in verdict_of if k in user_prompt)
         return PerCriterionOutput(criterion_status=verdict_of[key], explanation="scripted")  # type: ignore[arg-type]
 
-    rubric = Rubric.from_dict([{"weight": w, "requirement": f"requirement number {i}"} for i, (w, _) in enumerate(case)])
+    rubric = Rubric.from_dict([{"weight": w, "requirement": f"requirement number {i}"}
+                               for i, (w, _) in enumerate(case)])
     report = await rubric.grade("an answer", autograder=PerCriterionGrader(generate_fn=scripted), query="q")
     assert len(prompts) == len(case)
     assert score_pass(verdicts(*case)).score == pytest.approx(report.score, abs=1e-12)

@@ -24,6 +24,8 @@ from panelfuse.providers.errors import ProviderError
 from panelfuse.providers.registry import Providers
 from panelfuse.store import RunStore, StoreError
 
+DEFAULT_CONCURRENCY = 4
+
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
@@ -71,7 +73,7 @@ async def run_eval(
 def _print_summary(console: Console, summary: EvalSummary, files: ReportFiles) -> None:
     table = Table(title=f"Eval {summary.name}", show_edge=False)
     for col in ("configuration", "score", "95% CI", "pass rate", "cost/task", "p50", "failures", "coverage"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # wrap, never cut: the label is the key to the row
     for c in summary.configs:
         ci = "—" if c.ci_low is None else f"{c.ci_low:.3f}–{c.ci_high:.3f}"
         table.add_row(c.label, "—" if c.mean is None else f"{c.mean:.3f}", ci,
@@ -87,6 +89,33 @@ def _print_summary(console: Console, summary: EvalSummary, files: ReportFiles) -
         console.print(f"[yellow]{files.plot_error}[/]")
 
 
+def _models_of(configs: list[EvalConfig], grader: str) -> list[str]:
+    ids = [grader]
+    for c in configs:
+        if c.model:
+            ids.append(c.model)
+        if c.spec is not None:
+            ids += [m.model for m in c.spec.members] + [c.spec.judge.model, c.spec.synthesizer_model]
+    return list(dict.fromkeys(ids))
+
+
+def _preflight(providers: Providers, models: list[str]) -> tuple[list[str], bool]:
+    """Providers that need a key and have none (better said now than after an hour of failed
+    calls), and whether any model runs in process (local calls queue behind one lock)."""
+    missing: list[str] = []
+    local = False
+    for model in models:
+        try:
+            _, route = providers.for_model(model)
+        except (ProviderError, LookupError):
+            continue  # reported by the call itself
+        pc = providers.configs[route.provider]
+        local = local or pc.kind == "local"
+        if pc.kind != "local" and pc.api_key_env and not providers.has_key(route.provider):
+            missing.append(f"{model} (set {pc.api_key_env})")
+    return missing, local
+
+
 def eval_command(
     tasks_file: Annotated[str, typer.Argument(metavar="TASKS", help="DRACO or QA JSONL; 'sample' = the shipped set")],
     configurations: Annotated[list[str], typer.Option(
@@ -97,7 +126,8 @@ def eval_command(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N tasks")] = None,
     criteria_limit: Annotated[int | None, typer.Option("--criteria-limit", min=1,
                                                        help="only each task's first N criteria")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="upstream calls at once")] = 4,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", min=1, help="upstream calls at once (default 4; 1 when a local model is involved)")] = None,
     name: Annotated[str | None, typer.Option("--name", help="results key in the store (default: --out)")] = None,
     db: Annotated[str | None, typer.Option("--db", help="store URL (default: the run store)")] = None,
     seed: Annotated[int, typer.Option("--seed", help="bootstrap seed")] = 0,
@@ -138,6 +168,11 @@ def eval_command(
         grader = Grader(providers, grader_model, prices, retries=grader_retries, timeout=timeout, qa_mode=qa_mode)
     except (ProviderError, LookupError) as exc:
         raise _fail(f"grader '{grader_model}': {exc}") from exc
+    missing, local = _preflight(providers, _models_of(configs, grader_model))
+    if missing:
+        raise _fail("no API key for: " + ", ".join(missing))
+    # In-process models serve one call at a time: more in flight would only queue into their deadlines.
+    concurrency = concurrency or (1 if local else DEFAULT_CONCURRENCY)
     settings = EvalSettings(name=name or str(out.resolve()), passes=passes, concurrency=concurrency,
                             retry_failed=retry_failed)
     console = Console(highlight=False)

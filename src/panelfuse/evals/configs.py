@@ -32,6 +32,7 @@ class EvalConfig:
     model: str | None = None  # single
     spec: FusionSpec | None = None  # fusion
     max_tokens: int | None = None  # single: per answer
+    timeout: float | None = None  # single: seconds per answer call (not part of the fingerprint)
 
     @property
     def description(self) -> str:
@@ -39,7 +40,10 @@ class EvalConfig:
             return f"single model {self.model}"
         assert self.spec is not None
         members = ", ".join(m.model for m in self.spec.members)
-        return f"fusion ({self.spec.preset or 'custom'}, {self.spec.mode}): {members}; judge {self.spec.judge.model}"
+        synth = self.spec.synthesizer.model
+        tail = f"; synthesizer {synth}" if synth and self.spec.mode == "synthesize" else ""
+        return (f"fusion ({self.spec.preset or 'custom'}, {self.spec.mode}): {members}; "
+                f"judge {self.spec.judge.model}{tail}")
 
     @property
     def fingerprint(self) -> str:
@@ -72,7 +76,7 @@ def parse_config(
             providers.for_model(model)
         except (ProviderError, LookupError) as exc:
             raise ConfigSpecError(f"configuration '{text}': {exc}") from None
-        return EvalConfig(label or text, "single", model=model, max_tokens=max_tokens)
+        return EvalConfig(label or text, "single", model=model, max_tokens=max_tokens, timeout=timeout)
     if text.startswith("preset:"):
         name = text.removeprefix("preset:")
         try:

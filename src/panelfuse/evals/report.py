@@ -36,7 +36,9 @@ def _money(x: float | None) -> str:
 
 
 def _secs(ms: float | None) -> str:
-    return "—" if ms is None else f"{ms / 1000:.1f} s"
+    if ms is None:
+        return "—"
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
 def markdown(summary: EvalSummary) -> str:
@@ -141,6 +143,7 @@ def plot_score_vs_cost(configs: list[ConfigSummary], path: Path, title: str) -> 
     ax.set_xlabel("cost per task (USD)")
     ax.set_ylabel("score (mean over tasks, 95% CI)")
     ax.set_ylim(-0.02, 1.05)
+    ax.margins(x=0.15)  # room for the labels of the outermost points
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
@@ -157,7 +160,8 @@ def write_report(summary: EvalSummary, data: EvalData, out_dir: Path) -> ReportF
     plot: Path | None = out_dir / "score_vs_cost.png"
     error = None
     try:
-        plot_score_vs_cost(summary.configs, plot, f"{summary.name} · grader {summary.grader}")  # type: ignore[arg-type]
+        title = f"{Path(summary.name).name or summary.name} · grader {summary.grader}"
+        plot_score_vs_cost(summary.configs, plot, title)  # type: ignore[arg-type]
     except ImportError:  # matplotlib is in the [eval] extra; the tables do not need it
         plot, error = None, "matplotlib is not installed (pip install 'panelfuse[eval]'): no plot"
     if plot is not None:

@@ -28,8 +28,6 @@ from panelfuse.providers.base import ChatRequest
 from panelfuse.providers.registry import Providers
 from panelfuse.store import RunStore, StoreError
 
-DEFAULT_MAX_TOKENS = 2048  # single-model answers, when --max-tokens is not given
-
 
 class EvalMismatchError(ValueError):
     """Stored results under this eval name were made by a different configuration or grader."""
@@ -152,7 +150,7 @@ class EvalRunner:
                 *answer.key, criterion.id, out.verdict, out.explanation, out.grader, out.version, out.attempts,
                 out.error, out.usage.prompt_tokens, out.usage.completion_tokens, out.cost, out.latency_ms,
             )
-            # Held inside the semaphore: with concurrency 1, an interruption loses no finished call.
+            # Stored before the slot is freed: an interruption loses at most the calls in flight.
             await self.evals.put_grade(data.name, row)
         data.grades[key] = row
         self.progress.advance("grade")
@@ -170,7 +168,9 @@ class EvalRunner:
         started = time.monotonic()
         try:
             provider, route = self.providers.for_model(config.model)
-            req = ChatRequest(model=route.model, messages=messages, max_tokens=config.max_tokens or DEFAULT_MAX_TOKENS)
+            # max_tokens None: the provider's own default (the model's limit on OpenAI-compatible APIs)
+            req = ChatRequest(model=route.model, messages=messages, max_tokens=config.max_tokens,
+                              timeout=config.timeout)
             c = await provider.complete(req)
         except Exception as exc:  # any failure is this answer's result, not the eval's end
             return AnswerRow(**base, status="failed", content="", error=f"{type(exc).__name__}: {exc}",

@@ -54,7 +54,10 @@ class EventLog:
     def emit(self, event_type: str, **data: Any) -> Event:
         if event_type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {event_type}")
-        ev = Event(self.run_id, len(self.events) + 1, event_type, data, stage_of(event_type))
+        stage = stage_of(event_type)
+        if event_type == "tool.called" and data.get("member") == "judge":
+            stage = "analysis"  # the judge's own tool calls belong to the analysis stage
+        ev = Event(self.run_id, len(self.events) + 1, event_type, data, stage)
         self.events.append(ev)
         if self.listener is not None:
             self.listener(ev)

@@ -115,8 +115,10 @@ class RunManager:
         started = time.monotonic()
         try:
             async for ev in run.fusion.stream(messages, run_id=run.run_id, reuse_panel=reuse_panel):
-                run.publish(ev)
                 metrics.observe_event(ev)
+                if ev.type in TERMINAL:
+                    continue  # published by _record once the outcome is stored: readers never race it
+                run.publish(ev)
                 now = time.monotonic()
                 is_delta = ev.type in ("panel.delta", "final.delta")
                 if not is_delta or now - last_flush > FLUSH_INTERVAL:
@@ -137,12 +139,13 @@ class RunManager:
             metrics.RUNS_ACTIVE.dec()
 
     async def _record(self, run: ActiveRun, flushed: int, started: float) -> None:
+        """Store the outcome, then publish the events not yet seen (the terminal one, or run.cancelled
+        emitted after the consumer stopped reading): a client told "completed" finds the run stored."""
         log_events = run.fusion.log.events if run.fusion.log else []
-        for ev in log_events[len(run.events):]:
-            run.publish(ev)  # e.g. run.cancelled, emitted after the consumer stopped reading
+        unpublished = log_events[len(run.events):]
         result = run.fusion.result
         try:
-            await self.store.append_events(run.run_id, run.events[flushed:])
+            await self.store.append_events(run.run_id, run.events[flushed:] + unpublished)
             if result is None:
                 await self.store.finish_run(
                     run.run_id, status="cancelled", result=None, content="", usage=None, cost=None,
@@ -167,6 +170,8 @@ class RunManager:
                     await run.on_finish(result)
                 except Exception:
                     log.exception("could not settle run %s", run.run_id)
+            for ev in unpublished:
+                run.publish(ev)
 
     async def shutdown(self, grace: float) -> None:
         """Let runs finish for `grace` seconds, then cancel the rest and record them."""

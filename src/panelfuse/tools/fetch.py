@@ -32,6 +32,7 @@ METADATA_ADDRESSES = frozenset(
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 TEXT_TYPES = ("text/html", "application/xhtml+xml", "text/plain", "text/markdown", "application/json")
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+_HOST_NAME = re.compile(r"[\w.-]+")  # letters (IDN too), digits, dots, hyphens: nothing a resolver would mangle
 _NUMERIC_PART = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
 
 
@@ -207,6 +208,8 @@ class Fetcher:
             raise FetchRefused("the URL has no host")
         port = port or (443 if scheme == "https" else 80)
         numeric = parse_numeric_host(host)
+        if numeric is None and not _HOST_NAME.fullmatch(host):
+            raise FetchRefused(f"'{host}' is not a valid host name")
         if numeric is not None:
             addresses: list[IPAddress] = [numeric]
         else:
@@ -237,7 +240,7 @@ class Fetcher:
             result.error = str(exc)
         except httpx.TimeoutException:
             result.error = "timed out"
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, ValueError) as exc:
             result.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         result.ok = result.error is None
         return result

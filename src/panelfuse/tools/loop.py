@@ -20,6 +20,8 @@ from panelfuse.providers.base import ChatRequest, Completion, ToolCall
 from panelfuse.tools.records import Citation, ToolUsage
 from panelfuse.tools.toolbox import Toolbox, ToolOutcome, limit_reached, not_offered, out_of_time, refusal
 
+# Below this many seconds before the deadline no tool is started: it could not finish usefully.
+MIN_TOOL_SECONDS = 0.05
 ModelCall = Callable[[ChatRequest], Awaitable[Completion]]
 # (tool name, its arguments as the model wrote them (parsed when JSON), why it was refused or None)
 OnTool = Callable[[str, Any, str | None], None]
@@ -73,7 +75,8 @@ async def run_tool_loop(
             on_tool(tc.name, event_args(tc.arguments), outcome.content if outcome and outcome.refused else None)
 
     for round_no in range(max_tool_calls + 1):
-        answer_round = executed >= max_tool_calls or round_no == max_tool_calls or clock() >= deadline
+        answer_round = (executed >= max_tool_calls or round_no == max_tool_calls
+                        or deadline - clock() < MIN_TOOL_SECONDS)
         req = replace(request, messages=list(messages), tools=schemas, tool_choice="none" if answer_round else "auto")
         completion = await call(req)
         out.completion, out.model_calls = completion, out.model_calls + 1
@@ -96,7 +99,7 @@ async def run_tool_loop(
                 refused = not_offered(tc.name, offered)
             elif executed >= max_tool_calls:
                 refused = limit_reached(max_tool_calls)
-            elif clock() >= deadline:
+            elif deadline - clock() < MIN_TOOL_SECONDS:
                 refused = out_of_time()
             else:
                 executed += 1
