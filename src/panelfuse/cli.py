@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from panelfuse.config import ConfigError, effective_config, load_config
+from panelfuse.evals.cli import eval_command
 from panelfuse.pipeline.result import FusionResult
 from panelfuse.pipeline.run import Fusion, FusionError
 from panelfuse.pricing import PriceTable
@@ -25,7 +26,6 @@ from panelfuse.spec import FusionSpec, all_presets, preset_model_ids, spec_from_
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="panelfuse: an open, self-hosted Fusion API.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
-from panelfuse.evals.cli import eval_command  # noqa: E402, I001 - registered next to the other commands
 app.command("eval")(eval_command)
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", help="config file (default: $PANELFUSE_CONFIG or user dir)")]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 import re
+import time
 from datetime import date, datetime
 from typing import Any
 
@@ -95,7 +97,7 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         cur = dbapi_conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")  # first: WAL switch may wait
-            cur.execute("PRAGMA journal_mode = WAL")  # readers never block the writer (several workers)
+            _enable_wal(cur)  # readers never block the writer (several workers)
             cur.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; fsync at checkpoints only
             cur.execute("PRAGMA foreign_keys = ON")  # event cascade on delete
         finally:
@@ -106,3 +108,20 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         # Writers use BEGIN IMMEDIATE: taking the write lock up front lets busy_timeout queue them,
         # where a deferred BEGIN that upgrades later fails at once with SQLITE_BUSY.
         conn.exec_driver_sql(conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "BEGIN"))
+
+
+def _enable_wal(cur: Any, attempts: int = 50) -> None:
+    """Switch to WAL unless the file already is (the mode persists in the file). Switching needs an
+    exclusive lock and SQLite does not wait on busy_timeout for it, so processes opening a fresh file
+    together retry briefly instead of failing with "database is locked"."""
+    cur.execute("PRAGMA journal_mode")
+    if str(cur.fetchone()[0]).lower() == "wal":
+        return
+    for attempt in range(attempts):
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError, whichever adapter wraps it
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 + 0.05 * random.random())
