@@ -384,3 +384,41 @@ def test_a_finished_run_is_accessible_and_fits_a_phone(fake, browser, gateway):
     page.screenshot(path=str(ARTIFACTS / "chatroom-phone.png"), full_page=True)
     assert page.js_errors == []
     page.context.close()
+
+
+def test_web_citations_from_the_panel_reach_the_page(fake, browser, tmp_path, monkeypatch):
+    """A member searches the local corpus through the tool loop; the document it read comes back as a
+    url_citation annotation and the page lists it under Sources."""
+    from panelfuse.config import ToolsConfig
+    from panelfuse.tools.corpus import build_index
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "rayleigh.md").write_text("# Rayleigh scattering\n\nShort wavelengths scatter more in air.\n")
+    index = tmp_path / "corpus.db"
+    build_index(docs, index)
+
+    def config_with_corpus(fake):
+        cfg = chatroom_config(fake)
+        cfg.tools = ToolsConfig(corpus_index=str(index))
+        return cfg
+
+    monkeypatch.setattr(gateway_helpers, "gateway_config", config_with_corpus)
+    gw = Gateway(fake, f"sqlite+aiosqlite:///{tmp_path}/runs.db").start()
+    page = open_page(browser, gw)
+    try:
+        script_panel(fake)
+        fake.script("m1", Script(tool_calls=[{"name": "web_search", "arguments": {"query": "rayleigh"}}]),
+                    Script(text="Short wavelengths scatter more [1]."))
+        build_panel(page)
+        send(page, "Why is the sky blue?")
+        wait_done(page)
+        sources = page.locator(".turn").last.locator(".sources")
+        expect(sources).to_contain_text("Sources")
+        expect(sources).to_contain_text("rayleigh")
+        searched = json.dumps(fake.requests_for("m1")[-1].body["messages"])
+        assert "untrusted_data" in searched and "Short wavelengths scatter more in air" in searched
+        assert page.js_errors == []
+    finally:
+        page.context.close()
+        gw.stop()

@@ -163,16 +163,25 @@ function table(lines, i, frag) {
 // Citations: OpenAI's {type: "url_citation", url_citation: {url, title}} and the flat variant.
 export function renderCitations(annotations) {
   const seen = new Map();
+  const local = new Map(); // documents of the local corpus (file: URLs): listed as text, never linked
   for (const a of annotations || []) {
     const c = (a && (a.url_citation || (a.type === "url_citation" ? a : null))) || null;
     const href = c && safeUrl(c.url);
     if (href && !seen.has(href)) seen.set(href, c.title || href);
+    else if (c && !href && /^file:/i.test(String(c.url || ""))) {
+      let path = String(c.url);
+      try { path = decodeURIComponent(new URL(path).pathname); } catch { /* keep the raw text */ }
+      if (!local.has(path)) local.set(path, c.title || path);
+    }
   }
-  if (!seen.size) return null;
+  if (!seen.size && !local.size) return null;
   const items = [...seen].map(([href, title]) => {
     let host = "";
     try { host = new URL(href).host; } catch { /* mailto */ }
     return h("li", {}, link(href, title), host && title !== href ? h("span", { class: "host", text: ` ${host}` }) : null);
   });
+  for (const [path, title] of local) {
+    items.push(h("li", {}, h("span", { text: title }), h("span", { class: "host", text: ` ${path}` })));
+  }
   return h("div", { class: "sources" }, h("p", { class: "sources-title", text: "Sources" }), h("ol", {}, items));
 }
