@@ -30,6 +30,25 @@ def fake():
         yield upstream
 
 
+@pytest.fixture
+def gateway(fake, tmp_path):
+    """A real gateway on loopback (uvicorn in a thread) over the fake upstream, SQLite store."""
+    from gateway_helpers import Gateway
+
+    gw = Gateway(fake, f"sqlite+aiosqlite:///{tmp_path}/runs.db").start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def client(gateway):
+    """The official OpenAI SDK pointed at `gateway`."""
+    import openai
+
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
 def fake_providers(fake: FakeUpstream, **extra_env: str) -> Providers:
     """Providers where `fake/<model>` speaks OpenAI and `fakeanthropic/<model>` speaks Anthropic,
     both served by the fake upstream over loopback."""

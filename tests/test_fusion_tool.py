@@ -6,28 +6,13 @@ import json
 
 import httpx
 import openai
-import pytest
 
-from gateway_helpers import Gateway
 from panelfuse.testing import Script
 from pipeline_helpers import script_panel
 
 FUSION_TOOL = {"type": "panelfuse:fusion",
                "parameters": {"analysis_models": ["fake/m1", "fake/m2"], "model": "fake/judge"}}
 CALL_FUSION = Script(tool_calls=[{"name": "panelfuse_fusion", "arguments": {"question": "Why is the sky blue?"}}])
-
-
-@pytest.fixture
-def gateway(fake, tmp_path):
-    gw = Gateway(fake, f"sqlite+aiosqlite:///{tmp_path}/runs.db").start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def client(gateway):
-    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0) as c:
-        yield c
 
 
 def tool_messages(body):

@@ -16,19 +16,6 @@ from panelfuse.testing import Failure, Script
 from pipeline_helpers import analysis_for, script_panel
 
 
-@pytest.fixture
-def gateway(fake, tmp_path):
-    gw = Gateway(fake, f"sqlite+aiosqlite:///{tmp_path}/runs.db").start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def client(gateway):
-    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0) as c:
-        yield c
-
-
 def post(gateway, body, **kw):
     kw.setdefault("timeout", 30)
     return httpx.post(f"{gateway.url}/v1/chat/completions", json=body, **kw)

@@ -24,8 +24,23 @@ class CallRecord:
     cost_estimated: bool = False  # cut or cancelled: cost reckoned from what streamed
 
 
+class Billed:
+    """What a member or a stage cost: the sum of its calls, plus its search requests."""
+
+    calls: list[CallRecord]
+    tools: ToolUsage
+
+    @property
+    def usage(self) -> Usage:
+        return sum_usage(c.usage for c in self.calls)
+
+    @property
+    def cost(self) -> float | None:
+        return with_tool_cost(sum_costs(c.cost for c in self.calls), self.tools)
+
+
 @dataclass
-class MemberResult:
+class MemberResult(Billed):
     member: str  # label
     model: str  # the model that answered (a fallback's id when one was used)
     status: MemberStatus = "ok"
@@ -38,15 +53,6 @@ class MemberResult:
     calls: list[CallRecord] = field(default_factory=list)
     tools: ToolUsage = field(default_factory=ToolUsage)  # every attempt's tool use (all of it is billed)
     citations: list[Citation] = field(default_factory=list)  # sources behind the answer that succeeded
-
-    @property
-    def usage(self) -> Usage:
-        return sum_usage(c.usage for c in self.calls)
-
-    @property
-    def cost(self) -> float | None:
-        """Model calls plus search requests."""
-        return with_tool_cost(sum_costs(c.cost for c in self.calls), self.tools)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemberResult:
@@ -73,7 +79,7 @@ class MemberResult:
 
 
 @dataclass
-class StageResult:
+class StageResult(Billed):
     """The judge's or synthesizer's part: possibly several calls (fallbacks, a repair retry)."""
 
     model: str
@@ -86,14 +92,6 @@ class StageResult:
     @property
     def latency_ms(self) -> int:
         return sum(c.latency_ms for c in self.calls)
-
-    @property
-    def usage(self) -> Usage:
-        return sum_usage(c.usage for c in self.calls)
-
-    @property
-    def cost(self) -> float | None:
-        return with_tool_cost(sum_costs(c.cost for c in self.calls), self.tools)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "usage": self.usage.to_dict(), "cost": self.cost,
