@@ -357,6 +357,50 @@ def test_a_401_shows_sign_in_and_the_key_goes_on_every_request(fake, page):
     assert seen and all(a == "Bearer pf-test-key" for a in seen)
 
 
+def test_sign_in_with_a_real_key_and_see_only_its_own_history(fake, browser, tmp_path, monkeypatch):
+    """Auth on for real (keys in the store): the page asks for a key, then shows only that key's runs."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from panelfuse.store import RunStore
+
+    db = f"sqlite+aiosqlite:///{tmp_path}/runs.db"
+
+    async def make_keys():
+        store = await RunStore.open(db)
+        try:
+            return [await store.keys.create(name) for name in ("mine", "theirs")]
+        finally:
+            await store.close()
+
+    # Playwright's sync API holds this thread's event loop: run the store work on another thread.
+    with ThreadPoolExecutor(1) as pool:
+        mine, theirs = pool.submit(asyncio.run, make_keys()).result()
+    monkeypatch.setattr(gateway_helpers, "gateway_config", chatroom_config)
+    gw = Gateway(fake, db).start()
+    page = open_page(browser, gw)
+    try:
+        script_panel(fake)
+        other = httpx.post(f"{gw.url}/v1/chat/completions", headers={"Authorization": f"Bearer {theirs.secret}"},
+                           json={"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "theirs"}]})
+        assert other.status_code == 200
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        page.get_by_label("panelfuse key").fill(mine.secret)
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("heading", name="Sign in")).to_be_hidden()
+        send(page, "mine")
+        wait_done(page)
+        history = page.get_by_role("complementary", name="Past runs")
+        history.get_by_role("button", name="Refresh").click()
+        expect(history.get_by_role("listitem")).to_have_count(1)
+        expect(history).to_contain_text("mine")
+        expect(history).not_to_contain_text("theirs")
+        assert page.js_errors == []
+    finally:
+        page.context.close()
+        gw.stop()
+
+
 def test_a_finished_run_is_accessible_and_fits_a_phone(fake, browser, gateway):
     script_panel(fake, m2=Script(failure=Failure.HTTP, status_code=400),
                  synth=Script(text="## Why\n\nAir scatters **short** wavelengths; see https://example.com/a-very-long-"
