@@ -405,3 +405,25 @@ def test_metrics_counters_move(fake, gateway):
     assert _counter(text, key) == before + 1
     assert _counter(text, completed_degraded) == runs_before + 1
     assert _counter(text, 'panelfuse_cost_usd_total{stage="panel"}') > 0
+
+
+async def test_a_silent_run_keeps_its_heartbeat(fake, gateway, monkeypatch):
+    """No events for a while (a slow member) must not make the run look abandoned to a restarting replica."""
+    from panelfuse.server import runs as runs_module
+
+    monkeypatch.setattr(runs_module, "HEARTBEAT_INTERVAL", 0.05)
+    script_panel(fake, m1=Script(text="slow", latency=2.0))
+    async with httpx.AsyncClient(timeout=30) as http:
+        task = asyncio.create_task(http.post(f"{gateway.url}/v1/chat/completions",
+                                             json={"model": "panelfuse/fusion",
+                                                   "messages": [{"role": "user", "content": "q"}]}))
+        seen: set[str] = set()
+        for _ in range(200):
+            listed = (await http.get(f"{gateway.url}/v1/fusion/runs")).json()["data"]
+            if listed and listed[0]["status"] == "running":
+                seen.add(listed[0]["updated_at"])
+            if len(seen) >= 3 or task.done():
+                break
+            await asyncio.sleep(0.05)
+        assert len(seen) >= 3  # updated_at moved while the run waited on its slow member
+        assert (await task).status_code == 200

@@ -79,6 +79,18 @@ class RunManager:
     def __init__(self, store: RunStore) -> None:
         self.store = store
         self.active: dict[str, ActiveRun] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def _beat(self) -> None:
+        """Refresh every live run's row, events or not: a member may be silent for minutes, and another
+        replica starting meanwhile must not take the run for abandoned."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            for run_id in list(self.active):
+                try:
+                    await self.store.update_run(run_id)
+                except Exception:  # gone meanwhile, or the store is briefly down: the next beat retries
+                    log.debug("heartbeat of run %s failed", run_id, exc_info=True)
 
     async def start(
         self,
@@ -101,6 +113,8 @@ class RunManager:
             preset=spec.preset, mode=spec.mode, prompt_version=PROMPT_VERSION, key_id=key_id,
             background=background, parent_run_id=parent_run_id,
         )
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.create_task(self._beat(), name="run-heartbeat")
         run = ActiveRun(run_id, fusion, background, on_finish=on_finish)
         self.active[run_id] = run
         run.task = asyncio.create_task(self._drive(run, messages, reuse_panel), name=f"run-{run_id}")
@@ -111,7 +125,7 @@ class RunManager:
         self, run: ActiveRun, messages: list[dict[str, Any]], reuse_panel: list[MemberResult] | None
     ) -> None:
         flushed = 0
-        last_flush = last_beat = time.monotonic()
+        last_flush = time.monotonic()
         started = time.monotonic()
         try:
             async for ev in run.fusion.stream(messages, run_id=run.run_id, reuse_panel=reuse_panel):
@@ -124,9 +138,6 @@ class RunManager:
                 if not is_delta or now - last_flush > FLUSH_INTERVAL:
                     await self.store.append_events(run.run_id, run.events[flushed:])
                     flushed, last_flush = len(run.events), now
-                if now - last_beat > HEARTBEAT_INTERVAL:
-                    await self.store.update_run(run.run_id, status="running")
-                    last_beat = now
         except asyncio.CancelledError:
             # The fusion already emitted run.cancelled into its log; record it, shielded from a second cancel.
             pass
@@ -175,6 +186,8 @@ class RunManager:
 
     async def shutdown(self, grace: float) -> None:
         """Let runs finish for `grace` seconds, then cancel the rest and record them."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         pending = [r.task for r in self.active.values() if r.task is not None]
         if not pending:
             return
