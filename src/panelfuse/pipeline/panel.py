@@ -26,9 +26,7 @@ from panelfuse.tools.records import Citation
 
 
 class QuorumError(Exception):
-    def __init__(self, message: str, members: list[MemberResult]) -> None:
-        super().__init__(message)
-        self.members = members
+    """Too few members answered; the message names every member's outcome (they are in `into`)."""
 
 
 def status_of(error: ProviderError) -> MemberStatus:
@@ -130,7 +128,7 @@ async def run_panel(
     """Run the members concurrently until every one ends, or the quorum holds and grace runs out.
 
     `into` receives the member results at once, so a cancelled run still reports each member.
-    Raises QuorumError (with every member's result) when the quorum cannot be reached.
+    Raises QuorumError (naming every member's outcome) when the quorum cannot be reached.
     """
     seen = panel_messages(messages, spec.panel_sees)
     quorum = spec.effective_quorum
@@ -189,5 +187,5 @@ async def run_panel(
     ok = [r for r in out if r.status == "ok"]
     if len(ok) < quorum:
         reasons = "; ".join(f"{r.member} ({r.model}): {r.status}: {r.error}" for r in out if r.status != "ok")
-        raise QuorumError(f"only {len(ok)} of {len(out)} members answered, quorum is {quorum}: {reasons}", out)
+        raise QuorumError(f"only {len(ok)} of {len(out)} members answered, quorum is {quorum}: {reasons}")
     return out
