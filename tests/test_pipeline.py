@@ -336,3 +336,30 @@ async def test_a_bug_inside_the_pipeline_is_a_failed_run_not_a_crash(fake, monke
     events = [ev.type async for ev in f.stream("q")]
     assert events[-1] == "run.failed"
     assert f.result.status == "failed" and "internal error" in f.result.error and "boom" in f.result.error
+
+
+async def test_mode_single_streams_the_answer_live(fake):
+    # The answer's deltas arrive while the member is still answering, not in one piece at the end.
+    script_panel(fake, m1=Script(text="one two three four", token_rate=50))
+    f = fusion(fake, spec(mode="single"))
+    types = [ev.type async for ev in f.stream("q")]
+    finals = [i for i, t in enumerate(types) if t == "final.delta"]
+    assert len(finals) == 4
+    assert finals[0] < types.index("panel.completed")
+    assert f.result.content == "one two three four"
+
+
+async def test_mode_single_falls_back_only_before_any_answer_text(fake):
+    script_panel(fake, m1=Script(failure=Failure.HTTP, status_code=401), backup=Script(text="from backup"))
+    s = spec(mode="single", members=[{"model": "fake/m1", "fallbacks": ["fake/backup"]}])
+    f = fusion(fake, s)
+    finals = [ev.data["text"] async for ev in f.stream("q") if ev.type == "final.delta"]
+    assert "".join(finals) == "from backup" and f.result.model == "fake/backup"
+    # a member cut after streaming part of its answer is not followed by a fallback's text
+    fake.reset()
+    script_panel(fake, m1=Script(text="a b c d e f", failure=Failure.CUT, cut_after_tokens=2),
+                 backup=Script(text="from backup"))
+    f = fusion(fake, s)
+    finals = [ev.data["text"] async for ev in f.stream("q") if ev.type == "final.delta"]
+    assert "".join(finals) == "a b "
+    assert f.result.status == "failed" and not fake.requests_for("backup")

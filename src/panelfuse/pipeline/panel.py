@@ -62,10 +62,14 @@ async def run_member(
 ) -> MemberResult:
     """Try the member's model, then each fallback; fill `result` in place (so a cut keeps its calls).
 
+    In `single` mode this member's text is the answer: it also streams as final.delta, and, as with the
+    synthesizer, no fallback is tried once text has reached the caller.
+
     A model that can call tools gets the spec's panel tools through the tool loop; one that cannot
     gets the question's search results in its prompt (`retrieval`), when there is a search backend."""
     chain = [member.model, *member.fallbacks]
     started = time.monotonic()
+    answer = FinalStream(log) if spec.mode == "single" else None
     for i, model in enumerate(chain):
         result.model = model
         if i == 0:
@@ -79,14 +83,14 @@ async def run_member(
         )
         citations: list[Citation] = []
         try:
-            completion = await _answer(ctx, spec, label, model, req, log, result, citations, retrieval)
+            completion = await _answer(ctx, spec, label, model, req, log, result, citations, retrieval, answer)
             if not completion.text.strip():
                 raise EmptyAnswer("the model returned an empty answer", model=model)
         except ProviderError as exc:
             result.status = "empty" if isinstance(exc, EmptyAnswer) else status_of(exc)
             result.error = str(exc)
             result.status_code = exc.status_code
-            if i + 1 < len(chain):
+            if i + 1 < len(chain) and not (answer and answer.started):
                 log.emit("panel.fallback", member=label, **{"from": model, "to": chain[i + 1]}, reason=str(exc))
                 continue
             result.latency_ms = int((time.monotonic() - started) * 1000)
@@ -103,12 +107,27 @@ async def run_member(
     return result
 
 
+class FinalStream:
+    """Passes a single-mode member's text on as the answer (final.delta) and remembers that it did."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.started = False
+
+    def __call__(self, text: str) -> None:
+        self.started = True
+        self.log.emit("final.delta", text=text)
+
+
 async def _answer(
     ctx: CallContext, spec: FusionSpec, label: str, model: str, req: ChatRequest, log: EventLog,
     result: MemberResult, citations: list[Citation], retrieval: SharedRetrieval | None,
+    answer: FinalStream | None = None,
 ) -> Completion:
     def on_text(t: str) -> None:
         log.emit("panel.delta", member=label, text=t)
+        if answer is not None:
+            answer(t)
 
     offered = offered_tools(ctx.providers, ctx.toolbox, model, spec.panel_tools, spec.max_tool_calls)
     if offered:

@@ -183,7 +183,9 @@ class Fusion:
         ok = [m for m in result.panel if m.status == "ok"]
 
         if spec.mode == "single":
-            self._answer_verbatim(result, ok[0], log)
+            # The member's text already streamed as the answer (see run_member).
+            result.content, result.model = ok[0].content, ok[0].model
+            result.annotate(ok[:1])
             return
         if spec.mode == "best-of":
             guard.later_stages = 0.0
