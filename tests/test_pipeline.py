@@ -363,3 +363,12 @@ async def test_mode_single_falls_back_only_before_any_answer_text(fake):
     finals = [ev.data["text"] async for ev in f.stream("q") if ev.type == "final.delta"]
     assert "".join(finals) == "a b "
     assert f.result.status == "failed" and not fake.requests_for("backup")
+
+
+async def test_reasoning_reaches_openai_style_members_only(fake):
+    script_panel(fake)
+    s = spec(reasoning={"effort": "high"}, members=[{"model": "fake/m1"}, {"model": "fakeanthropic/m2"}])
+    await fusion(fake, s).run("q")
+    assert fake.requests_for("m1")[0].body["reasoning"] == {"effort": "high"}
+    assert "reasoning" not in fake.requests_for("m2")[0].body  # the Messages API has no such field
+    assert "reasoning" not in fake.requests_for("judge")[0].body  # a member default, not the judge's

@@ -77,6 +77,9 @@ async def call_model(
     req = replace(template, model=route.model, timeout=ctx.timeout)
     if req.response_format and not provider.supports_json_schema:
         req.response_format = None  # the caller parses leniently
+    if "reasoning" in req.extra_body and not provider.accepts_reasoning:
+        # Only OpenAI-style APIs know this field; elsewhere it would be a 400, not a hint.
+        req.extra_body = {k: v for k, v in req.extra_body.items() if k != "reasoning"}
     worst = ctx.worst_case(model, req)
     key = id(req)
     if not ctx.guard.try_start(key, worst):

@@ -80,6 +80,7 @@ async def run_member(
             max_tokens=spec.max_tokens,
             temperature=member.temperature if member.temperature is not None else spec.temperature,
             seed=member.seed,
+            extra_body={"reasoning": spec.reasoning} if spec.reasoning else {},
         )
         citations: list[Citation] = []
         try:

@@ -147,6 +147,8 @@ class Provider(abc.ABC):
     # Whether the upstream enforces a JSON schema itself (so callers need not repair output).
     supports_json_schema: bool = True
     supports_tools: bool = True
+    # OpenRouter's unified `reasoning` request field ({"effort": …} / {"max_tokens": …}).
+    accepts_reasoning: bool = False
 
     @abc.abstractmethod
     def _open_stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:

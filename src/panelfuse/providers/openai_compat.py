@@ -109,6 +109,7 @@ def parse_usage(raw: dict[str, Any] | None) -> Usage | None:
 
 
 class OpenAICompatProvider(Provider):
+    accepts_reasoning = True
     def __init__(
         self,
         name: str,
