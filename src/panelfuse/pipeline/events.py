@@ -62,6 +62,3 @@ class EventLog:
         if self.listener is not None:
             self.listener(ev)
         return ev
-
-    def after(self, seq: int) -> list[Event]:
-        return self.events[seq:]

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -71,12 +72,14 @@ class NewKey:
     secret: str  # shown once, at creation
 
 
-def _row_to_key(row: Any) -> ApiKey:
+def _row_to_key(row: Mapping[str, Any]) -> ApiKey:
+    """A key from its table row (a fetched row's mapping, or the dict just inserted)."""
+    models = row["models"]
     return ApiKey(
-        id=row.id, name=row.name, prefix=row.prefix, created_at=row.created_at, revoked_at=row.revoked_at,
-        is_admin=row.is_admin, budget_usd=row.budget_usd, spent_usd=row.spent_usd, reserved_usd=row.reserved_usd,
-        rpm=row.rpm, max_concurrent=row.max_concurrent,
-        models=tuple(row.models) if row.models is not None else None,
+        id=row["id"], name=row["name"], prefix=row["prefix"], created_at=row["created_at"],
+        revoked_at=row["revoked_at"], is_admin=row["is_admin"], budget_usd=row["budget_usd"],
+        spent_usd=row["spent_usd"], reserved_usd=row["reserved_usd"], rpm=row["rpm"],
+        max_concurrent=row["max_concurrent"], models=tuple(models) if models is not None else None,
     )
 
 
@@ -104,17 +107,17 @@ class KeyStore:
         }
         async with self._store._write() as conn:
             await conn.execute(api_keys.insert().values(**row))
-        return NewKey(_row_to_key(_Obj(row)), secret)
+        return NewKey(_row_to_key(row), secret)
 
     async def list(self) -> list[ApiKey]:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at))).all()
-        return [_row_to_key(r) for r in rows]
+        return [_row_to_key(r._mapping) for r in rows]
 
     async def get(self, key_id: str) -> ApiKey | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).first()
-        return _row_to_key(row) if row else None
+        return _row_to_key(row._mapping) if row else None
 
     async def revoke(self, id_or_name: str) -> int:
         """Revoke by id, or every active key with that name. Returns how many were revoked."""
@@ -141,7 +144,7 @@ class KeyStore:
             row = (await conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == digest))).first()
         if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
             return None
-        return _row_to_key(row)
+        return _row_to_key(row._mapping)
 
     async def reserve(self, key_id: str, run_id: str, amount_usd: float) -> bool:
         """Hold `amount_usd` against the key's budget, atomically: one conditional UPDATE, so two
@@ -187,9 +190,3 @@ class KeyStore:
                 .values(settled_usd=charge, settled_at=datetime.now(UTC))
             )
 
-
-class _Obj:
-    """Attribute access over a dict, so a freshly inserted row converts like a fetched one."""
-
-    def __init__(self, d: dict[str, Any]) -> None:
-        self.__dict__.update(d)
