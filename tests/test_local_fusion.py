@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import jsonschema
 import pytest
 
-from conftest import IN_CI
+from conftest import require_local_extra
 from panelfuse.pipeline.analysis import analysis_schema
 from panelfuse.pipeline.run import Fusion
 from panelfuse.spec import all_presets, spec_from_preset
 
 pytestmark = pytest.mark.local_model
 
-if importlib.util.find_spec("llama_cpp") is None and not IN_CI:
-    pytest.skip("the embedded model needs the [local] extra", allow_module_level=True)
+require_local_extra()
 
 
 async def test_local_preset_end_to_end():

