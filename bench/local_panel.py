@@ -2,17 +2,21 @@
 
 Runs the `local` preset (three SmolLM2-135M members, SmolLM2 judge and synthesizer) on the README
 question through the same pipeline real models use, and prints per-stage wall time, tokens/s and the
-end-to-end figure (median over runs, after one warm-up run that loads the model). The model load is
-timed on its own.
+end-to-end figure (median over runs). Each run is a fresh process, as `panelfuse ask` is: the model
+load is timed on its own, and no run finds the previous run's prompts in the engine's cache (the
+preset's seeds make every run's answers identical, so a warm engine would flatter the figures).
 
-    .venv/bin/python bench/local_panel.py [--runs 3] [--question "Why is the sky blue?"]
+    .venv/bin/python bench/local_panel.py [--runs 5] [--question "Why is the sky blue?"]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -75,28 +79,43 @@ async def one_run(question: str) -> RunTimes:
     return times
 
 
-async def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--question", default="Why is the sky blue?")
-    args = ap.parse_args()
-
+async def child(question: str) -> None:
     t = time.monotonic()
-    await LocalProvider().complete(ChatRequest(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
-                                               max_tokens=1, seed=0))
-    print(f"model load + first token: {time.monotonic() - t:.2f} s")
-    await one_run(args.question)  # warm-up: caches and page faults out of the figures
-    runs = [await one_run(args.question) for _ in range(args.runs)]
+    await LocalProvider().complete(
+        ChatRequest(model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=1, seed=0)
+    )
+    load = time.monotonic() - t
+    r = await one_run(question)
+    stages = {k: {"seconds": v.seconds, "tokens": v.tokens} for k, v in r.stages.items()}
+    print(json.dumps({"load": load, "total": r.total, "stages": stages}))
 
-    print(f"local preset, {args.runs} runs (median), question {args.question!r}")
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--question", default="Why is the sky blue?")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        asyncio.run(child(args.question))
+        return
+
+    runs = []
+    for _ in range(args.runs):
+        out = subprocess.run([sys.executable, __file__, "--child", "--question", args.question],
+                             capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    print(f"local preset, {args.runs} runs in fresh processes (median), question {args.question!r}")
+    print(f"{'model load':<10} {statistics.median(r['load'] for r in runs):>8.2f}")
     print(f"{'stage':<10} {'wall s':>8} {'tokens':>7} {'tokens/s':>9}")
     for name in ("panel", "analysis", "synthesis"):
-        secs = statistics.median(r.stages[name].seconds for r in runs)
-        toks = statistics.median(r.stages[name].tokens for r in runs)
+        secs = statistics.median(r["stages"][name]["seconds"] for r in runs)
+        toks = statistics.median(r["stages"][name]["tokens"] for r in runs)
         print(f"{name:<10} {secs:>8.2f} {toks:>7.0f} {toks / secs if secs else 0:>9.1f}")
-    totals = [r.total for r in runs]
+    totals = [r["total"] for r in runs]
     print(f"{'end-to-end':<10} {statistics.median(totals):>8.2f}   (min {min(totals):.2f}, max {max(totals):.2f})")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

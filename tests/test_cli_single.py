@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import require_local_extra
 from panelfuse.cli import app
 from panelfuse.testing import Failure, FakeUpstream, Script
 
@@ -149,11 +148,7 @@ def test_models_lists_the_fakes_models(fake: FakeUpstream, config_file: Path) ->
 
 @pytest.mark.local_model
 def test_ask_local_model(tmp_path: Path) -> None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        message = "the local-model CLI test needs the [local] extra (llama-cpp-python)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{message} (CI=true: a missing local model is a failure)")
-        pytest.skip(message)
+    require_local_extra()
     empty = tmp_path / "empty.toml"
     empty.write_text("")
     args = ["ask", "-m", "local/smollm2", "--max-tokens", "8", "--seed", "1", "hi"]

@@ -206,6 +206,9 @@ def test_engine_settings_use_every_core_and_batch_slots() -> None:
     engine = load_engine(embedded_model_path())
     assert engine.slots >= 3  # a three-member panel decodes in one batch
     assert engine.threads >= 1 and engine.options.no_extra_bufts == ("AMX" in engine.system_info)
+    # one engine per model file per process, however the file is named
+    assert load_engine(embedded_model_path()) is engine
+    assert load_engine(LocalProvider("local", {"tiny": str(embedded_model_path())}).model_path("tiny")) is engine
 
 
 async def test_long_prompt_generation(provider: LocalProvider) -> None:
@@ -233,6 +236,23 @@ async def test_batched_members_each_keep_their_own_sampler(provider: LocalProvid
     # each batched member must still start as its own solo run does, and unlike the others.
     for i, text in enumerate(texts):
         assert text[:12] == alone[i][:12], (text, alone[i])
+
+
+async def test_members_are_decoded_together_not_queued(provider: LocalProvider) -> None:
+    """Every member has its first token before any member finishes: they share the decode steps."""
+    order: list[tuple[str, int]] = []
+
+    async def member(i: int, temperature: float, seed: int) -> None:
+        seen = False
+        async for ev in provider.stream(req(messages=SKY, temperature=temperature, seed=seed, max_tokens=40)):
+            if ev.text and not seen:
+                seen = True
+                order.append(("first", i))
+        order.append(("done", i))
+
+    await asyncio.gather(*(member(i, t, s) for i, (t, s) in enumerate(MEMBERS)))
+    first_done = next(k for k, (what, _) in enumerate(order) if what == "done")
+    assert sorted(i for what, i in order[:first_done] if what == "first") == [0, 1, 2], order
 
 
 async def test_cancelling_one_member_leaves_the_batch_running(provider: LocalProvider) -> None:

@@ -116,7 +116,7 @@ async def test_judge_failing_degrades_and_synthesizes_from_raw_answers(fake):
     assert f.result.analysis is None and f.result.degraded
     assert f.result.status == "completed" and f.result.content
     synth_body = json.dumps(fake.requests_for("synth")[0].body)
-    assert SYNTHESIZER_NO_ANALYSIS.splitlines()[0] in json.loads(synth_body)["messages"][0]["content"]
+    assert SYNTHESIZER_NO_ANALYSIS.splitlines()[0] in json.loads(synth_body)["messages"][1]["content"]
 
 
 async def test_labels_map_back_to_models(fake):
@@ -149,8 +149,8 @@ async def test_weights_reach_the_judge_prompt(fake):
     script_panel(fake)
     s = spec(members=[{"model": "fake/m1", "weight": 2}, {"model": "fake/m2", "weight": 0.5}, {"model": "fake/m3"}])
     await fusion(fake, s).run("q")
-    system = fake.requests_for("judge")[0].body["messages"][0]["content"]
-    assert "A: 2" in system and "B: 0.5" in system
+    instructions = fake.requests_for("judge")[0].body["messages"][-1]["content"]
+    assert "A: 2" in instructions and "B: 0.5" in instructions
 
 
 async def test_conversation_reaches_the_panel(fake):
@@ -372,3 +372,19 @@ async def test_reasoning_reaches_openai_style_members_only(fake):
     assert fake.requests_for("m1")[0].body["reasoning"] == {"effort": "high"}
     assert "reasoning" not in fake.requests_for("m2")[0].body  # the Messages API has no such field
     assert "reasoning" not in fake.requests_for("judge")[0].body  # a member default, not the judge's
+
+
+async def test_judge_and_synthesizer_prompts_share_their_first_message(fake):
+    """The request and the answers open both prompts byte for byte, so a provider's prompt cache (llama.cpp's
+    slots, hosted prefix caching) reads them once; each stage's instructions come after."""
+    script_panel(fake)
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"}]
+    await fusion(fake, spec()).run(conversation)
+    judge = fake.requests_for("judge")[0].body["messages"]
+    synth = fake.requests_for("synth")[0].body["messages"]
+    assert judge[0] == synth[0] and judge[0]["role"] == "system"
+    assert "Why is the sky blue?" in judge[0]["content"] and '<answer label="A">' in judge[0]["content"]
+    assert "analyst of a panel" in judge[1]["content"] and "analyst of a panel" not in judge[0]["content"]
+    assert "The analysis:" in synth[1]["content"]
+    # the user's own system message and turns follow, so the synthesizer answers the last turn
+    assert synth[2:] == conversation

@@ -79,7 +79,7 @@ async def test_a_member_searches_fetches_and_its_sources_reach_the_final_message
     assert len(a.calls) == 3  # each model call of the loop is billed on its own
 
     # The synthesizer is asked to cite; the annotations carry every source, located where cited.
-    synth_system = fake.requests_for("synth")[0].body["messages"][0]["content"]
+    synth_system = fake.requests_for("synth")[0].body["messages"][1]["content"]
     assert "cite it as a" in synth_system and page in synth_system
     by_url = {a["url_citation"]["url"]: a["url_citation"] for a in result.annotations}
     assert set(by_url) == {page, "https://example.org/trench"}
@@ -251,7 +251,7 @@ async def test_judge_writes_is_given_the_sources_and_single_mode_annotates_its_m
                                          '"unique_insights": [], "blind_spots": []}\n=== ANSWER ===\nDeep.'))
     fake.script("m1", Script(tool_calls=[fetch(page)]), Script(text="deep"))
     result, _ = await run(fusion(fake, spec(mode="judge-writes"), site.toolbox()))
-    assert page in fake.requests_for("judge")[0].body["messages"][0]["content"]
+    assert page in fake.requests_for("judge")[0].body["messages"][-1]["content"]
     assert result.content == "Deep." and [a["url_citation"]["url"] for a in result.annotations] == [page]
 
     fake.reset()

@@ -10,13 +10,17 @@ from typing import Any
 from panelfuse.tools import untrusted
 from panelfuse.tools.records import Citation
 
-PROMPT_VERSION = "2026-11-24.1"
+PROMPT_VERSION = "2026-12-02.1"
 
 ANSWER_MARKER = "=== ANSWER ==="
 
+CONTEXT_PREAMBLE = """\
+Several assistants answered a user's request independently. The request and their answers follow;
+instructions for your part come after them."""
+
 JUDGE_SYSTEM = """\
 You are the analyst of a panel. Several assistants, labelled {labels}, answered the same request
-independently. You do not answer the request yourself. You compare their answers and report, as one
+independently (above). You do not answer the request yourself. You compare their answers and report, as one
 JSON object, what a careful editor needs in order to write the best possible single answer:
 
 - consensus: claims that the answers agree on and that look sound.
@@ -126,6 +130,18 @@ def render_answers(answers: Mapping[str, str]) -> str:
     return "\n\n".join(f'<answer label="{label}">\n{text}\n</answer>' for label, text in answers.items())
 
 
+def shared_context(conversation: Sequence[Mapping[str, Any]], answers: Mapping[str, str]) -> dict[str, str]:
+    """The first message of every judge, best-of and synthesizer prompt of a run, byte for byte: the
+    request and the answers, before any stage's instructions. A provider that caches prompt prefixes
+    (llama.cpp's slots, OpenAI's and others' prompt caching) then reads them once for the judge and
+    reuses them for the synthesizer."""
+    return {
+        "role": "system",
+        "content": f"{CONTEXT_PREAMBLE}\n\nThe request:\n{render_conversation(conversation)}\n\n"
+        f"The answers:\n{render_answers(answers)}",
+    }
+
+
 def judge_messages(
     conversation: Sequence[Mapping[str, Any]],
     answers: Mapping[str, str],
@@ -144,16 +160,15 @@ def judge_messages(
             "when evidence is balanced, lean towards the more trusted answers.\n"
         )
     extra = "".join(f"- {d}: findings on '{d.replace('_', ' ')}'.\n" for d in dimensions)
-    system = JUDGE_SYSTEM.format(
+    instructions = JUDGE_SYSTEM.format(
         labels=", ".join(answers),
         extra_dimensions=extra,
         weights=weight_text,
         criteria=f"\nAlso judge by these criteria: {criteria}\n" if criteria else "",
     )
     if writes_answer:
-        system += JUDGE_WRITES_SUFFIX + sources_note(sources)
-    user = f"The request:\n{render_conversation(conversation)}\n\nThe answers:\n{render_answers(answers)}"
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        instructions += JUDGE_WRITES_SUFFIX + sources_note(sources)
+    return [shared_context(conversation, answers), {"role": "user", "content": instructions}]
 
 
 def judge_retry_message(error: str) -> dict[str, str]:
@@ -170,26 +185,24 @@ def synthesizer_messages(
     sources: Sequence[Citation] = (),
 ) -> list[dict[str, Any]]:
     if analysis is None:
-        context = f"The answers:\n{render_answers(answers)}"
-        system = SYNTHESIZER_NO_ANALYSIS
+        briefing = f"{SYNTHESIZER_NO_ANALYSIS}{sources_note(sources)}"
     else:
-        context = (
-            f"The analysis:\n{json.dumps(analysis, ensure_ascii=False, indent=1)}\n\n"
-            f"The answers:\n{render_answers(answers)}"
+        # Compact JSON: the same content in fewer prompt tokens.
+        briefing = (
+            f"{SYNTHESIZER_SYSTEM}{sources_note(sources)}\n\n"
+            f"The analysis:\n{json.dumps(analysis, ensure_ascii=False, separators=(', ', ': '))}"
         )
-        system = SYNTHESIZER_SYSTEM
-    # The conversation stays as real turns so the synthesizer answers its last turn naturally.
-    turns = [dict(m) for m in conversation if m.get("role") != "system"]
-    briefing = {"role": "system", "content": f"{system}{sources_note(sources)}\n\n{context}"}
+    # The conversation stays as real turns so the synthesizer answers its last turn naturally; the
+    # user's own system messages come right before it, after the shared context and the briefing.
     own_system = [dict(m) for m in conversation if m.get("role") == "system"]
-    return [*own_system, briefing, *turns]
+    turns = [dict(m) for m in conversation if m.get("role") != "system"]
+    return [shared_context(conversation, answers), {"role": "system", "content": briefing}, *own_system, *turns]
 
 
 def best_of_messages(
     conversation: Sequence[Mapping[str, Any]], answers: Mapping[str, str], criteria: str | None = None
 ) -> list[dict[str, str]]:
-    system = BEST_OF_SYSTEM.format(
+    instructions = BEST_OF_SYSTEM.format(
         labels=", ".join(answers), criteria=f"\nJudge by these criteria: {criteria}" if criteria else ""
     )
-    user = f"The request:\n{render_conversation(conversation)}\n\nThe answers:\n{render_answers(answers)}"
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return [shared_context(conversation, answers), {"role": "user", "content": instructions}]

@@ -23,11 +23,13 @@ from pathlib import Path
 # What xllamacpp's manylinux x86_64 wheels are compiled for (llama.cpp's defaults with GGML_NATIVE=OFF).
 PREBUILT_X86_FEATURES = ("avx", "avx2", "fma", "f16c", "bmi2")
 
-# A build for CPUs without them: every SIMD extension beyond the x86-64 baseline off, llguidance off
-# (it needs a Rust toolchain; llama.cpp's own grammar engine covers JSON schemas).
+# A build for CPUs without them: every SIMD extension beyond the x86-64 baseline off; llguidance and
+# BoringSSL off, since both are fetched from GitHub at configure time (llama.cpp's own grammar engine
+# covers JSON schemas, and the engine's HTTP side is a private socket that needs no TLS).
 PORTABLE_CMAKE_ARGS = (
     "-DGGML_NATIVE=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_BMI2=OFF "
-    "-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_LLGUIDANCE=OFF"
+    "-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF "
+    "-DLLAMA_LLGUIDANCE=OFF -DLLAMA_BUILD_BORINGSSL=OFF"
 )
 
 
