@@ -6,7 +6,7 @@ end-to-end figure (median over runs). Each run is a fresh process, as `panelfuse
 load is timed on its own, and no run finds the previous run's prompts in the engine's cache (the
 preset's seeds make every run's answers identical, so a warm engine would flatter the figures).
 
-    .venv/bin/python bench/local_panel.py [--runs 5] [--question "Why is the sky blue?"]
+    .venv/bin/python bench/local_panel.py [--runs 5] [--question "Why is the sky blue?"] [--max-tokens N]
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class RunTimes:
     stages: dict[str, Stage] = field(default_factory=dict)
 
 
-async def one_run(question: str) -> RunTimes:
-    spec = spec_from_preset("local", all_presets())
+async def one_run(question: str, max_tokens: int | None) -> RunTimes:
+    spec = spec_from_preset("local", all_presets(), **({"max_tokens": max_tokens} if max_tokens else {}))
     fusion = Fusion(spec)
     times = RunTimes(stages={"panel": Stage(), "analysis": Stage(), "synthesis": Stage()})
     t0 = time.monotonic()
@@ -79,13 +79,13 @@ async def one_run(question: str) -> RunTimes:
     return times
 
 
-async def child(question: str) -> None:
+async def child(question: str, max_tokens: int | None) -> None:
     t = time.monotonic()
     await LocalProvider().complete(
         ChatRequest(model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=1, seed=0)
     )
     load = time.monotonic() - t
-    r = await one_run(question)
+    r = await one_run(question, max_tokens)
     stages = {k: {"seconds": v.seconds, "tokens": v.tokens} for k, v in r.stages.items()}
     print(json.dumps({"load": load, "total": r.total, "stages": stages}))
 
@@ -94,19 +94,23 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--question", default="Why is the sky blue?")
+    ap.add_argument("--max-tokens", type=int, default=None, help="override the preset's limit per call")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        asyncio.run(child(args.question))
+        asyncio.run(child(args.question, args.max_tokens))
         return
 
     runs = []
     for _ in range(args.runs):
-        out = subprocess.run([sys.executable, __file__, "--child", "--question", args.question],
-                             capture_output=True, text=True, check=True)
+        cmd = [sys.executable, __file__, "--child", "--question", args.question]
+        if args.max_tokens:
+            cmd += ["--max-tokens", str(args.max_tokens)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
-    print(f"local preset, {args.runs} runs in fresh processes (median), question {args.question!r}")
+    limit = f", max_tokens {args.max_tokens}" if args.max_tokens else ""
+    print(f"local preset{limit}, {args.runs} runs in fresh processes (median), question {args.question!r}")
     print(f"{'model load':<10} {statistics.median(r['load'] for r in runs):>8.2f}")
     print(f"{'stage':<10} {'wall s':>8} {'tokens':>7} {'tokens/s':>9}")
     for name in ("panel", "analysis", "synthesis"):
