@@ -1,10 +1,12 @@
 """Local GGUF models in process, through llama.cpp's own server engine (xllamacpp).
 
-One engine per model file per process. Each engine has several slots that share one KV cache and
-are decoded in one batch per step (llama.cpp's continuous batching): a panel of three local members
-costs about as much wall time as one, and each member keeps its own sampler (seed, temperature,
-top_p, grammar). The engine is thread-safe, so concurrent requests cannot corrupt each other's
-sequences; requests beyond the slot count wait in its queue.
+One engine per model file per process. Each engine has several slots, each with its own KV cache,
+decoded in one batch per step (llama.cpp's continuous batching): a panel of three local members costs
+far less wall time than three calls in a row, and each member keeps its own sampler (seed,
+temperature, top_p, grammar). A slot keeps its prompt cached, so a call whose prompt begins like an
+earlier one (the synthesizer after the judge) reads only the new part. The engine is thread-safe,
+so concurrent requests cannot corrupt each other's sequences; requests beyond the slot count wait in
+its queue.
 
 Generation runs in a worker thread that hands each chunk to the event loop; the chunk callback
 returns "stop" once the caller has gone, so cancelling the asyncio task stops the generation within
@@ -167,10 +169,10 @@ def engine_body(req: ChatRequest) -> dict[str, Any]:
         "max_tokens": req.max_tokens or DEFAULT_MAX_TOKENS,
         "temperature": 0.7 if req.temperature is None else req.temperature,
         "top_p": 0.95 if req.top_p is None else req.top_p,
-        # Without a seed the engine would draw one; a caller that gave none gets a fresh sample.
-        "seed": req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1,
         "cache_prompt": True,
     }
+    if req.seed is not None:  # without one, the engine draws a fresh seed per request
+        body["seed"] = req.seed
     if req.stop:
         body["stop"] = req.stop
     if req.response_format and req.response_format.get("type") in ("json_schema", "json_object"):
