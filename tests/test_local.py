@@ -304,3 +304,15 @@ async def test_more_concurrent_calls_than_slots_all_finish(provider: LocalProvid
 async def test_prompt_beyond_the_context_is_a_bad_request(provider: LocalProvider) -> None:
     with pytest.raises(BadRequestError):
         await provider.complete(req(messages=[{"role": "user", "content": "sky " * 20000}], max_tokens=4))
+
+
+def test_an_old_cpu_gets_a_clear_error_before_any_native_code(monkeypatch, tmp_path) -> None:
+    """On an x86-64 CPU without AVX2 the prebuilt runtime would die on its first AVX2 instruction
+    (seen under `qemu-x86_64 -cpu Nehalem`: exit 132); the engine is refused before it is imported."""
+    import panelfuse.providers.local as local
+
+    monkeypatch.setattr(local, "runtime_missing", lambda: ["avx2", "fma"])
+    with pytest.raises(NotFoundError, match="lacks avx2, fma") as caught:
+        load_engine(tmp_path / "never-loaded.gguf")
+    assert "--no-binary xllamacpp" in caught.value.message
+    assert str((tmp_path / "never-loaded.gguf").resolve()) not in local._engines
