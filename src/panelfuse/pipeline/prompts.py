@@ -20,8 +20,8 @@ instructions for your part come after them."""
 
 JUDGE_SYSTEM = """\
 You are the analyst of a panel. Several assistants, labelled {labels}, answered the same request
-independently (above). You do not answer the request yourself. You compare their answers and report, as one
-JSON object, what a careful editor needs in order to write the best possible single answer:
+independently (above). You do not answer the request yourself. You compare their answers and report,
+as one JSON object, what a careful editor needs in order to write the best possible single answer:
 
 - consensus: claims that the answers agree on and that look sound.
 - contradictions: topics where answers disagree; for each, every label's stance in a few words.
