@@ -67,7 +67,6 @@ class Engine:
     """One loaded model: llama.cpp's server context (slots, batching, sampling) and how it was loaded."""
 
     server: Any
-    path: str
     system_info: str
     options: LoadOptions
     threads: int
@@ -134,7 +133,7 @@ def load_engine(path: Path) -> Engine:
         except Exception as exc:
             shutil.rmtree(socket_dir, ignore_errors=True)
             raise UpstreamError(f"could not load {key}: {exc}", provider="local", model=key) from exc
-        engine = Engine(server, key, system_info, options, threads, SLOTS, socket_dir)
+        engine = Engine(server, system_info, options, threads, SLOTS, socket_dir)
         _engines[key] = engine
         return engine
 
