@@ -26,6 +26,7 @@ async def hammer(url: str, body: dict, n: int, concurrency: int) -> tuple[list[f
     gate = asyncio.Semaphore(concurrency)
     lat: list[float] = []
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as http:
+
         async def one() -> None:
             async with gate:
                 t = time.perf_counter()
@@ -40,8 +41,10 @@ async def hammer(url: str, body: dict, n: int, concurrency: int) -> tuple[list[f
 
 def report(name: str, lat: list[float], wall: float) -> None:
     s = sorted(lat)
-    print(f"{name:34} p50 {s[len(s) // 2] * 1000:7.1f} ms   p99 {s[int(len(s) * .99)] * 1000:7.1f} ms   "
-          f"{len(s) / wall:7.1f} req/s")
+    print(
+        f"{name:34} p50 {s[len(s) // 2] * 1000:7.1f} ms   p99 {s[int(len(s) * 0.99)] * 1000:7.1f} ms   "
+        f"{len(s) / wall:7.1f} req/s"
+    )
 
 
 def main() -> None:
@@ -57,12 +60,18 @@ def main() -> None:
         gw = Gateway(fake, f"sqlite+aiosqlite:///{tmp}/runs.db").start()
         try:
             body = {**plain, "model": "plain"}
-            report("direct to the fake", *asyncio.run(hammer(f"{fake.openai_base_url}/chat/completions", body,
-                                                               args.requests, args.concurrency)))
-            report("proxied through the gateway", *asyncio.run(hammer(
-                f"{gw.url}/v1/chat/completions", plain, args.requests, args.concurrency)))
-            report("fusion (3 members, judge, synth)", *asyncio.run(hammer(
-                f"{gw.url}/v1/chat/completions", fusion, args.requests // 3, args.concurrency)))
+            report(
+                "direct to the fake",
+                *asyncio.run(hammer(f"{fake.openai_base_url}/chat/completions", body, args.requests, args.concurrency)),
+            )
+            report(
+                "proxied through the gateway",
+                *asyncio.run(hammer(f"{gw.url}/v1/chat/completions", plain, args.requests, args.concurrency)),
+            )
+            report(
+                "fusion (3 members, judge, synth)",
+                *asyncio.run(hammer(f"{gw.url}/v1/chat/completions", fusion, args.requests // 3, args.concurrency)),
+            )
         finally:
             gw.stop()
 

@@ -21,8 +21,14 @@ from panelfuse.providers.registry import Providers
 from panelfuse.spec import FusionSpec
 from panelfuse.testing import FakeUpstream, Script
 
-ANALYSIS = {"consensus": ["x"], "contradictions": [], "partial_coverage": [], "unique_insights": [],
-            "blind_spots": [], "anomalies": []}
+ANALYSIS = {
+    "consensus": ["x"],
+    "contradictions": [],
+    "partial_coverage": [],
+    "unique_insights": [],
+    "blind_spots": [],
+    "anomalies": [],
+}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -31,8 +37,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def measure(fake: FakeUpstream, spec: FusionSpec, runs: int, concurrency: int) -> list[float]:
-    cfg = Config(default_provider="fake",
-                 providers={"fake": ProviderConfig(kind="openai_compat", base_url=fake.openai_base_url, api_key="k")})
+    cfg = Config(
+        default_provider="fake",
+        providers={"fake": ProviderConfig(kind="openai_compat", base_url=fake.openai_base_url, api_key="k")},
+    )
     providers = Providers(cfg, env={})
     prices = PriceTable({}, "bench")
     gate = asyncio.Semaphore(concurrency)
@@ -53,8 +61,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--concurrency", type=int, default=12)
     args = parser.parse_args()
-    base = {"members": [{"model": f"fake/m{i}"} for i in range(1, 5)], "judge": {"model": "fake/judge"},
-            "deadline_ms": 30_000, "max_tokens": 50}
+    base = {
+        "members": [{"model": f"fake/m{i}"} for i in range(1, 5)],
+        "judge": {"model": "fake/judge"},
+        "deadline_ms": 30_000,
+        "max_tokens": 50,
+    }
     configs = {
         "wait for all 4": FusionSpec.model_validate(base),
         "quorum 2, grace 200 ms": FusionSpec.model_validate({**base, "quorum": 2, "grace_ms": 200}),
@@ -68,8 +80,10 @@ def main() -> None:
         print(f"{'configuration':26} {'p50 s':>7} {'p90 s':>7} {'p99 s':>7} {'mean s':>7}   ({args.runs} runs)")
         for name, spec in configs.items():
             lat = asyncio.run(measure(fake, spec, args.runs, args.concurrency))
-            print(f"{name:26} {percentile(lat, .5):7.3f} {percentile(lat, .9):7.3f} {percentile(lat, .99):7.3f} "
-                  f"{statistics.mean(lat):7.3f}")
+            print(
+                f"{name:26} {percentile(lat, 0.5):7.3f} {percentile(lat, 0.9):7.3f} {percentile(lat, 0.99):7.3f} "
+                f"{statistics.mean(lat):7.3f}"
+            )
 
 
 if __name__ == "__main__":

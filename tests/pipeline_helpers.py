@@ -71,8 +71,9 @@ def script_panel(fake: FakeUpstream, **per_model: Script) -> None:
         "m1": Script(text="Rayleigh scattering makes the sky blue.", prompt_tokens=10, completion_tokens=20),
         "m2": Script(text="Shorter wavelengths scatter more.", prompt_tokens=10, completion_tokens=20),
         "m3": Script(text="Air molecules scatter blue light.", prompt_tokens=10, completion_tokens=20),
-        "synth": Script(text="The sky is blue because air scatters short wavelengths.", prompt_tokens=200,
-                        completion_tokens=30),
+        "synth": Script(
+            text="The sky is blue because air scatters short wavelengths.", prompt_tokens=200, completion_tokens=30
+        ),
     }
     defaults.update(per_model)
     for model, script in defaults.items():

@@ -32,14 +32,31 @@ def write_config(tmp_path, fake: FakeUpstream, extra: str = "") -> str:
 
 
 def start_server(
-    tmp_path, fake: FakeUpstream, *args: str, db: str | None = None, env: dict[str, str] | None = None,
+    tmp_path,
+    fake: FakeUpstream,
+    *args: str,
+    db: str | None = None,
+    env: dict[str, str] | None = None,
     config_extra: str = "",
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     db = db or f"sqlite:///{tmp_path}/runs.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "panelfuse.cli", "serve", "--port", str(port), "--db", db,
-         "--config", write_config(tmp_path, fake, config_extra), "--log-level", "warning", *args],
+        [
+            sys.executable,
+            "-m",
+            "panelfuse.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--db",
+            db,
+            "--config",
+            write_config(tmp_path, fake, config_extra),
+            "--log-level",
+            "warning",
+            *args,
+        ],
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
@@ -63,5 +80,3 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-

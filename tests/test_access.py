@@ -103,12 +103,27 @@ def test_allowlist_is_checked_on_every_resolved_model(fake, keyed):
     script_panel(fake)
     # key b may use m1..m3, the judge and the synthesizer of the test preset, nothing else
     assert call(gw, keys["b"]).status_code == 200
-    r = call(gw, keys["b"], {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}],
-                             "plugins": [{"id": "fusion", "synthesizer": "fake/forbidden"}]})
+    r = call(
+        gw,
+        keys["b"],
+        {
+            "model": "panelfuse/fusion",
+            "messages": [{"role": "user", "content": "q"}],
+            "plugins": [{"id": "fusion", "synthesizer": "fake/forbidden"}],
+        },
+    )
     assert r.status_code == 403 and "fake/forbidden" in r.json()["error"]["message"]
-    r = call(gw, keys["b"], {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}],
-                             "plugins": [{"id": "fusion", "analysis_models": [
-                                 {"model": "fake/m1", "fallbacks": ["fake/other"]}, "fake/m2"]}]})
+    r = call(
+        gw,
+        keys["b"],
+        {
+            "model": "panelfuse/fusion",
+            "messages": [{"role": "user", "content": "q"}],
+            "plugins": [
+                {"id": "fusion", "analysis_models": [{"model": "fake/m1", "fallbacks": ["fake/other"]}, "fake/m2"]}
+            ],
+        },
+    )
     assert r.status_code == 403 and "fake/other" in r.json()["error"]["message"]
     r = call(gw, keys["b"], {"model": "fake/plain", "messages": [{"role": "user", "content": "q"}]})
     assert r.status_code == 403
@@ -126,8 +141,7 @@ def test_no_key_material_in_logs_runs_or_errors(fake, keyed, db, caplog, tmp_pat
     gw.stop()
     secrets = list(keys.values())
     logged = caplog.text
-    database = (tmp_path / "runs.db").read_bytes() + b"".join(
-        p.read_bytes() for p in tmp_path.glob("runs.db-*"))
+    database = (tmp_path / "runs.db").read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("runs.db-*"))
     for secret in secrets:
         assert secret not in logged
         assert secret.encode() not in database
@@ -208,8 +222,10 @@ def test_auth_defaults(fake, db):
         open_gw.stop()
     forced = Gateway(fake, db, auth=True).start()
     try:
-        assert call(forced, None, {"model": "fake/plain", "messages": [{"role": "user", "content": "q"}]}
-                    ).status_code == 401
+        assert (
+            call(forced, None, {"model": "fake/plain", "messages": [{"role": "user", "content": "q"}]}).status_code
+            == 401
+        )
     finally:
         forced.stop()
 

@@ -23,18 +23,29 @@ from serve_helpers import start_server, stop
 
 PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 PRICES = {m: {"input": 1.0, "output": 2.0} for m in ("fake/m1", "fake/m2", "fake/m3")} | {
-    "fake/judge": {"input": 3.0, "output": 6.0}, "fake/synth": {"input": 3.0, "output": 6.0}}
+    "fake/judge": {"input": 3.0, "output": 6.0},
+    "fake/synth": {"input": 3.0, "output": 6.0},
+}
 PRICES_TOML = "[prices]\n" + "".join(
-    f'"{m}" = {{ input = {p["input"]}, output = {p["output"]} }}\n' for m, p in PRICES.items())
+    f'"{m}" = {{ input = {p["input"]}, output = {p["output"]} }}\n' for m, p in PRICES.items()
+)
 MESSAGES = [{"role": "user", "content": "How do budgets hold across replicas?"}]
-TEST_PRESET = {"members": ["fake/m1", "fake/m2", "fake/m3"], "judge": "fake/judge",
-               "synthesizer": {"model": "fake/synth"}, "deadline_ms": 60000, "max_tokens": 100}
+TEST_PRESET = {
+    "members": ["fake/m1", "fake/m2", "fake/m3"],
+    "judge": "fake/judge",
+    "synthesizer": {"model": "fake/synth"},
+    "deadline_ms": 60000,
+    "max_tokens": 100,
+}
 
 
 def planned_costs() -> tuple[float, dict[str, float]]:
     """The run's worst case as the gateway computes it, and each model's planned call cost."""
-    cfg = Config(default_provider="fake", presets={"test": TEST_PRESET},
-                 providers={"fake": ProviderConfig(kind="openai_compat", base_url="http://x/v1", api_key="k")})
+    cfg = Config(
+        default_provider="fake",
+        presets={"test": TEST_PRESET},
+        providers={"fake": ProviderConfig(kind="openai_compat", base_url="http://x/v1", api_key="k")},
+    )
     spec = spec_from_preset("test", all_presets(cfg.presets))
     est = Fusion(spec, providers=Providers(cfg, env={}), prices=PriceTable.load(PRICES)).estimate(MESSAGES)
     return est.total, {c.model.split("/", 1)[1]: c.cost for c in est.calls}
@@ -70,13 +81,17 @@ def test_fifty_concurrent_requests_against_a_budget_for_ten_on_two_processes(tmp
     env = {"PANELFUSE_DB_SCHEMA": schema}
     procs = [start_server(tmp_path, fake, db=PG, env=env, config_extra=PRICES_TOML) for _ in range(2)]
     try:
+
         async def fire():
             async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as http:
                 body = {"model": "panelfuse/fusion", "messages": MESSAGES}
                 headers = {"Authorization": f"Bearer {key.secret}"}
-                return await asyncio.gather(*(
-                    http.post(f"{procs[i % 2][1]}/v1/chat/completions", json=body, headers=headers)
-                    for i in range(50)))
+                return await asyncio.gather(
+                    *(
+                        http.post(f"{procs[i % 2][1]}/v1/chat/completions", json=body, headers=headers)
+                        for i in range(50)
+                    )
+                )
 
         codes = [r.status_code for r in asyncio.run(fire())]
         assert codes.count(200) == 10, codes
@@ -107,8 +122,10 @@ def test_rate_limit_holds_across_two_processes_through_redis(tmp_path, fake):
     try:
         headers = {"Authorization": f"Bearer {key.secret}"}
         body = {"model": "fake/plain", "messages": [{"role": "user", "content": "q"}]}
-        responses = [httpx.post(f"{procs[i % 2][1]}/v1/chat/completions", json=body, headers=headers, timeout=30)
-                     for i in range(8)]
+        responses = [
+            httpx.post(f"{procs[i % 2][1]}/v1/chat/completions", json=body, headers=headers, timeout=30)
+            for i in range(8)
+        ]
         codes = [r.status_code for r in responses]
         assert codes.count(200) == 5 and codes.count(429) == 3, codes
         assert all(int(r.headers["retry-after"]) >= 1 for r in responses if r.status_code == 429)

@@ -23,8 +23,14 @@ except ImportError:  # the dev extra is not installed
     expect = sync_playwright = None
 
 CHROMIUM = os.environ.get("PANELFUSE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 HERE = Path(__file__).parent
 ARTIFACTS = HERE / "artifacts"
 AXE = HERE / "vendor" / "axe.min.js"
@@ -114,10 +120,12 @@ def slow_judge(seconds):
         s = judge_script(body)
         s.latency = seconds
         return s
+
     return script
 
 
 # --- serving -----------------------------------------------------------------------------------------
+
 
 def test_page_and_static_files_are_served_from_the_package(gateway):
     index = httpx.get(gateway.url + "/")
@@ -134,6 +142,7 @@ def test_page_and_static_files_are_served_from_the_package(gateway):
 
 
 # --- a run, watched live -----------------------------------------------------------------------------
+
 
 def test_panel_answers_arrive_before_the_analysis_then_the_answer_streams(fake, gateway, page):
     synth = Script(text=FINAL, prompt_tokens=200, completion_tokens=30, token_rate=4)
@@ -184,8 +193,11 @@ def test_a_failed_member_shows_its_reason_while_the_run_completes(fake, page):
 
 def test_html_in_answers_is_shown_as_text_and_never_runs(fake, page):
     evil = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> **bold**'
-    script_panel(fake, m1=Script(text=evil),
-                 synth=Script(text=f"{evil}\n\n[bad](javascript:window.__pwned=3) [good](https://example.com/doc)"))
+    script_panel(
+        fake,
+        m1=Script(text=evil),
+        synth=Script(text=f"{evil}\n\n[bad](javascript:window.__pwned=3) [good](https://example.com/doc)"),
+    )
     build_panel(page)
     send(page, "q")
     expect(page.locator(".answer-text")).to_contain_text("<script>window.__pwned = 1</script>")
@@ -215,6 +227,7 @@ def test_markdown_and_citations_render_safely(page):
 
 
 # --- compare, re-synthesize, history, background --------------------------------------------------------
+
 
 def test_compare_with_one_model_runs_beside_the_fusion(fake, page):
     script_panel(fake)
@@ -306,6 +319,7 @@ def test_a_background_run_reopens_and_continues_live(fake, browser, gateway, pag
 
 # --- keyboard, sign-in, accessibility and the phone layout ------------------------------------------------
 
+
 def test_keyboard_only_send(fake, page):
     script_panel(fake)
     page.keyboard.press("Tab")
@@ -336,8 +350,11 @@ def test_a_401_shows_sign_in_and_the_key_goes_on_every_request(fake, page):
         auth = route.request.headers.get("authorization")
         seen.append(auth)
         if auth != "Bearer pf-test-key":
-            route.fulfill(status=401, content_type="application/json",
-                          body=json.dumps({"error": {"message": "bad key", "type": "authentication_error"}}))
+            route.fulfill(
+                status=401,
+                content_type="application/json",
+                body=json.dumps({"error": {"message": "bad key", "type": "authentication_error"}}),
+            )
         else:
             route.continue_()
 
@@ -381,8 +398,11 @@ def test_sign_in_with_a_real_key_and_see_only_its_own_history(fake, browser, tmp
     page = open_page(browser, gw)
     try:
         script_panel(fake)
-        other = httpx.post(f"{gw.url}/v1/chat/completions", headers={"Authorization": f"Bearer {theirs.secret}"},
-                           json={"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "theirs"}]})
+        other = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {theirs.secret}"},
+            json={"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "theirs"}]},
+        )
         assert other.status_code == 200
         expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
         page.get_by_label("panelfuse key").fill(mine.secret)
@@ -402,10 +422,14 @@ def test_sign_in_with_a_real_key_and_see_only_its_own_history(fake, browser, tmp
 
 
 def test_a_finished_run_is_accessible_and_fits_a_phone(fake, browser, gateway):
-    script_panel(fake, m2=Script(failure=Failure.HTTP, status_code=400),
-                 synth=Script(text="## Why\n\nAir scatters **short** wavelengths; see https://example.com/a-very-long-"
-                              "address-that-could-overflow-a-narrow-screen-if-it-did-not-wrap\n\n```\n" + "x" * 200
-                              + "\n```"))
+    script_panel(
+        fake,
+        m2=Script(failure=Failure.HTTP, status_code=400),
+        synth=Script(
+            text="## Why\n\nAir scatters **short** wavelengths; see https://example.com/a-very-long-"
+            "address-that-could-overflow-a-narrow-screen-if-it-did-not-wrap\n\n```\n" + "x" * 200 + "\n```"
+        ),
+    )
     fake.script("plain", Script(text="just one model"))
     # bypass_csp: axe is injected as an inline script, which the page's own policy (rightly) forbids.
     page = open_page(browser, gateway, bypass_csp=True)
@@ -421,8 +445,11 @@ def test_a_finished_run_is_accessible_and_fits_a_phone(fake, browser, gateway):
     for width in (1280, 390):
         page.set_viewport_size({"width": width, "height": 844})
         results = page.evaluate("axe.run()")
-        bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3]) for v in results["violations"]
-               if v["impact"] in ("serious", "critical")]
+        bad = [
+            (v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+            for v in results["violations"]
+            if v["impact"] in ("serious", "critical")
+        ]
         assert bad == [], f"axe at {width}px: {bad}"
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "chatroom-phone.png"), full_page=True)
@@ -452,8 +479,11 @@ def test_web_citations_from_the_panel_reach_the_page(fake, browser, tmp_path, mo
     page = open_page(browser, gw)
     try:
         script_panel(fake)
-        fake.script("m1", Script(tool_calls=[{"name": "web_search", "arguments": {"query": "rayleigh"}}]),
-                    Script(text="Short wavelengths scatter more [1]."))
+        fake.script(
+            "m1",
+            Script(tool_calls=[{"name": "web_search", "arguments": {"query": "rayleigh"}}]),
+            Script(text="Short wavelengths scatter more [1]."),
+        )
         build_panel(page)
         send(page, "Why is the sky blue?")
         wait_done(page)

@@ -8,7 +8,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from panelfuse.cli import app
-from panelfuse.progress import ProgressPrinter
+from panelfuse.cli.progress import ProgressPrinter
 from panelfuse.testing import Failure, Script
 from pipeline_helpers import fusion, script_panel, spec
 
@@ -33,13 +33,37 @@ def write_config(tmp_path, fake) -> str:
 
 def test_ask_shows_members_analysis_answer_and_totals(tmp_path, fake):
     script_panel(fake, m2=Script(failure=Failure.HTTP, status_code=401), synth=Script(text="unused"))
-    fake.script("judge", lambda body: Script(text=json.dumps({
-        "consensus": ["scattering"], "contradictions": [], "partial_coverage": [],
-        "unique_insights": [{"model": "A", "insight": "wavelength dependence"}], "blind_spots": ["sunsets"],
-    })), Script(text="The sky is blue: scattering."))
+    fake.script(
+        "judge",
+        lambda body: Script(
+            text=json.dumps(
+                {
+                    "consensus": ["scattering"],
+                    "contradictions": [],
+                    "partial_coverage": [],
+                    "unique_insights": [{"model": "A", "insight": "wavelength dependence"}],
+                    "blind_spots": ["sunsets"],
+                }
+            )
+        ),
+        Script(text="The sky is blue: scattering."),
+    )
     cfg = write_config(tmp_path, fake)
-    out = runner.invoke(app, ["ask", "--config", cfg, "--panel", "fake/m1,fake/m2,fake/m3", "--judge", "fake/judge",
-                              "--quorum", "2", "Why is the sky blue?"])
+    out = runner.invoke(
+        app,
+        [
+            "ask",
+            "--config",
+            cfg,
+            "--panel",
+            "fake/m1,fake/m2,fake/m3",
+            "--judge",
+            "fake/judge",
+            "--quorum",
+            "2",
+            "Why is the sky blue?",
+        ],
+    )
     text = out.output
     assert out.exit_code == 0, text
     assert "A fake/m1 started" in text and "A fake/m1 answered" in text
@@ -55,8 +79,22 @@ def test_ask_shows_members_analysis_answer_and_totals(tmp_path, fake):
 def test_ask_json_prints_the_whole_result(tmp_path, fake):
     script_panel(fake)
     cfg = write_config(tmp_path, fake)
-    out = runner.invoke(app, ["ask", "--config", cfg, "--panel", "fake/m1,fake/m2", "--judge", "fake/judge",
-                              "--synthesizer", "fake/synth", "--json", "q"])
+    out = runner.invoke(
+        app,
+        [
+            "ask",
+            "--config",
+            cfg,
+            "--panel",
+            "fake/m1,fake/m2",
+            "--judge",
+            "fake/judge",
+            "--synthesizer",
+            "fake/synth",
+            "--json",
+            "q",
+        ],
+    )
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
     assert data["status"] == "completed"
@@ -67,8 +105,9 @@ def test_ask_json_prints_the_whole_result(tmp_path, fake):
 
 
 def test_ask_fails_with_each_members_reason(tmp_path, fake):
-    script_panel(fake, m1=Script(failure=Failure.HTTP, status_code=401), m2=Script(failure=Failure.HTTP,
-                                                                                    status_code=404))
+    script_panel(
+        fake, m1=Script(failure=Failure.HTTP, status_code=401), m2=Script(failure=Failure.HTTP, status_code=404)
+    )
     cfg = write_config(tmp_path, fake)
     out = runner.invoke(app, ["ask", "--config", cfg, "--panel", "fake/m1,fake/m2", "--judge", "fake/judge", "q"])
     assert out.exit_code == 1
@@ -78,8 +117,22 @@ def test_ask_fails_with_each_members_reason(tmp_path, fake):
 
 def test_estimate_prints_the_worst_case(tmp_path, fake):
     cfg = write_config(tmp_path, fake)
-    out = runner.invoke(app, ["estimate", "--config", cfg, "--panel", "fake/m1,fake/m2", "--judge", "fake/judge",
-                              "--max-tokens", "100", "--json", "x" * 400])
+    out = runner.invoke(
+        app,
+        [
+            "estimate",
+            "--config",
+            cfg,
+            "--panel",
+            "fake/m1,fake/m2",
+            "--judge",
+            "fake/judge",
+            "--max-tokens",
+            "100",
+            "--json",
+            "x" * 400,
+        ],
+    )
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
     p = 104
@@ -130,5 +183,7 @@ def test_verify_model_ids_is_pure():
 
     ids = [("p/a", "p", "a"), ("p/b", "p", "b"), ("q/c", "q", "c")]
     assert verify_model_ids(ids, {"p": {"a"}, "q": None}) == [
-        ("p/a", "p", "verified"), ("p/b", "p", "missing"), ("q/c", "q", "unverified"),
+        ("p/a", "p", "verified"),
+        ("p/b", "p", "missing"),
+        ("q/c", "q", "unverified"),
     ]

@@ -58,8 +58,22 @@ def test_ask_single_model_prints_scripted_text(fake: FakeUpstream, config_file: 
 
 
 def test_ask_options_reach_the_request(fake: FakeUpstream, config_file: Path) -> None:
-    result = run("ask", "--config", str(config_file), "-m", "fake/m2", "--system", "Be brief.",
-                 "--max-tokens", "9", "--seed", "5", "--temperature", "0.5", "question?")
+    result = run(
+        "ask",
+        "--config",
+        str(config_file),
+        "-m",
+        "fake/m2",
+        "--system",
+        "Be brief.",
+        "--max-tokens",
+        "9",
+        "--seed",
+        "5",
+        "--temperature",
+        "0.5",
+        "question?",
+    )
     assert result.exit_code == 0, result.output
     body = fake.requests_for("m2")[0].body
     assert body["messages"] == [

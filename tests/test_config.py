@@ -88,7 +88,9 @@ def test_missing_explicit_file_is_config_error(tmp_path: Path) -> None:
 
 
 def test_full_provider_entry(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 default_provider = "vllm"
 
 [providers.vllm]
@@ -100,7 +102,8 @@ models = { small = "qwen-small" }
 
 [providers.vllm.headers]
 X-Team = "research"
-""")
+""",
+    )
     cfg = load_config(path, env={})
     pc = cfg.providers["vllm"]
     assert pc.kind == "openai_compat" and pc.base_url == "http://127.0.0.1:8000/v1"
@@ -122,14 +125,17 @@ def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_unknown_provider_field_is_located(tmp_path: Path) -> None:
-    path = write(tmp_path, """# my config
+    path = write(
+        tmp_path,
+        """# my config
 default_provider = "x"
 
 [providers.x]
 kind = "openai_compat"
 base_url = "http://h/v1"
 bogus_field = 1
-""")
+""",
+    )
     with pytest.raises(ConfigError) as e:
         load_config(path, env={})
     err = e.value
@@ -139,13 +145,16 @@ bogus_field = 1
 
 
 def test_wrong_type_is_located(tmp_path: Path) -> None:
-    path = write(tmp_path, """[providers.other]
+    path = write(
+        tmp_path,
+        """[providers.other]
 kind = "local"
 
 [providers.x]
 kind = "openai_compat"
 timeout = "abc"
-""")
+""",
+    )
     with pytest.raises(ConfigError) as e:
         load_config(path, env={})
     err = e.value
@@ -303,7 +312,9 @@ HEADER_SECRET = "hdr-secret-555544443333"
 
 
 def test_effective_config_masks_keys_and_secret_headers(tmp_path: Path) -> None:
-    path = write(tmp_path, f"""
+    path = write(
+        tmp_path,
+        f"""
 [providers.mine]
 kind = "openai_compat"
 base_url = "http://mine/v1"
@@ -315,7 +326,8 @@ Authorization = "Bearer {HEADER_SECRET}"
 X-Auth-Token = "{HEADER_SECRET}"
 Cookie = "session={HEADER_SECRET}"
 X-Title = "visible-title"
-""")
+""",
+    )
     env = {"OPENROUTER_API_KEY": SECRET}
     eff = effective_config(load_config(path, env=env), env=env)
     dumped = json.dumps(eff)

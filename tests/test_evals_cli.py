@@ -17,18 +17,32 @@ from panelfuse.testing import FakeUpstream, Script
 from pipeline_helpers import judge_script
 from test_evals_support import CRITERIA_TOTAL, grader_script, write_tasks
 
-ENV = {"OPENROUTER_API_KEY": None, "OPENAI_API_KEY": None, "ANTHROPIC_API_KEY": None, "PANELFUSE_CONFIG": None,
-       "COLUMNS": "200"}
+ENV = {
+    "OPENROUTER_API_KEY": None,
+    "OPENAI_API_KEY": None,
+    "ANTHROPIC_API_KEY": None,
+    "PANELFUSE_CONFIG": None,
+    "COLUMNS": "200",
+}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
 def config_file(tmp_path: Path, fake: FakeUpstream) -> Path:
     path = tmp_path / "panelfuse.toml"
-    prices = "\n".join(f'[prices."fake/{m}"]\ninput = {i}\noutput = {o}\n' for m, i, o in
-                       [("m1", 1.0, 2.0), ("m2", 1.0, 2.0), ("m3", 1.0, 2.0), ("judge", 3.0, 6.0),
-                        ("synth", 3.0, 6.0), ("grader", 1.0, 1.0)])
-    path.write_text(f"""default_provider = "fake"
+    prices = "\n".join(
+        f'[prices."fake/{m}"]\ninput = {i}\noutput = {o}\n'
+        for m, i, o in [
+            ("m1", 1.0, 2.0),
+            ("m2", 1.0, 2.0),
+            ("m3", 1.0, 2.0),
+            ("judge", 3.0, 6.0),
+            ("synth", 3.0, 6.0),
+            ("grader", 1.0, 1.0),
+        ]
+    )
+    path.write_text(
+        f"""default_provider = "fake"
 
 [providers.fake]
 kind = "openai_compat"
@@ -44,7 +58,9 @@ max_tokens = 100
 deadline_ms = 10000
 
 {prices}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -70,8 +86,24 @@ def test_eval_two_configurations_end_to_end(fake: FakeUpstream, config_file: Pat
     script_upstream(fake)
     tasks = write_tasks(tmp_path / "tasks.jsonl")
     out, db = tmp_path / "results", f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-    args = ["--config", str(config_file), "eval", str(tasks), "-c", "single:fake/m1", "-c", "preset:duo",
-            "--grader", "fake/grader", "--out", str(out), "--db", db, "--concurrency", "3"]
+    args = [
+        "--config",
+        str(config_file),
+        "eval",
+        str(tasks),
+        "-c",
+        "single:fake/m1",
+        "-c",
+        "preset:duo",
+        "--grader",
+        "fake/grader",
+        "--out",
+        str(out),
+        "--db",
+        db,
+        "--concurrency",
+        "3",
+    ]
     result = run(*args)
     assert result.exit_code == 0, result.output
     assert len(fake.requests_for("grader")) == 2 * CRITERIA_TOTAL
@@ -95,8 +127,11 @@ def test_eval_two_configurations_end_to_end(fake: FakeUpstream, config_file: Pat
 
     tasks_rows = read_csv(out / "tasks.csv")
     assert [(r["config"], r["task_id"], r["domain"], float(r["score"])) for r in tasks_rows] == [
-        ("single:fake/m1", "t1", "Science", 0.25), ("single:fake/m1", "t2", "Law", 0.0),
-        ("preset:duo", "t1", "Science", 1.0), ("preset:duo", "t2", "Law", 1.0)]
+        ("single:fake/m1", "t1", "Science", 0.25),
+        ("single:fake/m1", "t2", "Law", 0.0),
+        ("preset:duo", "t1", "Science", 1.0),
+        ("preset:duo", "t2", "Law", 1.0),
+    ]
 
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| `single:fake/m1` | 0.125 | 0.000–0.250 | 0.500 | 0.500 | 1.000 | 0.000 | $0.000050 |" in md
@@ -131,12 +166,22 @@ def test_eval_two_configurations_end_to_end(fake: FakeUpstream, config_file: Pat
     assert read_csv(out / "summary.csv") == list(summary.values())
 
 
-def test_eval_reports_malformed_tasks_and_bad_configurations(fake: FakeUpstream, config_file: Path,
-                                                             tmp_path: Path) -> None:
+def test_eval_reports_malformed_tasks_and_bad_configurations(
+    fake: FakeUpstream, config_file: Path, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "a"}\n{"id": "x", "domain": "d", "problem": "p", "answer": 3}\n')
-    common = ["--config", str(config_file), "eval", "--grader", "fake/grader", "--out", str(tmp_path / "o"),
-              "--db", f"sqlite+aiosqlite:///{tmp_path / 's.db'}"]
+    common = [
+        "--config",
+        str(config_file),
+        "eval",
+        "--grader",
+        "fake/grader",
+        "--out",
+        str(tmp_path / "o"),
+        "--db",
+        f"sqlite+aiosqlite:///{tmp_path / 's.db'}",
+    ]
     r = run(*common, str(bad), "-c", "single:fake/m1")
     assert r.exit_code == 2
     assert "bad.jsonl:2: field 'answer.sections'" in r.output

@@ -23,11 +23,28 @@ def test_offline_eval_on_the_sample_set(tmp_path: Path) -> None:
     out = tmp_path / "results"
     env = {"OPENROUTER_API_KEY": None, "PANELFUSE_CONFIG": str(tmp_path / "none.toml")}
     (tmp_path / "none.toml").write_text("")
-    result = CliRunner().invoke(app, [
-        "eval", "sample", "-c", "single:local/smollm2", "--grader", "local/smollm2", "--limit", "1",
-        "--criteria-limit", "2", "--max-tokens", "48", "--out", str(out),
-        "--db", f"sqlite+aiosqlite:///{tmp_path / 'store.db'}",
-    ], env=env)
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "sample",
+            "-c",
+            "single:local/smollm2",
+            "--grader",
+            "local/smollm2",
+            "--limit",
+            "1",
+            "--criteria-limit",
+            "2",
+            "--max-tokens",
+            "48",
+            "--out",
+            str(out),
+            "--db",
+            f"sqlite+aiosqlite:///{tmp_path / 'store.db'}",
+        ],
+        env=env,
+    )
     assert result.exit_code == 0, result.output
     (row,) = list(csv.DictReader((out / "summary.csv").open(encoding="utf-8")))
     assert row["label"] == "single:local/smollm2"

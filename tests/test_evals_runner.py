@@ -64,8 +64,9 @@ def runner(store: RunStore, providers: Providers, progress=None, **settings) -> 
     return EvalRunner(store, providers, grader, PRICES, EvalSettings(**settings), progress)
 
 
-async def test_resume_after_interruption_grades_nothing_twice(fake: FakeUpstream, store: RunStore,
-                                                              tmp_path: Path) -> None:
+async def test_resume_after_interruption_grades_nothing_twice(
+    fake: FakeUpstream, store: RunStore, tmp_path: Path
+) -> None:
     # Every answer call returns a distinct text, so each grader request names exactly one stored grade.
     serial = itertools.count()
     for model, text in (("m1", "alpha gamma omega"), ("m2", "alpha beta gamma")):
@@ -81,8 +82,10 @@ async def test_resume_after_interruption_grades_nothing_twice(fake: FakeUpstream
 
     async def stored() -> tuple[dict, set]:
         answers = {k: a.content for k, a in (await evals.answers("e1")).items()}
-        grades = {(answers[g.key[:3]], problem[g.task_id], requirement[(g.task_id, g.criterion_id)])
-                  for g in (await evals.grades("e1")).values()}
+        grades = {
+            (answers[g.key[:3]], problem[g.task_id], requirement[(g.task_id, g.criterion_id)])
+            for g in (await evals.grades("e1")).values()
+        }
         return answers, grades
 
     # Interrupted (as by Ctrl-C) while answering, then again while grading. An interruption may
@@ -188,7 +191,7 @@ async def test_grader_request_follows_the_protocol(fake: FakeUpstream, tmp_path:
 
 def test_parse_verdict_repairs_and_rejects() -> None:
     assert parse_verdict('{"verdict": "met", "explanation": "ok"}') == ("MET", "ok")
-    assert parse_verdict('{"verdict": "UNMET", "explanation": "cut sho') [0] == "UNMET"
+    assert parse_verdict('{"verdict": "UNMET", "explanation": "cut sho')[0] == "UNMET"
     with pytest.raises(ValueError):
         parse_verdict('{"verdict": "MAYBE"}')
     with pytest.raises(ValueError):
@@ -197,8 +200,12 @@ def test_parse_verdict_repairs_and_rejects() -> None:
 
 async def test_qa_tasks_by_match_or_grader(fake: FakeUpstream, store: RunStore, tmp_path: Path) -> None:
     path = tmp_path / "qa.jsonl"
-    path.write_text(json.dumps({"id": "q1", "question": "Capital of France?", "answer": "Paris"}) + "\n"
-                    + json.dumps({"id": "q2", "question": "Largest planet?", "answer": "Jupiter"}) + "\n")
+    path.write_text(
+        json.dumps({"id": "q1", "question": "Capital of France?", "answer": "Paris"})
+        + "\n"
+        + json.dumps({"id": "q2", "question": "Largest planet?", "answer": "Jupiter"})
+        + "\n"
+    )
     fake.script("m1", Script(text="It is Paris, of course."))
     fake.script("grader", Script(text='{"verdict": "MET", "explanation": "close enough"}'))
     providers = fake_providers(fake)
@@ -208,8 +215,9 @@ async def test_qa_tasks_by_match_or_grader(fake: FakeUpstream, store: RunStore, 
     assert summarize(data).configs[0].task_scores["q1"].score == 1.0
     assert summarize(data).configs[0].task_scores["q2"].score == 0.0
     assert fake.requests_for("grader") == []  # match mode never asks the grader
-    auto = EvalRunner(store, providers, Grader(providers, "fake/grader", PRICES, qa_mode="auto"), PRICES,
-                      EvalSettings("qa-auto"))
+    auto = EvalRunner(
+        store, providers, Grader(providers, "fake/grader", PRICES, qa_mode="auto"), PRICES, EvalSettings("qa-auto")
+    )
     data = await auto.run(tasks, cfg)
     assert len(fake.requests_for("grader")) == 1  # only q2, where the gold answer was not found
     assert summarize(data).configs[0].mean == 1.0

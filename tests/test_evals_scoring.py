@@ -64,8 +64,7 @@ def test_section_scores_use_the_same_formula() -> None:
         CriterionVerdict("e", "presentation-quality", 1, "MET"),
     ]
     s = score_pass(vs)
-    assert s.sections == pytest.approx({"factual-accuracy": 0.25, "citation-quality": 1.0,
-                                        "presentation-quality": 1.0})
+    assert s.sections == pytest.approx({"factual-accuracy": 0.25, "citation-quality": 1.0, "presentation-quality": 1.0})
     assert s.score == pytest.approx((3 - 2 + 1) / 5)
 
 
@@ -111,8 +110,10 @@ async def test_equal_to_the_rubric_package_aggregation() -> None:
 
     grader = PerCriterionGrader(generate_fn=never)
     for case in CASES:
-        reports = [CriterionReport(weight=w, requirement=f"r{i}", verdict=v, reason="")  # type: ignore[arg-type]
-                   for i, (w, v) in enumerate(case)]
+        reports = [
+            CriterionReport(weight=w, requirement=f"r{i}", verdict=v, reason="")  # type: ignore[arg-type]
+            for i, (w, v) in enumerate(case)
+        ]
         theirs = await grader.aggregate(reports, normalize=True)
         ours = score_pass(verdicts(*case))
         assert ours.score == pytest.approx(theirs.score, abs=1e-12), case
@@ -134,18 +135,23 @@ async def test_equal_to_the_rubric_package_end_to_end() -> None:
         key = next(k for k in verdict_of if k in user_prompt)
         return PerCriterionOutput(criterion_status=verdict_of[key], explanation="scripted")  # type: ignore[arg-type]
 
-    rubric = Rubric.from_dict([{"weight": w, "requirement": f"requirement number {i}"}
-                               for i, (w, _) in enumerate(case)])
+    rubric = Rubric.from_dict(
+        [{"weight": w, "requirement": f"requirement number {i}"} for i, (w, _) in enumerate(case)]
+    )
     report = await rubric.grade("an answer", autograder=PerCriterionGrader(generate_fn=scripted), query="q")
     assert len(prompts) == len(case)
     assert score_pass(verdicts(*case)).score == pytest.approx(report.score, abs=1e-12)
     # DRACO's pass rate (the paper's definition, computed on rubric's per-criterion report)
-    passed = sum(1 for c in report.report or [] if (c.weight > 0 and c.verdict == "MET")
-                 or (c.weight < 0 and c.verdict == "UNMET"))
+    passed = sum(
+        1
+        for c in report.report or []
+        if (c.weight > 0 and c.verdict == "MET") or (c.weight < 0 and c.verdict == "UNMET")
+    )
     assert pass_rate([(w, v == "MET") for w, v in case]) == pytest.approx(passed / len(case))
 
 
 # ---- bootstrap --------------------------------------------------------------------------------
+
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_mean() -> None:
     values = [0.1, 0.4, 0.35, 0.8, 0.55, 0.6, 0.2, 0.9, 0.45, 0.5]

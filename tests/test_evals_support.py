@@ -12,14 +12,24 @@ from panelfuse.testing import Script
 
 # t1: +2 alpha, +1 beta, +1 gamma, −2 omega;  t2: +1 alpha, −1 omega
 TASKS = [
-    {"id": "t1", "domain": "Science", "problem": "Tell me about the letters.", "sections": [
-        ("factual-accuracy", [("a", 2, "Mentions alpha"), ("b", 1, "Mentions beta"), ("d", -2, "Mentions omega")]),
-        ("presentation-quality", [("c", 1, "Mentions gamma")]),
-    ]},
-    {"id": "t2", "domain": "Law", "problem": "Name a letter.", "sections": [
-        ("factual-accuracy", [("x", 1, "Mentions alpha")]),
-        ("citation-quality", [("y", -1, "Mentions omega")]),
-    ]},
+    {
+        "id": "t1",
+        "domain": "Science",
+        "problem": "Tell me about the letters.",
+        "sections": [
+            ("factual-accuracy", [("a", 2, "Mentions alpha"), ("b", 1, "Mentions beta"), ("d", -2, "Mentions omega")]),
+            ("presentation-quality", [("c", 1, "Mentions gamma")]),
+        ],
+    },
+    {
+        "id": "t2",
+        "domain": "Law",
+        "problem": "Name a letter.",
+        "sections": [
+            ("factual-accuracy", [("x", 1, "Mentions alpha")]),
+            ("citation-quality", [("y", -1, "Mentions omega")]),
+        ],
+    },
 ]
 CRITERIA_TOTAL = 6
 
@@ -27,11 +37,19 @@ CRITERIA_TOTAL = 6
 def write_tasks(path: Path) -> Path:
     lines = []
     for t in TASKS:
-        rubric = {"sections": [{"id": sid, "title": sid.replace("-", " ").title(),
-                                "criteria": [{"id": cid, "weight": w, "requirement": r} for cid, w, r in crits]}
-                               for sid, crits in t["sections"]]}
-        lines.append(json.dumps({"id": t["id"], "domain": t["domain"], "problem": t["problem"],
-                                 "answer": json.dumps(rubric)}))
+        rubric = {
+            "sections": [
+                {
+                    "id": sid,
+                    "title": sid.replace("-", " ").title(),
+                    "criteria": [{"id": cid, "weight": w, "requirement": r} for cid, w, r in crits],
+                }
+                for sid, crits in t["sections"]
+            ]
+        }
+        lines.append(
+            json.dumps({"id": t["id"], "domain": t["domain"], "problem": t["problem"], "answer": json.dumps(rubric)})
+        )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -50,5 +68,8 @@ def grader_script(body: dict[str, Any]) -> Script:
     _, item, answer = grader_parts(body)
     word = item.split()[-1]
     verdict = "MET" if word in answer.split() else "UNMET"
-    return Script(text=json.dumps({"verdict": verdict, "explanation": f"looked for {word}"}),
-                  prompt_tokens=30, completion_tokens=10)
+    return Script(
+        text=json.dumps({"verdict": verdict, "explanation": f"looked for {word}"}),
+        prompt_tokens=30,
+        completion_tokens=10,
+    )

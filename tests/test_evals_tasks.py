@@ -21,13 +21,23 @@ DRACO_SECTIONS = ["factual-accuracy", "breadth-and-depth-of-analysis", "presenta
 
 
 def draco_row(task_id: str = "d1", **over) -> dict:
-    rubric = {"sections": [
-        {"id": "factual-accuracy", "title": "Factual Accuracy", "criteria": [
-            {"id": "fa-1", "weight": 3, "requirement": "States X"},
-            {"id": "fa-2", "weight": -2, "requirement": "Claims Y"}]},
-        {"id": "citation-quality", "title": "Citation Quality", "criteria": [
-            {"id": "cq-1", "weight": 1, "requirement": "Cites Z"}]},
-    ]}
+    rubric = {
+        "sections": [
+            {
+                "id": "factual-accuracy",
+                "title": "Factual Accuracy",
+                "criteria": [
+                    {"id": "fa-1", "weight": 3, "requirement": "States X"},
+                    {"id": "fa-2", "weight": -2, "requirement": "Claims Y"},
+                ],
+            },
+            {
+                "id": "citation-quality",
+                "title": "Citation Quality",
+                "criteria": [{"id": "cq-1", "weight": 1, "requirement": "Cites Z"}],
+            },
+        ]
+    }
     row = {"id": task_id, "domain": "Finance", "problem": "Explain X.", "answer": json.dumps(rubric)}
     row.update(over)
     return row
@@ -59,8 +69,13 @@ def test_limits_and_blank_lines(tmp_path: Path) -> None:
 
 
 def test_qa_rows(tmp_path: Path) -> None:
-    path = write(tmp_path, [{"question": "Capital of France?", "answer": "Paris"},
-                            {"id": "q2", "question": "2+2?", "answer": 4, "aliases": ["four"], "domain": "math"}])
+    path = write(
+        tmp_path,
+        [
+            {"question": "Capital of France?", "answer": "Paris"},
+            {"id": "q2", "question": "2+2?", "answer": 4, "aliases": ["four"], "domain": "math"},
+        ],
+    )
     t1, t2 = load_tasks(path)
     assert (t1.id, t1.kind, t1.domain, t1.reference) == ("line-1", "qa", "qa", "Paris")
     assert (t2.id, t2.reference, t2.aliases, t2.domain) == ("q2", "4", ("four",), "math")
@@ -103,19 +118,53 @@ def test_the_shipped_sample_is_valid_draco() -> None:
         (draco_row(domain=""), "domain", "empty"),
         (draco_row(answer="{broken"), "answer", "not valid JSON"),
         (draco_row(answer=json.dumps({"parts": []})), "answer.sections", "non-empty list"),
-        (draco_row(answer=json.dumps({"sections": [{"id": "s", "criteria": [
-            {"id": "c", "weight": "high", "requirement": "r"}]}]})), "answer.sections[0].criteria[0].weight",
-         "signed number"),
-        (draco_row(answer=json.dumps({"sections": [{"id": "s", "criteria": [
-            {"id": "c", "weight": True, "requirement": "r"}]}]})), "answer.sections[0].criteria[0].weight",
-         "signed number"),
-        (draco_row(answer=json.dumps({"sections": [{"id": "s", "criteria": [
-            {"id": "c", "weight": 1}]}]})), "answer.sections[0].criteria[0].requirement", "missing"),
-        (draco_row(answer=json.dumps({"sections": [{"id": "s", "criteria": [
-            {"id": "c", "weight": 1, "requirement": "r"}, {"id": "c", "weight": 1, "requirement": "r2"}]}]})),
-         "answer.sections[0].criteria[1].id", "duplicate"),
-        (draco_row(answer=json.dumps({"sections": [{"title": "no id", "criteria": []}]})),
-         "answer.sections[0].id", "missing"),
+        (
+            draco_row(
+                answer=json.dumps(
+                    {"sections": [{"id": "s", "criteria": [{"id": "c", "weight": "high", "requirement": "r"}]}]}
+                )
+            ),
+            "answer.sections[0].criteria[0].weight",
+            "signed number",
+        ),
+        (
+            draco_row(
+                answer=json.dumps(
+                    {"sections": [{"id": "s", "criteria": [{"id": "c", "weight": True, "requirement": "r"}]}]}
+                )
+            ),
+            "answer.sections[0].criteria[0].weight",
+            "signed number",
+        ),
+        (
+            draco_row(answer=json.dumps({"sections": [{"id": "s", "criteria": [{"id": "c", "weight": 1}]}]})),
+            "answer.sections[0].criteria[0].requirement",
+            "missing",
+        ),
+        (
+            draco_row(
+                answer=json.dumps(
+                    {
+                        "sections": [
+                            {
+                                "id": "s",
+                                "criteria": [
+                                    {"id": "c", "weight": 1, "requirement": "r"},
+                                    {"id": "c", "weight": 1, "requirement": "r2"},
+                                ],
+                            }
+                        ]
+                    }
+                )
+            ),
+            "answer.sections[0].criteria[1].id",
+            "duplicate",
+        ),
+        (
+            draco_row(answer=json.dumps({"sections": [{"title": "no id", "criteria": []}]})),
+            "answer.sections[0].id",
+            "missing",
+        ),
         (draco_row(answer=json.dumps({"sections": [{"id": "s", "criteria": []}]})), "answer.sections", "no criteria"),
         ({"question": "q"}, "answer", "missing"),
         ({"question": "q", "answer": "a", "aliases": "b"}, "aliases", "list of strings"),

@@ -10,8 +10,10 @@ import openai
 from panelfuse.testing import Script
 from pipeline_helpers import script_panel
 
-FUSION_TOOL = {"type": "panelfuse:fusion",
-               "parameters": {"analysis_models": ["fake/m1", "fake/m2"], "model": "fake/judge"}}
+FUSION_TOOL = {
+    "type": "panelfuse:fusion",
+    "parameters": {"analysis_models": ["fake/m1", "fake/m2"], "model": "fake/judge"},
+}
 CALL_FUSION = Script(tool_calls=[{"name": "panelfuse_fusion", "arguments": {"question": "Why is the sky blue?"}}])
 
 
@@ -21,10 +23,14 @@ def tool_messages(body):
 
 def test_outer_model_calls_the_fusion_and_answers(fake, client):
     script_panel(fake)
-    fake.script("outer", CALL_FUSION, Script(text="The panel agrees: scattering.", prompt_tokens=50,
-                                             completion_tokens=10, cost=0.001))
-    r = client.chat.completions.create(model="fake/outer", messages=[{"role": "user", "content": "Why blue?"}],
-                                       tools=[FUSION_TOOL])
+    fake.script(
+        "outer",
+        CALL_FUSION,
+        Script(text="The panel agrees: scattering.", prompt_tokens=50, completion_tokens=10, cost=0.001),
+    )
+    r = client.chat.completions.create(
+        model="fake/outer", messages=[{"role": "user", "content": "Why blue?"}], tools=[FUSION_TOOL]
+    )
     assert r.choices[0].message.content == "The panel agrees: scattering."
     outer_requests = fake.requests_for("outer")
     assert len(outer_requests) == 2
@@ -45,13 +51,17 @@ def test_outer_model_calls_the_fusion_and_answers(fake, client):
 def test_a_second_fusion_call_is_capped(fake, client):
     script_panel(fake)
     fake.script("outer", CALL_FUSION, CALL_FUSION, Script(text="done"))
-    r = client.chat.completions.create(model="fake/outer", messages=[{"role": "user", "content": "q"}],
-                                       tools=[FUSION_TOOL])
+    r = client.chat.completions.create(
+        model="fake/outer", messages=[{"role": "user", "content": "q"}], tools=[FUSION_TOOL]
+    )
     assert r.choices[0].message.content == "done"
     results = tool_messages(fake.requests_for("outer")[2].body)
     assert results[0]["status"] == "ok"
-    assert results[1] == {"status": "error", "error": "only one fusion may run per request",
-                          "failure_reason": "fusion_invocation_capped"}
+    assert results[1] == {
+        "status": "error",
+        "error": "only one fusion may run per request",
+        "failure_reason": "fusion_invocation_capped",
+    }
     assert len(fake.requests_for("judge")) == 1
     assert r.usage.model_extra["server_tool_use_details"] == {"fusion_requests": 1}
 
@@ -60,8 +70,7 @@ def test_recursion_guard(fake, gateway):
     script_panel(fake)
     fake.script("outer", CALL_FUSION, Script(text="ok"))
     with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0) as c:
-        c.chat.completions.create(model="fake/outer", messages=[{"role": "user", "content": "q"}],
-                                  tools=[FUSION_TOOL])
+        c.chat.completions.create(model="fake/outer", messages=[{"role": "user", "content": "q"}], tools=[FUSION_TOOL])
     # every call made for the fusion carries the depth header...
     assert fake.requests_for("m1")[0].headers["x-panelfuse-fusion-depth"] == "1"
     assert fake.requests_for("judge")[0].headers["x-panelfuse-fusion-depth"] == "1"
@@ -77,11 +86,17 @@ def test_recursion_guard(fake, gateway):
 
 def test_mixed_with_a_client_function_tool(fake, client):
     script_panel(fake)
-    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
     fake.script("outer", CALL_FUSION, Script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}]))
-    r = client.chat.completions.create(model="fake/outer", messages=[{"role": "user", "content": "q"}],
-                                       tools=[FUSION_TOOL, weather])
+    r = client.chat.completions.create(
+        model="fake/outer", messages=[{"role": "user", "content": "q"}], tools=[FUSION_TOOL, weather]
+    )
     call = r.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Oslo"}
     assert r.choices[0].finish_reason == "tool_calls"
@@ -92,8 +107,12 @@ def test_mixed_with_a_client_function_tool(fake, client):
 def test_tool_choice_forces_the_fusion_once(fake, client):
     script_panel(fake)
     fake.script("outer", CALL_FUSION, Script(text="answered"))
-    r = client.chat.completions.create(model="fake/outer", messages=[{"role": "user", "content": "q"}],
-                                       tools=[FUSION_TOOL], tool_choice={"type": "panelfuse:fusion"})
+    r = client.chat.completions.create(
+        model="fake/outer",
+        messages=[{"role": "user", "content": "q"}],
+        tools=[FUSION_TOOL],
+        tool_choice={"type": "panelfuse:fusion"},
+    )
     assert r.choices[0].message.content == "answered"
     first, second = fake.requests_for("outer")
     assert first.body["tool_choice"] == {"type": "function", "function": {"name": "panelfuse_fusion"}}
@@ -103,18 +122,29 @@ def test_tool_choice_forces_the_fusion_once(fake, client):
 def test_streaming_carries_the_fusion_progress(fake, client):
     script_panel(fake)
     fake.script("outer", CALL_FUSION, Script(text="Streamed final answer."))
-    chunks = list(client.chat.completions.create(
-        model="fake/outer", messages=[{"role": "user", "content": "q"}], tools=[FUSION_TOOL], stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="fake/outer", messages=[{"role": "user", "content": "q"}], tools=[FUSION_TOOL], stream=True
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    events = [c.model_extra["fusion"]["event"] for c in chunks
-              if not c.choices and "event" in (c.model_extra.get("fusion") or {})]
+    events = [
+        c.model_extra["fusion"]["event"]
+        for c in chunks
+        if not c.choices and "event" in (c.model_extra.get("fusion") or {})
+    ]
     assert text == "Streamed final answer."
     assert "panel.completed" in events and "analysis.completed" in events
     assert chunks[-1].usage.model_extra["server_tool_use_details"] == {"fusion_requests": 1}
 
 
 def test_bad_fusion_tool_parameters_are_a_400(gateway):
-    r = httpx.post(f"{gateway.url}/v1/chat/completions", json={
-        "model": "fake/outer", "messages": [{"role": "user", "content": "q"}],
-        "tools": [{"type": "openrouter:fusion", "parameters": {"colour": "blue"}}]})
+    r = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={
+            "model": "fake/outer",
+            "messages": [{"role": "user", "content": "q"}],
+            "tools": [{"type": "openrouter:fusion", "parameters": {"colour": "blue"}}],
+        },
+    )
     assert r.status_code == 400 and "colour" in r.json()["error"]["message"]

@@ -23,6 +23,7 @@ def post(gateway, body, **kw):
 
 # --- the fusion alias, non-streaming and streaming -------------------------------------------------
 
+
 def test_fusion_alias_with_the_openai_sdk(fake, client):
     script_panel(fake)
     r = client.chat.completions.create(model="panelfuse/fusion", messages=[{"role": "user", "content": "Why blue?"}])
@@ -44,8 +45,17 @@ def test_fusion_plugin_in_extra_body_configures_the_run(fake, client):
     r = client.chat.completions.create(
         model="openrouter/fusion",
         messages=[{"role": "user", "content": "q"}],
-        extra_body={"plugins": [{"id": "fusion", "analysis_models": ["fake/m1", "fake/m2"], "mode": "best-of",
-                                 "model": "fake/judge", "include_panel": False}]},
+        extra_body={
+            "plugins": [
+                {
+                    "id": "fusion",
+                    "analysis_models": ["fake/m1", "fake/m2"],
+                    "mode": "best-of",
+                    "model": "fake/judge",
+                    "include_panel": False,
+                }
+            ]
+        },
     )
     assert r.choices[0].message.content == "Shorter wavelengths scatter more."
     fusion = r.model_extra["fusion"]
@@ -60,8 +70,11 @@ def test_fusion_streaming_carries_progress_and_usage(fake, client):
         model="panelfuse/fusion", messages=[{"role": "user", "content": "q"}], stream=True
     )
     chunks = list(stream)
-    events = [c.model_extra["fusion"]["event"] for c in chunks if c.model_extra.get("fusion") and not c.choices
-              and "event" in c.model_extra["fusion"]]
+    events = [
+        c.model_extra["fusion"]["event"]
+        for c in chunks
+        if c.model_extra.get("fusion") and not c.choices and "event" in c.model_extra["fusion"]
+    ]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "The sky is blue because air scatters short wavelengths."
     assert events[0] == "run.started" and "panel.completed" in events and "analysis.completed" in events
@@ -72,15 +85,19 @@ def test_fusion_streaming_carries_progress_and_usage(fake, client):
 
 def test_streaming_sends_keepalives_while_the_panel_works(fake, gateway):
     script_panel(fake, m1=Script(text="slow", latency=0.8))
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", timeout=30,
-                      json={"model": "panelfuse/fusion", "stream": True,
-                            "messages": [{"role": "user", "content": "q"}]}) as r:
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/chat/completions",
+        timeout=30,
+        json={"model": "panelfuse/fusion", "stream": True, "messages": [{"role": "user", "content": "q"}]},
+    ) as r:
         body = r.read().decode()
     assert ": keep-alive" in body
     assert body.rstrip().endswith("data: [DONE]")
 
 
 # --- the proxy path --------------------------------------------------------------------------------
+
 
 def test_plain_model_is_proxied(fake, client):
     fake.script("plain", Script(text="just one model", cost=0.01))
@@ -89,15 +106,17 @@ def test_plain_model_is_proxied(fake, client):
     assert r.model == "fake/plain"
     assert r.usage.model_extra["cost"] == 0.01
     assert fake.requests_for("plain")[0].body["seed"] == 3
-    stream = client.chat.completions.create(model="fake/plain", messages=[{"role": "user", "content": "hi"}],
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model="fake/plain", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "just one model"
 
 
 def test_proxied_tool_calls_come_back(fake, client):
     fake.script("plain", Script(tool_calls=[{"name": "lookup", "arguments": {"q": "x"}}]))
     r = client.chat.completions.create(
-        model="fake/plain", messages=[{"role": "user", "content": "hi"}],
+        model="fake/plain",
+        messages=[{"role": "user", "content": "hi"}],
         tools=[{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
     )
     call = r.choices[0].message.tool_calls[0]
@@ -114,25 +133,60 @@ def test_upstream_404_passes_through(fake, client):
 
 # --- errors: OpenAI's shape, the right status, never a 500 ------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
         ({"model": "panelfuse/fusion", "messages": "hi"}, 400, "messages"),
-        ({"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}], "temperature": "hot"},
-         400, "temperature"),
-        ({"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}],
-          "plugins": [{"id": "fusion", "colour": "blue"}]}, 400, "colour"),
-        ({"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}],
-          "plugins": [{"id": "fusion", "analysis_models": [f"fake/m{i}" for i in range(9)]}]}, 400, "analysis_models"),
+        (
+            {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}], "temperature": "hot"},
+            400,
+            "temperature",
+        ),
+        (
+            {
+                "model": "panelfuse/fusion",
+                "messages": [{"role": "user", "content": "q"}],
+                "plugins": [{"id": "fusion", "colour": "blue"}],
+            },
+            400,
+            "colour",
+        ),
+        (
+            {
+                "model": "panelfuse/fusion",
+                "messages": [{"role": "user", "content": "q"}],
+                "plugins": [{"id": "fusion", "analysis_models": [f"fake/m{i}" for i in range(9)]}],
+            },
+            400,
+            "analysis_models",
+        ),
         ({"model": "panelfuse/fusion-nope", "messages": [{"role": "user", "content": "q"}]}, 404, "nope"),
         ({"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}], "n": 2}, 400, "n > 1"),
-        ({"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}],
-          "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "function tools"),
-        ({"model": "fake/plain", "messages": [{"role": "user", "content": "q"}],
-          "plugins": [{"id": "fusion"}]}, 400, "plain model"),
+        (
+            {
+                "model": "panelfuse/fusion",
+                "messages": [{"role": "user", "content": "q"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+            },
+            400,
+            "function tools",
+        ),
+        (
+            {"model": "fake/plain", "messages": [{"role": "user", "content": "q"}], "plugins": [{"id": "fusion"}]},
+            400,
+            "plain model",
+        ),
         ({"model": "panelfuse/fusion", "messages": [{"role": "assistant", "content": "q"}]}, 400, "user message"),
-        ({"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}],
-          "plugins": [{"id": "fusion", "max_cost": 0.0000001}]}, 400, "max_cost"),
+        (
+            {
+                "model": "panelfuse/fusion",
+                "messages": [{"role": "user", "content": "q"}],
+                "plugins": [{"id": "fusion", "max_cost": 0.0000001}],
+            },
+            400,
+            "max_cost",
+        ),
     ],
 )
 def test_bad_requests_get_openai_errors(gateway, body, status, needle):
@@ -144,8 +198,11 @@ def test_bad_requests_get_openai_errors(gateway, body, status, needle):
 
 
 def test_malformed_json_is_a_400(gateway):
-    r = httpx.post(f"{gateway.url}/v1/chat/completions", content=b'{"model": "x", "messages": [',
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        content=b'{"model": "x", "messages": [',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "invalid_json"
 
@@ -161,8 +218,12 @@ def test_oversize_body_is_a_413(fake, tmp_path):
 
 
 def test_every_member_failing_is_a_502_naming_each(fake, gateway):
-    script_panel(fake, m1=Script(failure=Failure.HTTP, status_code=401),
-                 m2=Script(failure=Failure.HTTP, status_code=403), m3=Script(failure=Failure.HTTP, status_code=400))
+    script_panel(
+        fake,
+        m1=Script(failure=Failure.HTTP, status_code=401),
+        m2=Script(failure=Failure.HTTP, status_code=403),
+        m3=Script(failure=Failure.HTTP, status_code=400),
+    )
     r = post(gateway, {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}]})
     assert r.status_code == 502
     err = r.json()["error"]
@@ -174,10 +235,12 @@ def test_every_member_failing_is_a_502_naming_each(fake, gateway):
 
 # --- the store and the runs API ---------------------------------------------------------------------
 
+
 def test_runs_are_stored_listed_replayed_and_deleted(fake, gateway, client):
     script_panel(fake)
     raw = client.chat.completions.with_raw_response.create(
-        model="panelfuse/fusion", messages=[{"role": "user", "content": "q"}])
+        model="panelfuse/fusion", messages=[{"role": "user", "content": "q"}]
+    )
     run_id = raw.headers["x-panelfuse-run-id"]
     completion = raw.parse()
     assert completion.model_extra["fusion"]["run_id"] == run_id
@@ -211,8 +274,11 @@ def test_resynthesize_bills_only_the_new_calls(fake, gateway, client):
     run_id = first.model_extra["fusion"]["run_id"]
     member_calls = len(fake.requests_for("m1")) + len(fake.requests_for("m2")) + len(fake.requests_for("m3"))
     fake.script("judge2", Script(text=json.dumps({"best": "C", "reason": "r"})))
-    r = httpx.post(f"{gateway.url}/v1/fusion/runs/{run_id}/resynthesize",
-                   json={"model": "fake/judge2", "mode": "best-of"}, timeout=30)
+    r = httpx.post(
+        f"{gateway.url}/v1/fusion/runs/{run_id}/resynthesize",
+        json={"model": "fake/judge2", "mode": "best-of"},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     data = r.json()
     assert data["choices"][0]["message"]["content"] == "Air molecules scatter blue light."
@@ -224,8 +290,9 @@ def test_resynthesize_bills_only_the_new_calls(fake, gateway, client):
 
 
 def test_estimate_models_health_and_metrics(fake, gateway):
-    est = httpx.post(f"{gateway.url}/v1/fusion/estimate",
-                     json={"messages": [{"role": "user", "content": "x" * 400}]}).json()
+    est = httpx.post(
+        f"{gateway.url}/v1/fusion/estimate", json={"messages": [{"role": "user", "content": "x" * 400}]}
+    ).json()
     p = 104
     judge_prompt = p + 3 * 100 + 400
     expected = 3 * (p + 200) / 1e6 + (judge_prompt * 3 + 600) / 1e6 + ((judge_prompt + 100) * 3 + 600) / 1e6
@@ -246,13 +313,20 @@ def test_estimate_models_health_and_metrics(fake, gateway):
 
 # --- disconnects, background runs, resume -----------------------------------------------------------
 
+
 async def test_disconnect_cancels_the_run_and_its_upstream_calls(fake, gateway):
-    script_panel(fake, m1=Script(text="slow " * 100, token_rate=5), m2=Script(text="slow", latency=30),
-                 m3=Script(text="slow", latency=30))
+    script_panel(
+        fake,
+        m1=Script(text="slow " * 100, token_rate=5),
+        m2=Script(text="slow", latency=30),
+        m3=Script(text="slow", latency=30),
+    )
     async with httpx.AsyncClient(timeout=30) as http:
-        async with http.stream("POST", f"{gateway.url}/v1/chat/completions",
-                               json={"model": "panelfuse/fusion", "stream": True,
-                                     "messages": [{"role": "user", "content": "q"}]}) as r:
+        async with http.stream(
+            "POST",
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": "panelfuse/fusion", "stream": True, "messages": [{"role": "user", "content": "q"}]},
+        ) as r:
             run_id = r.headers["x-panelfuse-run-id"]
             async for line in r.aiter_lines():
                 if "panel.delta" in line:
@@ -272,10 +346,16 @@ async def test_background_run_survives_disconnect_and_resumes_by_seq(fake, gatew
     script_panel(fake, m1=Script(text="one two three four", token_rate=20))
     last_seq = 0
     async with httpx.AsyncClient(timeout=30) as http:
-        async with http.stream("POST", f"{gateway.url}/v1/chat/completions",
-                               json={"model": "panelfuse/fusion", "stream": True,
-                                     "plugins": [{"id": "fusion", "background": True}],
-                                     "messages": [{"role": "user", "content": "q"}]}) as r:
+        async with http.stream(
+            "POST",
+            f"{gateway.url}/v1/chat/completions",
+            json={
+                "model": "panelfuse/fusion",
+                "stream": True,
+                "plugins": [{"id": "fusion", "background": True}],
+                "messages": [{"role": "user", "content": "q"}],
+            },
+        ) as r:
             run_id = r.headers["x-panelfuse-run-id"]
             async for line in r.aiter_lines():
                 if line.startswith("data: {"):
@@ -283,8 +363,9 @@ async def test_background_run_survives_disconnect_and_resumes_by_seq(fake, gatew
                     last_seq = fusion.get("seq", last_seq)
                     if fusion.get("event") == "panel.started":
                         break
-        async with http.stream("GET", f"{gateway.url}/v1/fusion/runs/{run_id}/events",
-                               headers={"Last-Event-ID": str(last_seq)}) as r:
+        async with http.stream(
+            "GET", f"{gateway.url}/v1/fusion/runs/{run_id}/events", headers={"Last-Event-ID": str(last_seq)}
+        ) as r:
             seqs, types = [], []
             async for line in r.aiter_lines():
                 if line.startswith("id: "):
@@ -321,8 +402,15 @@ def test_a_crash_leaves_interrupted_runs(fake, tmp_path):
         from panelfuse.store import RunStore
 
         store = await RunStore.open(db)
-        await store.create_run("run_crashed", spec={}, request={"messages": []}, request_model="panelfuse/fusion",
-                               preset="test", mode="synthesize", prompt_version="x")
+        await store.create_run(
+            "run_crashed",
+            spec={},
+            request={"messages": []},
+            request_model="panelfuse/fusion",
+            preset="test",
+            mode="synthesize",
+            prompt_version="x",
+        )
         await store.close()
 
     asyncio.run(leave_a_running_row())
@@ -339,22 +427,36 @@ def test_analysis_for_helper_names_labels():
     assert analysis_for(["A", "B"])["unique_insights"][0]["model"] == "A"
 
 
-
 def test_preset_alias_and_include_usage_stream(fake, client):
     script_panel(fake)
     r = client.chat.completions.create(model="panelfuse/fusion-test", messages=[{"role": "user", "content": "q"}])
     assert r.model_extra["fusion"]["preset"] == "test"
     stream = client.chat.completions.create(
-        model="panelfuse/fusion-test", messages=[{"role": "user", "content": "q"}], stream=True,
+        model="panelfuse/fusion-test",
+        messages=[{"role": "user", "content": "q"}],
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
     assert chunks[-1].usage.total_tokens > 0
     # the SSE event order, as the SDK saw it
-    order = [c.model_extra["fusion"]["event"] for c in chunks
-             if not c.choices and "event" in (c.model_extra.get("fusion") or {})]
-    firsts = [order.index(e) for e in ("run.started", "panel.started", "panel.completed", "analysis.started",
-                                       "analysis.completed", "final.completed", "run.completed")]
+    order = [
+        c.model_extra["fusion"]["event"]
+        for c in chunks
+        if not c.choices and "event" in (c.model_extra.get("fusion") or {})
+    ]
+    firsts = [
+        order.index(e)
+        for e in (
+            "run.started",
+            "panel.started",
+            "panel.completed",
+            "analysis.started",
+            "analysis.completed",
+            "final.completed",
+            "run.completed",
+        )
+    ]
     assert firsts == sorted(firsts)
 
 
@@ -368,8 +470,14 @@ def test_runs_list_pages_and_filters(fake, gateway):
             from pipeline_helpers import judge_script
 
             fake.script("judge", judge_script)
-        r = post(gateway, {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": f"q{i}"}],
-                           "plugins": [{"id": "fusion", "mode": mode}]})
+        r = post(
+            gateway,
+            {
+                "model": "panelfuse/fusion",
+                "messages": [{"role": "user", "content": f"q{i}"}],
+                "plugins": [{"id": "fusion", "mode": mode}],
+            },
+        )
         assert r.status_code == 200, r.text
     seen, cursor = [], None
     while True:
@@ -414,9 +522,12 @@ async def test_a_silent_run_keeps_its_heartbeat(fake, gateway, monkeypatch):
     monkeypatch.setattr(runs_module, "HEARTBEAT_INTERVAL", 0.05)
     script_panel(fake, m1=Script(text="slow", latency=2.0))
     async with httpx.AsyncClient(timeout=30) as http:
-        task = asyncio.create_task(http.post(f"{gateway.url}/v1/chat/completions",
-                                             json={"model": "panelfuse/fusion",
-                                                   "messages": [{"role": "user", "content": "q"}]}))
+        task = asyncio.create_task(
+            http.post(
+                f"{gateway.url}/v1/chat/completions",
+                json={"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}]},
+            )
+        )
         seen: set[str] = set()
         for _ in range(200):
             listed = (await http.get(f"{gateway.url}/v1/fusion/runs")).json()["data"]

@@ -212,8 +212,10 @@ async def test_mode_synthesize_streams_final_deltas(fake):
 async def test_costs_are_computed_per_member_and_stage(fake):
     script_panel(fake)
     fake.script("m2", Script(text="two", prompt_tokens=10, completion_tokens=20, cost=0.5))  # provider-reported
-    fake.script("judge", lambda body: Script(text=json.dumps(analysis_for(["A", "B", "C"])), prompt_tokens=100,
-                                             completion_tokens=50))
+    fake.script(
+        "judge",
+        lambda body: Script(text=json.dumps(analysis_for(["A", "B", "C"])), prompt_tokens=100, completion_tokens=50),
+    )
     result = await fusion(fake, spec()).run("q")
     member_cost = (10 * 1.0 + 20 * 2.0) / 1e6
     assert result.panel[0].cost == pytest.approx(member_cost)
@@ -240,7 +242,9 @@ async def test_max_cost_stops_new_calls_mid_run(fake):
     # Each member reports a cost far above its estimate: after the panel, the judge may not start.
     script_panel(
         fake,
-        m1=Script(text="a", cost=0.4), m2=Script(text="b", cost=0.4), m3=Script(text="c", cost=0.4),
+        m1=Script(text="a", cost=0.4),
+        m2=Script(text="b", cost=0.4),
+        m3=Script(text="c", cost=0.4),
     )
     f = fusion(fake, spec(max_cost=1.0))
     result = await f.run("q")
@@ -357,8 +361,9 @@ async def test_mode_single_falls_back_only_before_any_answer_text(fake):
     assert "".join(finals) == "from backup" and f.result.model == "fake/backup"
     # a member cut after streaming part of its answer is not followed by a fallback's text
     fake.reset()
-    script_panel(fake, m1=Script(text="a b c d e f", failure=Failure.CUT, cut_after_tokens=2),
-                 backup=Script(text="from backup"))
+    script_panel(
+        fake, m1=Script(text="a b c d e f", failure=Failure.CUT, cut_after_tokens=2), backup=Script(text="from backup")
+    )
     f = fusion(fake, s)
     finals = [ev.data["text"] async for ev in f.stream("q") if ev.type == "final.delta"]
     assert "".join(finals) == "a b "

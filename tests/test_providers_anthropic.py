@@ -85,8 +85,12 @@ async def test_tool_use_becomes_tool_call(fake: FakeUpstream, streaming: bool) -
     calls = [TOOL, {"name": "fetch", "arguments": {}}]
     fake.script("claude", Script(text="Let me search.", tool_calls=calls))
     p = provider(fake)
-    tools = [{"type": "function", "function": {"name": "web_search", "description": "search",
-                                               "parameters": {"type": "object"}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "web_search", "description": "search", "parameters": {"type": "object"}},
+        }
+    ]
     r = req(tools=tools, tool_choice="required")
     c = await (fold_stream("claude", p.stream(r)) if streaming else p.complete(r))
     assert c.text == "Let me search."
@@ -132,11 +136,14 @@ async def test_no_system_field_without_system_messages(fake: FakeUpstream) -> No
 async def test_tool_result_messages_become_tool_result_blocks(fake: FakeUpstream) -> None:
     messages = [
         *MSGS,
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "web_search", "arguments": '{"q": "x"}'}},
-            {"id": "call_2", "type": "function", "function": {"name": "fetch", "arguments": "{}"}},
-        ]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "web_search", "arguments": '{"q": "x"}'}},
+                {"id": "call_2", "type": "function", "function": {"name": "fetch", "arguments": "{}"}},
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "result one"},
         {"role": "tool", "tool_call_id": "call_2", "content": "result two"},
     ]
@@ -279,13 +286,15 @@ async def test_list_models(fake: FakeUpstream) -> None:
 
 
 def test_to_anthropic_messages_system_and_merging() -> None:
-    system, out = to_anthropic_messages([
-        {"role": "system", "content": "A"},
-        {"role": "user", "content": "q1"},
-        {"role": "user", "content": [{"type": "text", "text": "q2"}]},
-        {"role": "system", "content": [{"type": "text", "text": "B"}]},
-        {"role": "assistant", "content": "a1"},
-    ])
+    system, out = to_anthropic_messages(
+        [
+            {"role": "system", "content": "A"},
+            {"role": "user", "content": "q1"},
+            {"role": "user", "content": [{"type": "text", "text": "q2"}]},
+            {"role": "system", "content": [{"type": "text", "text": "B"}]},
+            {"role": "assistant", "content": "a1"},
+        ]
+    )
     assert system == "A\n\nB"
     assert out == [
         {"role": "user", "content": [{"type": "text", "text": "q1"}, {"type": "text", "text": "q2"}]},
@@ -299,16 +308,22 @@ def test_to_anthropic_messages_no_system() -> None:
 
 
 def test_to_anthropic_messages_tool_calls_and_results() -> None:
-    _, out = to_anthropic_messages([
-        {"role": "user", "content": "go"},
-        {"role": "assistant", "content": "Searching.", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "s", "arguments": '{"q": 1}'}},
-            {"id": "c2", "type": "function", "function": {"name": "t", "arguments": "not json"}},
-        ]},
-        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "r1"}]},
-        {"role": "tool", "tool_call_id": "c2", "content": "r2"},
-        {"role": "user", "content": "thanks"},
-    ])
+    _, out = to_anthropic_messages(
+        [
+            {"role": "user", "content": "go"},
+            {
+                "role": "assistant",
+                "content": "Searching.",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "s", "arguments": '{"q": 1}'}},
+                    {"id": "c2", "type": "function", "function": {"name": "t", "arguments": "not json"}},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "r1"}]},
+            {"role": "tool", "tool_call_id": "c2", "content": "r2"},
+            {"role": "user", "content": "thanks"},
+        ]
+    )
     assert [m["role"] for m in out] == ["user", "assistant", "user"]
     assert out[1]["content"] == [
         {"type": "text", "text": "Searching."},
@@ -323,11 +338,18 @@ def test_to_anthropic_messages_tool_calls_and_results() -> None:
 
 
 def test_to_anthropic_messages_images() -> None:
-    _, out = to_anthropic_messages([{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-        {"type": "image_url", "image_url": {"url": "https://x.test/cat.jpg"}},
-    ]}])
+    _, out = to_anthropic_messages(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    {"type": "image_url", "image_url": {"url": "https://x.test/cat.jpg"}},
+                ],
+            }
+        ]
+    )
     assert out[0]["content"][1:] == [
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
         {"type": "image", "source": {"type": "url", "url": "https://x.test/cat.jpg"}},
@@ -337,8 +359,10 @@ def test_to_anthropic_messages_images() -> None:
 def test_to_anthropic_tools() -> None:
     assert to_anthropic_tools(None) is None and to_anthropic_tools([]) is None
     tools = [
-        {"type": "function", "function": {"name": "a", "description": "d", "parameters": {"type": "object",
-                                                                                          "properties": {}}}},
+        {
+            "type": "function",
+            "function": {"name": "a", "description": "d", "parameters": {"type": "object", "properties": {}}},
+        },
         {"type": "function", "function": {"name": "b"}},
         {"name": "c", "parameters": {"type": "object", "required": ["x"]}},  # bare function definition
     ]
@@ -406,10 +430,14 @@ async def test_mid_stream_error_event_is_upstream_error(raw_sse_server) -> None:
     url, frames = raw_sse_server
     frames += [
         _sse("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 3}}}),
-        _sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}}),
-        _sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                     "delta": {"type": "text_delta", "text": "Hel"}}),
+        _sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        _sse(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}},
+        ),
         _sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
     ]
     got: list[str] = []
@@ -423,8 +451,10 @@ async def test_stream_without_message_stop_is_upstream_error(raw_sse_server) -> 
     url, frames = raw_sse_server
     frames += [
         _sse("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 3}}}),
-        _sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                     "delta": {"type": "text_delta", "text": "Hel"}}),
+        _sse(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}},
+        ),
     ]
     with pytest.raises(UpstreamError, match="ended before"):
         await collect(AnthropicProvider("a", url, "k"), req())

@@ -112,8 +112,15 @@ async def test_request_body_and_headers(fake: FakeUpstream) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
     rf = {"type": "json_schema", "json_schema": {"name": "out", "schema": schema, "strict": True}}
     p = provider(fake, headers={"X-Title": "panelfuse"})
-    r = req("gpt-x", max_tokens=77, seed=42, temperature=0.3, stop=["END"], response_format=rf,
-            extra_body={"provider": {"order": ["a"]}})
+    r = req(
+        "gpt-x",
+        max_tokens=77,
+        seed=42,
+        temperature=0.3,
+        stop=["END"],
+        response_format=rf,
+        extra_body={"provider": {"order": ["a"]}},
+    )
     await collect(p, r)
     (rec,) = fake.requests_for("gpt-x")
     b = rec.body
@@ -151,8 +158,9 @@ async def test_missing_key_through_registry(fake: FakeUpstream) -> None:
     from panelfuse.config import Config, ProviderConfig
     from panelfuse.providers.registry import Providers
 
-    cfg = Config(providers={"x": ProviderConfig(kind="openai_compat", base_url=fake.openai_base_url,
-                                                api_key_env="X_KEY")})
+    cfg = Config(
+        providers={"x": ProviderConfig(kind="openai_compat", base_url=fake.openai_base_url, api_key_env="X_KEY")}
+    )
     with pytest.raises(AuthError, match="X_KEY"):
         await Providers(cfg, env={}).get("x").complete(req())
     c = await Providers(cfg, env={"X_KEY": "sk-from-env"}).get("x").complete(req())
@@ -312,9 +320,7 @@ async def test_mid_stream_error_object_is_upstream_error() -> None:
 
 
 @pytest.mark.parametrize("streaming", [True, False])
-async def test_429_with_small_retry_after_succeeds_on_second_request(
-    fake: FakeUpstream, streaming: bool
-) -> None:
+async def test_429_with_small_retry_after_succeeds_on_second_request(fake: FakeUpstream, streaming: bool) -> None:
     fake.script("m", Script(text="recovered", failure=Failure.RATE_LIMIT, fail_times=1, retry_after=0.05))
     p = provider(fake)
     c = await (fold_stream("m", p.stream(req())) if streaming else p.complete(req()))

@@ -10,7 +10,7 @@ from panelfuse.providers.errors import NotFoundError
 from panelfuse.providers.local import LocalProvider
 from panelfuse.providers.openai_compat import OpenAICompatProvider
 from panelfuse.providers.registry import Providers
-from panelfuse.resolve import (
+from panelfuse.providers.resolve import (
     FusionRoute,
     ProviderRoute,
     UnknownModelError,
@@ -160,8 +160,9 @@ def test_registry_enables_openai_and_anthropic_by_key() -> None:
 
 
 def test_registry_default_provider_and_unknown_provider() -> None:
-    cfg = Config(default_provider="mybox",
-                 providers={"mybox": ProviderConfig(kind="openai_compat", base_url="http://mybox/v1")})
+    cfg = Config(
+        default_provider="mybox", providers={"mybox": ProviderConfig(kind="openai_compat", base_url="http://mybox/v1")}
+    )
     providers = Providers(cfg, env={})
     p, r = providers.for_model("google/gemini-3-flash")
     assert p.name == "mybox" and r.model == "google/gemini-3-flash"

@@ -210,9 +210,7 @@ async def test_backoff_waits_follow_the_policy_and_rng(monkeypatch) -> None:
         return await real_sleep(0)
 
     policy = RetryPolicy(attempts=4, base_delay=0.5, max_delay=1.0, jitter=0.5)
-    f = Factory(
-        [UpstreamError("1")], [UpstreamError("2")], [RateLimitedError("3", retry_after=0.125)], ["ok"]
-    )
+    f = Factory([UpstreamError("1")], [UpstreamError("2")], [RateLimitedError("3", retry_after=0.125)], ["ok"])
     monkeypatch.setattr(asyncio, "sleep", spy)
     out = await drain(retrying_stream(f, deadline=deadline_in(60), policy=policy, rng=random.Random(42)))
     assert out == ["ok"]

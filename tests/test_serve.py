@@ -19,6 +19,7 @@ def test_two_workers_share_one_store(tmp_path, fake):
     script_panel(fake, m1=Script(text="one", latency=0.2))
     proc, url = start_server(tmp_path, fake, "--workers", "2")
     try:
+
         async def many():
             async with httpx.AsyncClient(timeout=60) as http:
                 body = {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}]}
@@ -42,8 +43,9 @@ def test_two_workers_share_one_store(tmp_path, fake):
 
 
 def test_graceful_shutdown_records_the_run(tmp_path, fake):
-    script_panel(fake, m1=Script(text="x", latency=60), m2=Script(text="x", latency=60),
-                 m3=Script(text="x", latency=60))
+    script_panel(
+        fake, m1=Script(text="x", latency=60), m2=Script(text="x", latency=60), m3=Script(text="x", latency=60)
+    )
     proc, url = start_server(tmp_path, fake, "--shutdown-grace", "1")
 
     def stop_soon():
@@ -52,8 +54,11 @@ def test_graceful_shutdown_records_the_run(tmp_path, fake):
 
     threading.Thread(target=stop_soon, daemon=True).start()
     try:
-        r = httpx.post(f"{url}/v1/chat/completions", timeout=60,
-                       json={"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}]})
+        r = httpx.post(
+            f"{url}/v1/chat/completions",
+            timeout=60,
+            json={"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}]},
+        )
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "shutting_down"
         proc.wait(timeout=30)

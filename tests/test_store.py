@@ -58,8 +58,14 @@ async def store(target):
 
 
 async def new_run(store: RunStore, run_id: str, **kw) -> None:
-    args = {"spec": {"panel": ["a", "b"]}, "request": {"messages": [{"role": "user", "content": "hi"}]},
-            "request_model": "fusion/default", "preset": "default", "mode": "synthesize", "prompt_version": "v1"}
+    args = {
+        "spec": {"panel": ["a", "b"]},
+        "request": {"messages": [{"role": "user", "content": "hi"}]},
+        "request_model": "fusion/default",
+        "preset": "default",
+        "mode": "synthesize",
+        "prompt_version": "v1",
+    }
     await store.create_run(run_id, **{**args, **kw})
 
 
@@ -75,16 +81,29 @@ async def scalar(store: RunStore, query):
 
 
 def fusion_result(run_id: str) -> FusionResult:
-    member = MemberResult(member="m1", model="fake/a", content="ответ ✓", calls=[
-        CallRecord(model="fake/a", usage=Usage(prompt_tokens=3, completion_tokens=5), cost=0.25)])
+    member = MemberResult(
+        member="m1",
+        model="fake/a",
+        content="ответ ✓",
+        calls=[CallRecord(model="fake/a", usage=Usage(prompt_tokens=3, completion_tokens=5), cost=0.25)],
+    )
     failed = MemberResult(member="m2", model="fake/b", status="timeout", error="took too long")
-    return FusionResult(run_id=run_id, preset="default", mode="synthesize", prompt_version="v1", status="completed",
-                        content="final", model="fake/s", panel=[member, failed],
-                        analysis={"agreements": ["x"], "scores": {"m1": 0.9}},
-                        synthesizer=StageResult(model="fake/s", calls=[CallRecord(model="fake/s", cost=0.5)]))
+    return FusionResult(
+        run_id=run_id,
+        preset="default",
+        mode="synthesize",
+        prompt_version="v1",
+        status="completed",
+        content="final",
+        model="fake/s",
+        panel=[member, failed],
+        analysis={"agreements": ["x"], "scores": {"m1": 0.9}},
+        synthesizer=StageResult(model="fake/s", calls=[CallRecord(model="fake/s", cost=0.5)]),
+    )
 
 
 # ---- opening and migrating ---------------------------------------------------------------------
+
 
 async def test_migrate_on_open_is_idempotent(target):
     url, schema = target
@@ -138,12 +157,15 @@ def test_url_normalization():
     assert RunStore.default_url().endswith("runs.db")
 
 
-@pytest.mark.parametrize(("url", "scheme"), [
-    ("mysql://admin:s3cretpw@db.example/runs", "mysql"),
-    ("mongodb+srv://admin:s3cretpw@cluster/x", "mongodb+srv"),
-    ("postgresql:/admin:s3cretpw@host/db", None),  # unparseable: not echoed at all
-    ("postgresql://admin:s3cretpw@host:notaport/db", "postgresql"),
-])
+@pytest.mark.parametrize(
+    ("url", "scheme"),
+    [
+        ("mysql://admin:s3cretpw@db.example/runs", "mysql"),
+        ("mongodb+srv://admin:s3cretpw@cluster/x", "mongodb+srv"),
+        ("postgresql:/admin:s3cretpw@host/db", None),  # unparseable: not echoed at all
+        ("postgresql://admin:s3cretpw@host:notaport/db", "postgresql"),
+    ],
+)
 async def test_bad_url_is_a_typed_error_without_the_password(url, scheme):
     with pytest.raises(StoreURLError) as info:
         await RunStore.open(url)
@@ -169,15 +191,33 @@ def test_migration_scripts_ship_in_the_package():
 
 # ---- runs --------------------------------------------------------------------------------------
 
+
 async def test_create_get_finish_round_trip(store):
     request = {"messages": [{"role": "user", "content": "héllo \u2603"}], "temperature": 0.2, "stream": True}
-    created = await store.create_run("run_rt", spec={"panel": [{"model": "a", "weight": 1.5}]}, request=request,
-                                     request_model="fusion/deep", preset="deep", mode="synthesize",
-                                     prompt_version="v7", key_id="key_1", background=True)
+    created = await store.create_run(
+        "run_rt",
+        spec={"panel": [{"model": "a", "weight": 1.5}]},
+        request=request,
+        request_model="fusion/deep",
+        preset="deep",
+        mode="synthesize",
+        prompt_version="v7",
+        key_id="key_1",
+        background=True,
+    )
     assert created.status == "running" and created.created_at.tzinfo is not None
     fr = fusion_result("run_rt")
-    await store.finish_run("run_rt", status="completed", result=fr.to_dict(), content=fr.content,
-                           usage=fr.usage_dict(), cost=fr.cost, degraded=fr.degraded, error=None, latency_ms=1234)
+    await store.finish_run(
+        "run_rt",
+        status="completed",
+        result=fr.to_dict(),
+        content=fr.content,
+        usage=fr.usage_dict(),
+        cost=fr.cost,
+        degraded=fr.degraded,
+        error=None,
+        latency_ms=1234,
+    )
     got = await store.get_run("run_rt")
     assert got is not None
     assert got.result == json.loads(json.dumps(fr.to_dict()))
@@ -185,7 +225,12 @@ async def test_create_get_finish_round_trip(store):
     assert got.request == request and got.spec == {"panel": [{"model": "a", "weight": 1.5}]}
     assert (got.status, got.content, got.cost, got.degraded, got.latency_ms) == ("completed", "final", 0.75, True, 1234)
     assert (got.request_model, got.preset, got.prompt_version, got.key_id, got.background) == (
-        "fusion/deep", "deep", "v7", "key_1", True)
+        "fusion/deep",
+        "deep",
+        "v7",
+        "key_1",
+        True,
+    )
     assert got.created_at == created.created_at and got.created_at.utcoffset() == timedelta(0)
     as_dict = json.loads(json.dumps(got.to_dict()))
     assert as_dict["id"] == "run_rt" and datetime.fromisoformat(as_dict["created_at"]) == created.created_at
@@ -202,8 +247,17 @@ async def test_update_run_and_its_errors(store):
     with pytest.raises(ValueError, match="status"):
         await store.update_run("run_u", status="exploded")
     with pytest.raises(ValueError):
-        await store.finish_run("run_u", status="running", result=None, content="", usage=None, cost=None,
-                               degraded=False, error=None, latency_ms=0)
+        await store.finish_run(
+            "run_u",
+            status="running",
+            result=None,
+            content="",
+            usage=None,
+            cost=None,
+            degraded=False,
+            error=None,
+            latency_ms=0,
+        )
     with pytest.raises(RunNotFoundError):
         await store.update_run("run_nope", content="x")
     with pytest.raises(DuplicateRunError):
@@ -224,8 +278,17 @@ async def test_list_runs_filters(store):
     await new_run(store, "run_a", key_id="k1", preset="fast", mode="best-of")
     await new_run(store, "run_b", key_id="k2")
     await new_run(store, "run_c", key_id="k1")
-    await store.finish_run("run_c", status="failed", result=None, content="", usage=None, cost=None,
-                           degraded=True, error="boom", latency_ms=5)
+    await store.finish_run(
+        "run_c",
+        status="failed",
+        result=None,
+        content="",
+        usage=None,
+        cost=None,
+        degraded=True,
+        error="boom",
+        latency_ms=5,
+    )
     for i, rid in enumerate(["run_a", "run_b", "run_c"]):
         await set_column(store, rid, created_at=T0 + timedelta(minutes=i))
 
@@ -296,21 +359,33 @@ async def test_feedback_and_key_scoping(store):
 
 # ---- events ------------------------------------------------------------------------------------
 
+
 async def test_events_after_ordering_and_duplicates(store):
     await new_run(store, "run_e")
-    evs = [Event("run_e", seq, "panel.delta", {"member": "m1", "text": f"t{seq}"}, "panel", ts=100.0 + seq)
-           for seq in (3, 1, 2)]
+    evs = [
+        Event("run_e", seq, "panel.delta", {"member": "m1", "text": f"t{seq}"}, "panel", ts=100.0 + seq)
+        for seq in (3, 1, 2)
+    ]
     await store.append_events("run_e", evs)
-    await store.append_events("run_e", [
-        {"seq": 2, "type": "panel.delta", "data": {"text": "REPLAYED"}},  # duplicate: ignored
-        {"seq": 4, "type": "run.completed", "data": {"cost": 0.1}, "ts": 200.5},
-    ])
+    await store.append_events(
+        "run_e",
+        [
+            {"seq": 2, "type": "panel.delta", "data": {"text": "REPLAYED"}},  # duplicate: ignored
+            {"seq": 4, "type": "run.completed", "data": {"cost": 0.1}, "ts": 200.5},
+        ],
+    )
     got = await store.events_after("run_e", 0)
     assert [e.seq for e in got] == [1, 2, 3, 4]
     assert got[1].data == {"member": "m1", "text": "t2"}
     assert got[3].stage == "run"  # derived from the type when not given
-    assert got[3].to_dict() == {"run_id": "run_e", "seq": 4, "type": "run.completed", "stage": "run",
-                                "ts": 200.5, "cost": 0.1}
+    assert got[3].to_dict() == {
+        "run_id": "run_e",
+        "seq": 4,
+        "type": "run.completed",
+        "stage": "run",
+        "ts": 200.5,
+        "cost": 0.1,
+    }
     assert [e.seq for e in await store.events_after("run_e", 2)] == [3, 4]
     assert [e.seq for e in await store.events_after("run_e", 0, limit=2)] == [1, 2]
     assert await store.events_after("run_e", 4) == []
@@ -326,19 +401,31 @@ async def test_delete_cascades_events(store):
     await store.append_events("run_d", [{"seq": i, "type": "final.delta", "data": {"text": "x"}} for i in range(1, 6)])
     await store.append_events("run_other", [{"seq": 1, "type": "run.started"}])
     assert await store.delete_run("run_d") is True
-    assert await scalar(store, sa.select(sa.func.count()).select_from(run_events)
-                        .where(run_events.c.run_id == "run_d")) == 0
+    assert (
+        await scalar(store, sa.select(sa.func.count()).select_from(run_events).where(run_events.c.run_id == "run_d"))
+        == 0
+    )
     assert len(await store.events_after("run_other", 0)) == 1
     assert await store.delete_run("run_d") is False
 
 
 # ---- lifecycle sweeps --------------------------------------------------------------------------
 
+
 async def test_mark_interrupted_flips_only_running_runs(store):
     for rid in ("run_r1", "run_r2", "run_done", "run_stale"):
         await new_run(store, rid)
-    await store.finish_run("run_done", status="completed", result=None, content="ok", usage=None, cost=0.1,
-                           degraded=False, error=None, latency_ms=1)
+    await store.finish_run(
+        "run_done",
+        status="completed",
+        result=None,
+        content="ok",
+        usage=None,
+        cost=0.1,
+        degraded=False,
+        error=None,
+        latency_ms=1,
+    )
     await set_column(store, "run_stale", updated_at=T0)
     assert await store.mark_interrupted(older_than=T0 + timedelta(hours=1)) == 1
     assert (await store.get_run("run_stale")).status == "interrupted"
@@ -356,8 +443,17 @@ async def test_purge_content_blanks_old_runs_but_keeps_cost(store):
         await new_run(store, rid)
         await store.append_events(rid, [{"seq": 1, "type": "final.delta", "data": {"text": "secret"}}])
     for rid in ("run_old", "run_new"):
-        await store.finish_run(rid, status="completed", result={"content": "secret"}, content="secret",
-                               usage={"prompt_tokens": 9}, cost=0.42, degraded=False, error=None, latency_ms=7)
+        await store.finish_run(
+            rid,
+            status="completed",
+            result={"content": "secret"},
+            content="secret",
+            usage={"prompt_tokens": 9},
+            cost=0.42,
+            degraded=False,
+            error=None,
+            latency_ms=7,
+        )
     cutoff = T0 + timedelta(days=30)
     await set_column(store, "run_old", created_at=T0)
     await set_column(store, "run_old_running", created_at=T0)
@@ -366,8 +462,12 @@ async def test_purge_content_blanks_old_runs_but_keeps_cost(store):
     assert await store.purge_content(cutoff) == 1
     old = await store.get_run("run_old")
     assert (old.request, old.result, old.content) == ({}, None, "")
-    assert (old.cost, old.usage, old.status, old.purged_at is not None) == (0.42, {"prompt_tokens": 9}, "completed",
-                                                                            True)
+    assert (old.cost, old.usage, old.status, old.purged_at is not None) == (
+        0.42,
+        {"prompt_tokens": 9},
+        "completed",
+        True,
+    )
     old_events = await store.events_after("run_old", 0)
     assert [(e.type, e.data) for e in old_events] == [("final.delta", {})]
     new = await store.get_run("run_new")

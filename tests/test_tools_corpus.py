@@ -19,12 +19,12 @@ from panelfuse.tools.toolbox import Toolbox
 
 DOCS = {
     "biology/photosynthesis.md": "# Photosynthesis\n\nPlants turn light into chemical energy. Chlorophyll in the "
-                                 "chloroplasts absorbs red and blue light.\n",
+    "chloroplasts absorbs red and blue light.\n",
     "geology/volcanoes.txt": "Volcanoes\n\nMagma rises through the crust and erupts as lava. Basalt forms when "
-                             "lava cools quickly.\n",
+    "lava cools quickly.\n",
     "astronomy/tides.html": "<html><head><title>Why tides happen</title></head><body><nav>menu menu</nav>"
-                            "<article><p>Tides are caused by the gravitational pull of the Moon and, less, the Sun."
-                            "</p><p>Spring tides happen at new and full moon.</p></article></body></html>",
+    "<article><p>Tides are caused by the gravitational pull of the Moon and, less, the Sun."
+    "</p><p>Spring tides happen at new and full moon.</p></article></body></html>",
     "notes/.hidden.md": "secret chlorophyll notes",
     "images/logo.png": "not text",
 }
@@ -45,11 +45,14 @@ def test_index_a_folder(corpus):
     assert stats.files == 3 and stats.chunks == 3 and stats.skipped == []
 
 
-@pytest.mark.parametrize(("question", "expected", "title"), [
-    ("What does chlorophyll absorb?", "biology/photosynthesis.md", "Photosynthesis"),
-    ("why is there a spring tide at full moon", "astronomy/tides.html", "Why tides happen"),
-    ("how does basalt form from lava?", "geology/volcanoes.txt", "Volcanoes"),
-])
+@pytest.mark.parametrize(
+    ("question", "expected", "title"),
+    [
+        ("What does chlorophyll absorb?", "biology/photosynthesis.md", "Photosynthesis"),
+        ("why is there a spring tide at full moon", "astronomy/tides.html", "Why tides happen"),
+        ("how does basalt form from lava?", "geology/volcanoes.txt", "Volcanoes"),
+    ],
+)
 def test_search_finds_the_right_document(corpus, question, expected, title):
     root, stats = corpus
     hits = search_index(stats.path, question, 3)

@@ -101,8 +101,9 @@ async def test_search_results_reach_the_model_inside_untrusted_blocks(site):
 
 
 async def test_a_fetched_page_reaches_the_model_inside_an_untrusted_block(site):
-    outcome = await site.toolbox().dispatch(WEB_FETCH, json.dumps({"url": f"{site.url}/page"}), [WEB_FETCH],
-                                            time_left=10)
+    outcome = await site.toolbox().dispatch(
+        WEB_FETCH, json.dumps({"url": f"{site.url}/page"}), [WEB_FETCH], time_left=10
+    )
     block = outcome.content.split(f'<untrusted_data source="{site.url}/page">', 1)[1]
     assert PAGE_FACT in block.split("</untrusted_data>", 1)[0]
     assert outcome.citations[0].title == "Ocean depths"
@@ -136,14 +137,16 @@ def test_toolbox_from_config(tmp_path):
 
 def test_tools_config_in_the_file(tmp_path):
     path = tmp_path / "config.toml"
-    path.write_text('[tools]\nsearch = "searxng"\n\n[tools.searxng]\nurl = "http://127.0.0.1:8888"\n'
-                    '\n[tools.fetch]\nenabled = true\nallow = ["wiki.lan", "10.1.0.0/16"]\nmax_bytes = 5000\n')
+    path.write_text(
+        '[tools]\nsearch = "searxng"\n\n[tools.searxng]\nurl = "http://127.0.0.1:8888"\n'
+        '\n[tools.fetch]\nenabled = true\nallow = ["wiki.lan", "10.1.0.0/16"]\nmax_bytes = 5000\n'
+    )
     cfg = load_config(path, env={})
     assert cfg.tools.search == "searxng" and cfg.tools.fetch.allow == ["wiki.lan", "10.1.0.0/16"]
     path.write_text('[tools]\nsearch = "searxng"\n')
     with pytest.raises(ConfigError, match="searxng"):
         load_config(path, env={})
-    path.write_text('[tools.fetch]\nenabled = true\nmax_bytes = -1\n')
+    path.write_text("[tools.fetch]\nenabled = true\nmax_bytes = -1\n")
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     assert info.value.field == "tools.fetch.max_bytes" and info.value.line == 3

@@ -18,32 +18,55 @@ async def site():
         yield s
 
 
-@pytest.mark.parametrize(("host", "expected"), [
-    ("127.0.0.1", "127.0.0.1"),
-    ("2130706433", "127.0.0.1"),  # decimal
-    ("0177.0.0.1", "127.0.0.1"),  # octal
-    ("0x7f.0.0.1", "127.0.0.1"),  # hex part
-    ("0x7f000001", "127.0.0.1"),  # one hex number
-    ("127.1", "127.0.0.1"),  # short form: the last part fills the remaining bytes
-    ("10.1", "10.0.0.1"),
-    ("[::1]", "::1"),
-    ("::ffff:127.0.0.1", "::ffff:7f00:1"),
-    ("93.184.215.14", "93.184.215.14"),
-    ("example.org", None),
-    ("08.1.1.1", None),  # 8 is not an octal digit: inet_aton refuses it, so it is a name
-    ("256.1.1.1", None),
-    ("1.2.3.4.5", None),
-])
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),  # decimal
+        ("0177.0.0.1", "127.0.0.1"),  # octal
+        ("0x7f.0.0.1", "127.0.0.1"),  # hex part
+        ("0x7f000001", "127.0.0.1"),  # one hex number
+        ("127.1", "127.0.0.1"),  # short form: the last part fills the remaining bytes
+        ("10.1", "10.0.0.1"),
+        ("[::1]", "::1"),
+        ("::ffff:127.0.0.1", "::ffff:7f00:1"),
+        ("93.184.215.14", "93.184.215.14"),
+        ("example.org", None),
+        ("08.1.1.1", None),  # 8 is not an octal digit: inet_aton refuses it, so it is a name
+        ("256.1.1.1", None),
+        ("1.2.3.4.5", None),
+    ],
+)
 def test_numeric_hosts_are_parsed_like_inet_aton(host, expected):
     ip = parse_numeric_host(host)
     assert (str(ip) if ip else None) == expected
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "169.254.1.1", "0.0.0.0",
-    "224.0.0.1", "100.64.0.1", "240.0.0.1", "::1", "::", "fe80::1", "fd00:ec2::254", "fc00::1", "ff02::1",
-    "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::1",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "169.254.1.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "100.64.0.1",
+        "240.0.0.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fd00:ec2::254",
+        "fc00::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "64:ff9b::7f00:1",
+        "2002:7f00:1::1",
+    ],
+)
 def test_non_public_addresses_are_blocked(address):
     assert blocked_reason(ipaddress.ip_address(address)) is not None
 
@@ -68,18 +91,21 @@ def test_allowlist_by_host_and_by_cidr():
     assert check_address("x", ipaddress.ip_address("127.0.0.2"), allow) is not None
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/",
-    "http://10.0.0.1/",
-    "http://169.254.169.254/latest/meta-data/",
-    "http://[::1]/",
-    "http://[::ffff:127.0.0.1]/",
-    "http://2130706433/",
-    "http://0177.0.0.1/",
-    "http://0x7f.1/",
-    "http://[fd00:ec2::254]/",
-    "http://localhost/",  # a name: resolved locally (/etc/hosts), then refused on its address
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/",
+        "http://10.0.0.1/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://2130706433/",
+        "http://0177.0.0.1/",
+        "http://0x7f.1/",
+        "http://[fd00:ec2::254]/",
+        "http://localhost/",  # a name: resolved locally (/etc/hosts), then refused on its address
+    ],
+)
 async def test_ssrf_refusals(url):
     result = await Fetcher().fetch(url)
     assert not result.ok
@@ -87,14 +113,17 @@ async def test_ssrf_refusals(url):
     assert result.status is None  # refused before connecting
 
 
-@pytest.mark.parametrize(("url", "why"), [
-    ("file:///etc/passwd", "only http and https"),
-    ("ftp://example.org/x", "only http and https"),
-    ("http://user:pw@127.0.0.1/", "credentials"),
-    ("http:///nohost", "no host"),
-    ("http://exa mple.org/", "not a valid host name"),  # refused before any resolver sees it
-    ("http://[::1/", "not a valid URL"),
-])
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("file:///etc/passwd", "only http and https"),
+        ("ftp://example.org/x", "only http and https"),
+        ("http://user:pw@127.0.0.1/", "credentials"),
+        ("http:///nohost", "no host"),
+        ("http://exa mple.org/", "not a valid host name"),  # refused before any resolver sees it
+        ("http://[::1/", "not a valid URL"),
+    ],
+)
 async def test_other_url_refusals(url, why):
     result = await Fetcher(allow=["127.0.0.1"]).fetch(url)
     assert not result.ok and why in result.error
@@ -122,8 +151,10 @@ async def test_allowlisted_loopback_site_is_fetched_and_pinned(site):
     assert site.requests[0]["headers"]["host"] == site.url.removeprefix("http://")
 
 
-@pytest.mark.parametrize("target", ["http://10.0.0.1/", "http://169.254.169.254/latest/meta-data",
-                                    "http://[::1]:8080/", "http://2130706434/"])
+@pytest.mark.parametrize(
+    "target",
+    ["http://10.0.0.1/", "http://169.254.169.254/latest/meta-data", "http://[::1]:8080/", "http://2130706434/"],
+)
 async def test_a_redirect_from_an_allowed_host_to_a_private_one_is_refused(site, target):
     result = await Fetcher(allow=["127.0.0.1"]).fetch(f"{site.url}/to?target={target}")
     assert not result.ok and "non-public address" in result.error

@@ -47,10 +47,12 @@ def tool_names(body: dict) -> list[str]:
 
 def until_told_to_answer(call: dict, answer: str = "final answer"):
     """A model that calls a tool whenever it may, and answers once tool_choice is "none"."""
+
     def script(body: dict) -> Script:
         if body.get("tool_choice") == "none":
             return Script(text=answer)
         return Script(tool_calls=[call])
+
     return script
 
 
@@ -62,8 +64,12 @@ async def run(f, question="How deep is the ocean?"):
 async def test_a_member_searches_fetches_and_its_sources_reach_the_final_message(fake, site):
     page = f"{site.url}/page"
     script_panel(fake, synth=Script(text=f"About 10,935 metres deep ([Ocean depths]({page}))."))
-    fake.script("m1", Script(tool_calls=[search("deepest ocean")]), Script(tool_calls=[fetch(page)]),
-                Script(text="The Challenger Deep is about 10,935 m deep."))
+    fake.script(
+        "m1",
+        Script(tool_calls=[search("deepest ocean")]),
+        Script(tool_calls=[fetch(page)]),
+        Script(text="The Challenger Deep is about 10,935 m deep."),
+    )
     result, events = await run(fusion(fake, spec(), site.toolbox()))
 
     assert result.status == "completed" and not result.degraded
@@ -85,7 +91,7 @@ async def test_a_member_searches_fetches_and_its_sources_reach_the_final_message
     assert set(by_url) == {page, "https://example.org/trench"}
     cited = by_url[page]
     assert cited["title"] == "Ocean depths"
-    assert result.content[cited["start_index"]:cited["end_index"]] == page
+    assert result.content[cited["start_index"] : cited["end_index"]] == page
     assert by_url["https://example.org/trench"]["start_index"] == 0
     final = next(e for e in events if e.type == "final.completed")
     assert final.data["annotations"] == result.annotations
@@ -162,17 +168,26 @@ async def test_injected_instructions_stay_inside_the_untrusted_block(fake, site)
 
 async def test_search_prices_reach_the_run_cost(fake, site):
     script_panel(fake, judge=Script(text="{}", prompt_tokens=0, completion_tokens=0))
-    fake.script("m1", Script(tool_calls=[search("a")], prompt_tokens=10, completion_tokens=20),
-                Script(text="one", prompt_tokens=10, completion_tokens=20))
-    fake.script("m2", Script(tool_calls=[search("b"), search("c")], prompt_tokens=10, completion_tokens=20),
-                Script(text="two", prompt_tokens=10, completion_tokens=20))
+    fake.script(
+        "m1",
+        Script(tool_calls=[search("a")], prompt_tokens=10, completion_tokens=20),
+        Script(text="one", prompt_tokens=10, completion_tokens=20),
+    )
+    fake.script(
+        "m2",
+        Script(tool_calls=[search("b"), search("c")], prompt_tokens=10, completion_tokens=20),
+        Script(text="two", prompt_tokens=10, completion_tokens=20),
+    )
     result, events = await run(fusion(fake, spec(mode="best-of"), site.toolbox(price=0.01)))
     call = (10 * 1.0 + 20 * 2.0) / 1e6
     assert result.panel[0].cost == pytest.approx(2 * call + 0.01)
     assert result.panel[1].cost == pytest.approx(2 * call + 0.02)
     details = result.cost_details()
-    assert details["tools"] == {"panel": {"A": 0.01, "B": 0.02, "C": 0.0}, "analysis": 0.0,
-                                "total": pytest.approx(0.03)}
+    assert details["tools"] == {
+        "panel": {"A": 0.01, "B": 0.02, "C": 0.0},
+        "analysis": 0.0,
+        "total": pytest.approx(0.03),
+    }
     stages = sum(details["panel"].values()) + (details["analysis"] or 0) + (details["synthesis"] or 0)
     assert result.cost == pytest.approx(stages)
     assert result.cost == pytest.approx(4 * call + 0.03 + (10 * 1.0 + 20 * 2.0) / 1e6 + result.judge.cost)
@@ -247,8 +262,13 @@ async def test_judge_tools(fake, site):
 
 async def test_judge_writes_is_given_the_sources_and_single_mode_annotates_its_member(fake, site):
     page = f"{site.url}/page"
-    script_panel(fake, judge=Script(text='{"consensus": [], "contradictions": [], "partial_coverage": [], '
-                                         '"unique_insights": [], "blind_spots": []}\n=== ANSWER ===\nDeep.'))
+    script_panel(
+        fake,
+        judge=Script(
+            text='{"consensus": [], "contradictions": [], "partial_coverage": [], '
+            '"unique_insights": [], "blind_spots": []}\n=== ANSWER ===\nDeep.'
+        ),
+    )
     fake.script("m1", Script(tool_calls=[fetch(page)]), Script(text="deep"))
     result, _ = await run(fusion(fake, spec(mode="judge-writes"), site.toolbox()))
     assert page in fake.requests_for("judge")[0].body["messages"][-1]["content"]

@@ -47,8 +47,15 @@ class Site:
 
 
 def _record(site: Site, request: web.Request, body: Any = None) -> None:
-    site.requests.append({"method": request.method, "path": request.path, "query": dict(request.query),
-                          "headers": {k.lower(): v for k, v in request.headers.items()}, "body": body})
+    site.requests.append(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": dict(request.query),
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "body": body,
+        }
+    )
 
 
 def build_app(site: Site) -> web.Application:

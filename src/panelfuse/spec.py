@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from panelfuse.resolve import canonical_preset
+from panelfuse.providers.resolve import canonical_preset
 
 # "analyze": panel + analysis only, no answer (what the fusion server tool hands to the outer model).
 Mode = Literal["synthesize", "judge-writes", "best-of", "single", "analyze"]

@@ -36,13 +36,16 @@ class BarProgress:
     """Two rich progress bars: answers and grades."""
 
     def __init__(self, console: Console) -> None:
-        self.bar = RichBar(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), console=console)
+        self.bar = RichBar(
+            TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        )
         self.ids: dict[str, TaskID] = {}
 
     def start(self, answers: int, grades: int) -> None:
-        self.ids = {"answer": self.bar.add_task("answers", total=answers),
-                    "grade": self.bar.add_task("grades", total=grades)}
+        self.ids = {
+            "answer": self.bar.add_task("answers", total=answers),
+            "grade": self.bar.add_task("grades", total=grades),
+        }
         self.bar.start()
 
     def advance(self, kind: str, n: int = 1) -> None:
@@ -53,8 +56,17 @@ class BarProgress:
 
 
 async def run_eval(
-    tasks: list[Task], configs: list[EvalConfig], grader: Grader, providers: Providers, prices: PriceTable,
-    settings: EvalSettings, db: str | None, out: Path, *, seed: int, console: Console,
+    tasks: list[Task],
+    configs: list[EvalConfig],
+    grader: Grader,
+    providers: Providers,
+    prices: PriceTable,
+    settings: EvalSettings,
+    db: str | None,
+    out: Path,
+    *,
+    seed: int,
+    console: Console,
 ) -> tuple[EvalSummary, ReportFiles]:
     store = await RunStore.open(db)
     progress = BarProgress(console)
@@ -76,11 +88,16 @@ def _print_summary(console: Console, summary: EvalSummary, files: ReportFiles) -
         table.add_column(col, overflow="fold")  # wrap, never cut: the label is the key to the row
     for c in summary.configs:
         ci = "—" if c.ci_low is None else f"{c.ci_low:.3f}–{c.ci_high:.3f}"
-        table.add_row(c.label, "—" if c.mean is None else f"{c.mean:.3f}", ci,
-                      "—" if c.pass_rate is None else f"{c.pass_rate:.2f}",
-                      "n/a" if c.cost_per_task is None else f"${c.cost_per_task:.6f}",
-                      "—" if c.latency_p50_ms is None else f"{c.latency_p50_ms / 1000:.1f}s",
-                      f"{c.failures}/{c.answers}", f"{c.coverage:.0%}")
+        table.add_row(
+            c.label,
+            "—" if c.mean is None else f"{c.mean:.3f}",
+            ci,
+            "—" if c.pass_rate is None else f"{c.pass_rate:.2f}",
+            "n/a" if c.cost_per_task is None else f"${c.cost_per_task:.6f}",
+            "—" if c.latency_p50_ms is None else f"{c.latency_p50_ms / 1000:.1f}s",
+            f"{c.failures}/{c.answers}",
+            f"{c.coverage:.0%}",
+        )
     console.print(table)
     for path in (files.markdown, files.summary_csv, files.tasks_csv, files.plot):
         if path is not None:
@@ -118,16 +135,25 @@ def _preflight(providers: Providers, models: list[str]) -> tuple[list[str], bool
 
 def eval_command(
     tasks_file: Annotated[str, typer.Argument(metavar="TASKS", help="DRACO or QA JSONL; 'sample' = the shipped set")],
-    configurations: Annotated[list[str], typer.Option(
-        "-c", "--configuration", help="single:MODEL | preset:NAME | a FusionSpec .json/.toml; LABEL=… names it")],
+    configurations: Annotated[
+        list[str],
+        typer.Option(
+            "-c", "--configuration", help="single:MODEL | preset:NAME | a FusionSpec .json/.toml; LABEL=… names it"
+        ),
+    ],
     grader_model: Annotated[str, typer.Option("--grader", help="the grader's model id")],
     passes: Annotated[int, typer.Option("--passes", min=1, help="answers (and gradings) per task")] = 1,
     out: Annotated[Path, typer.Option("--out", help="report directory")] = Path("eval-results"),
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N tasks")] = None,
-    criteria_limit: Annotated[int | None, typer.Option("--criteria-limit", min=1,
-                                                       help="only each task's first N criteria")] = None,
-    concurrency: Annotated[int | None, typer.Option(
-        "--concurrency", min=1, help="upstream calls at once (default 4; 1 when a local model is involved)")] = None,
+    criteria_limit: Annotated[
+        int | None, typer.Option("--criteria-limit", min=1, help="only each task's first N criteria")
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency", min=1, help="upstream calls at once (default 4; 1 when a local model is involved)"
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", help="results key in the store (default: --out)")] = None,
     db: Annotated[str | None, typer.Option("--db", help="store URL (default: the run store)")] = None,
     seed: Annotated[int, typer.Option("--seed", help="bootstrap seed")] = 0,
@@ -173,14 +199,18 @@ def eval_command(
         raise _fail("no API key for: " + ", ".join(missing))
     # In-process models serve one call at a time: more in flight would only queue into their deadlines.
     concurrency = concurrency or (1 if local else DEFAULT_CONCURRENCY)
-    settings = EvalSettings(name=name or str(out.resolve()), passes=passes, concurrency=concurrency,
-                            retry_failed=retry_failed)
+    settings = EvalSettings(
+        name=name or str(out.resolve()), passes=passes, concurrency=concurrency, retry_failed=retry_failed
+    )
     console = Console(highlight=False)
-    console.print(f"eval [bold]{settings.name}[/]: {len(tasks)} tasks × {len(configs)} configurations × "
-                  f"{passes} passes · grader {grader.qualified}")
+    console.print(
+        f"eval [bold]{settings.name}[/]: {len(tasks)} tasks × {len(configs)} configurations × "
+        f"{passes} passes · grader {grader.qualified}"
+    )
     try:
-        summary, files = asyncio.run(run_eval(tasks, configs, grader, providers, prices, settings, db, out,
-                                              seed=seed, console=console))
+        summary, files = asyncio.run(
+            run_eval(tasks, configs, grader, providers, prices, settings, db, out, seed=seed, console=console)
+        )
     except EvalMismatchError as exc:
         raise _fail(str(exc)) from exc
     except StoreError as exc:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from panelfuse.providers.errors import ProviderError
 from panelfuse.providers.registry import Providers
-from panelfuse.resolve import FusionRoute
+from panelfuse.providers.resolve import FusionRoute
 from panelfuse.spec import FusionSpec, all_presets, spec_from_preset
 
 _LABEL = re.compile(r"^([A-Za-z0-9_.+-]+)=(.+)$")
@@ -42,8 +42,9 @@ class EvalConfig:
         members = ", ".join(m.model for m in self.spec.members)
         synth = self.spec.synthesizer.model
         tail = f"; synthesizer {synth}" if synth and self.spec.mode == "synthesize" else ""
-        return (f"fusion ({self.spec.preset or 'custom'}, {self.spec.mode}): {members}; "
-                f"judge {self.spec.judge.model}{tail}")
+        return (
+            f"fusion ({self.spec.preset or 'custom'}, {self.spec.mode}): {members}; judge {self.spec.judge.model}{tail}"
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -88,7 +89,8 @@ def parse_config(
     if path.suffix.lower() in (".json", ".toml"):
         return EvalConfig(label or f"spec:{path.stem}", "fusion", spec=_spec_file(path, overrides))
     raise ConfigSpecError(
-        f"configuration '{text}': expected single:MODEL, preset:NAME, or a FusionSpec file (.json or .toml)")
+        f"configuration '{text}': expected single:MODEL, preset:NAME, or a FusionSpec file (.json or .toml)"
+    )
 
 
 def _spec_file(path: Path, overrides: dict[str, Any]) -> FusionSpec:

@@ -92,8 +92,7 @@ class Grader:
             if qa_match(answer, task):
                 return GradeOutcome("MET", "the gold answer appears in the response", MATCH_GRADER, "match-1")
             if self.qa_mode == "match":
-                return GradeOutcome("UNMET", "the gold answer does not appear in the response", MATCH_GRADER,
-                                    "match-1")
+                return GradeOutcome("UNMET", "the gold answer does not appear in the response", MATCH_GRADER, "match-1")
         return await self._ask(task, answer, criterion)
 
     async def _ask(self, task: Task, answer: str, criterion: Criterion) -> GradeOutcome:
@@ -104,8 +103,14 @@ class Grader:
         # The provider retries transport failures itself; these retries cover replies we cannot use.
         for _ in range(1 + self.retries):
             out.attempts += 1
-            req = ChatRequest(model=self._route.model, messages=messages, max_tokens=self.max_tokens,
-                              temperature=0.0, response_format=response_format(), timeout=self.timeout)
+            req = ChatRequest(
+                model=self._route.model,
+                messages=messages,
+                max_tokens=self.max_tokens,
+                temperature=0.0,
+                response_format=response_format(),
+                timeout=self.timeout,
+            )
             try:
                 completion = await self._provider.complete(req)
             except ProviderError as exc:

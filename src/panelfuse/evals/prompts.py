@@ -57,7 +57,9 @@ KIND_NEGATIVE = "MISTAKE (a good answer avoids this)"
 def grader_messages(problem: str, answer: str, requirement: str, *, negative: bool) -> list[dict[str, str]]:
     """The grader's messages for one criterion. The weight is deliberately not an argument."""
     user = GRADER_USER.format(
-        kind=KIND_NEGATIVE if negative else KIND_POSITIVE, requirement=requirement, problem=problem,
+        kind=KIND_NEGATIVE if negative else KIND_POSITIVE,
+        requirement=requirement,
+        problem=problem,
         answer=answer if answer.strip() else "(the answer is empty)",
     )
     return [{"role": "system", "content": GRADER_SYSTEM}, {"role": "user", "content": user}]
@@ -77,5 +79,7 @@ def verdict_schema() -> dict[str, Any]:
 
 
 def response_format() -> dict[str, Any]:
-    return {"type": "json_schema", "json_schema": {"name": "criterion_verdict", "strict": True,
-                                                    "schema": verdict_schema()}}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "criterion_verdict", "strict": True, "schema": verdict_schema()},
+    }

@@ -50,52 +50,133 @@ def markdown(summary: EvalSummary) -> str:
         f"interval: {round(s.confidence * 100)}% {RESAMPLES_NOTE} (seed {s.seed})",
         "",
     ]
-    head = ["Configuration", "Score", f"{round(s.confidence * 100)}% CI", "Pass rate", *s.sections,
-            "Cost/task", "Tokens/task", "Latency p50", "Latency p90", "Failures", "Coverage"]
+    head = [
+        "Configuration",
+        "Score",
+        f"{round(s.confidence * 100)}% CI",
+        "Pass rate",
+        *s.sections,
+        "Cost/task",
+        "Tokens/task",
+        "Latency p50",
+        "Latency p90",
+        "Failures",
+        "Coverage",
+    ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in s.configs:
         ci = "—" if c.ci_low is None else f"{c.ci_low:.3f}–{c.ci_high:.3f}"
-        cost = _money(c.cost_per_task) + (f" ({c.unpriced_answers} unpriced)" if c.unpriced_answers and
-                                          c.cost_per_task is not None else "")
-        row = [f"`{c.label}`", _num(c.mean), ci, _num(c.pass_rate), *(_num(c.sections.get(k)) for k in s.sections),
-               cost, _num(c.tokens_per_task, 0), _secs(c.latency_p50_ms), _secs(c.latency_p90_ms),
-               f"{c.failures}/{c.answers}", f"{c.coverage:.0%}"]
+        cost = _money(c.cost_per_task) + (
+            f" ({c.unpriced_answers} unpriced)" if c.unpriced_answers and c.cost_per_task is not None else ""
+        )
+        row = [
+            f"`{c.label}`",
+            _num(c.mean),
+            ci,
+            _num(c.pass_rate),
+            *(_num(c.sections.get(k)) for k in s.sections),
+            cost,
+            _num(c.tokens_per_task, 0),
+            _secs(c.latency_p50_ms),
+            _secs(c.latency_p90_ms),
+            f"{c.failures}/{c.answers}",
+            f"{c.coverage:.0%}",
+        ]
         lines.append("| " + " | ".join(row) + " |")
     if len(s.configs) > 1:
         labels = [c.label for c in s.configs]
-        lines += ["", "## Pairwise, per task (row against column: wins / ties / losses)", "",
-                  "| | " + " | ".join(f"`{lb}`" for lb in labels) + " |", "|" + "---|" * (len(labels) + 1)]
+        lines += [
+            "",
+            "## Pairwise, per task (row against column: wins / ties / losses)",
+            "",
+            "| | " + " | ".join(f"`{lb}`" for lb in labels) + " |",
+            "|" + "---|" * (len(labels) + 1),
+        ]
         for a in labels:
             cells = ["—" if a == b else "{} / {} / {}".format(*s.pairwise[(a, b)]) for b in labels]
             lines.append(f"| `{a}` | " + " | ".join(cells) + " |")
     lines += ["", "## Configurations", ""]
     for c in s.configs:
         grading = _money(c.grading_cost)
-        lines.append(f"- `{c.label}`: {c.description}. Grading cost {grading}; grader failures "
-                     f"{c.grader_failures} (excluded from scores).")
-    lines += ["", "Score: per task and pass, Σ weights of MET criteria / Σ positive weights, clamped to [0, 1] "
-              "(DRACO); averaged over passes, then over tasks. A failed answer scores 0. Coverage: criteria "
-              "with a verdict among those asked about successful answers.", ""]
+        lines.append(
+            f"- `{c.label}`: {c.description}. Grading cost {grading}; grader failures "
+            f"{c.grader_failures} (excluded from scores)."
+        )
+    lines += [
+        "",
+        "Score: per task and pass, Σ weights of MET criteria / Σ positive weights, clamped to [0, 1] "
+        "(DRACO); averaged over passes, then over tasks. A failed answer scores 0. Coverage: criteria "
+        "with a verdict among those asked about successful answers.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _summary_rows(summary: EvalSummary) -> tuple[list[str], list[list[Any]]]:
-    head = ["label", "description", "mean_score", "ci_low", "ci_high", "pass_rate",
-            *(f"section:{k}" for k in summary.sections), "cost_per_task_usd", "unpriced_answers",
-            "tokens_per_task", "latency_p50_ms", "latency_p90_ms", "answers", "failures", "graded", "criteria",
-            "coverage", "grader_failures", "grading_cost_usd"]
+    head = [
+        "label",
+        "description",
+        "mean_score",
+        "ci_low",
+        "ci_high",
+        "pass_rate",
+        *(f"section:{k}" for k in summary.sections),
+        "cost_per_task_usd",
+        "unpriced_answers",
+        "tokens_per_task",
+        "latency_p50_ms",
+        "latency_p90_ms",
+        "answers",
+        "failures",
+        "graded",
+        "criteria",
+        "coverage",
+        "grader_failures",
+        "grading_cost_usd",
+    ]
     rows = []
     for c in summary.configs:
-        rows.append([c.label, c.description, c.mean, c.ci_low, c.ci_high, c.pass_rate,
-                     *(c.sections.get(k) for k in summary.sections), c.cost_per_task, c.unpriced_answers,
-                     c.tokens_per_task, c.latency_p50_ms, c.latency_p90_ms, c.answers, c.failures, c.graded,
-                     c.criteria, round(c.coverage, 6), c.grader_failures, c.grading_cost])
+        rows.append(
+            [
+                c.label,
+                c.description,
+                c.mean,
+                c.ci_low,
+                c.ci_high,
+                c.pass_rate,
+                *(c.sections.get(k) for k in summary.sections),
+                c.cost_per_task,
+                c.unpriced_answers,
+                c.tokens_per_task,
+                c.latency_p50_ms,
+                c.latency_p90_ms,
+                c.answers,
+                c.failures,
+                c.graded,
+                c.criteria,
+                round(c.coverage, 6),
+                c.grader_failures,
+                c.grading_cost,
+            ]
+        )
     return head, rows
 
 
 def _task_rows(summary: EvalSummary, data: EvalData) -> tuple[list[str], list[list[Any]]]:
-    head = ["config", "task_id", "domain", "score", "pass_rate", "passes", "failed_answers", "graded", "criteria",
-            *(f"section:{k}" for k in summary.sections), "cost_usd", "latency_p50_ms"]
+    head = [
+        "config",
+        "task_id",
+        "domain",
+        "score",
+        "pass_rate",
+        "passes",
+        "failed_answers",
+        "graded",
+        "criteria",
+        *(f"section:{k}" for k in summary.sections),
+        "cost_usd",
+        "latency_p50_ms",
+    ]
     domain = {t.id: t.domain for t in data.tasks}
     rows = []
     for c in summary.configs:
@@ -103,13 +184,29 @@ def _task_rows(summary: EvalSummary, data: EvalData) -> tuple[list[str], list[li
             ts = c.task_scores.get(task.id)
             if ts is None:
                 continue
-            answers = [a for a in data.answers.values() if a.config_label == c.label and a.task_id == task.id
-                       and a.pass_index < data.passes]
+            answers = [
+                a
+                for a in data.answers.values()
+                if a.config_label == c.label and a.task_id == task.id and a.pass_index < data.passes
+            ]
             costs = [a.cost for a in answers if a.cost is not None]
             lat = [float(a.latency_ms) for a in answers if a.status == "ok"]
-            rows.append([c.label, task.id, domain[task.id], ts.score, ts.pass_rate, ts.passes, ts.answer_failed,
-                         ts.graded, ts.criteria, *(ts.sections.get(k) for k in summary.sections),
-                         sum(costs) / len(costs) if costs else None, percentile(lat, 50) if lat else None])
+            rows.append(
+                [
+                    c.label,
+                    task.id,
+                    domain[task.id],
+                    ts.score,
+                    ts.pass_rate,
+                    ts.passes,
+                    ts.answer_failed,
+                    ts.graded,
+                    ts.criteria,
+                    *(ts.sections.get(k) for k in summary.sections),
+                    sum(costs) / len(costs) if costs else None,
+                    percentile(lat, 50) if lat else None,
+                ]
+            )
     return head, rows
 
 

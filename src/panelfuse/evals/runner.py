@@ -93,8 +93,9 @@ class EvalRunner:
         data.answers = await self.evals.answers(s.name)
         data.grades = await self.evals.grades(s.name)
         self._check_consistent(data)
-        self.progress.start(len(configs) * len(tasks) * s.passes,
-                            len(configs) * s.passes * sum(len(t.criteria) for t in tasks))
+        self.progress.start(
+            len(configs) * len(tasks) * s.passes, len(configs) * s.passes * sum(len(t.criteria) for t in tasks)
+        )
         try:
             async with asyncio.TaskGroup() as group:
                 for config in configs:
@@ -112,13 +113,18 @@ class EvalRunner:
             if config is not None and row.config_hash != config.fingerprint:
                 raise EvalMismatchError(
                     f"eval '{data.name}' holds answers of a different configuration labelled '{config.label}'"
-                    " (its spec changed): give this run another --name, or another label")
+                    " (its spec changed): give this run another --name, or another label"
+                )
         for g in data.grades.values():
-            if g.config_label in by_label and g.grader_model != MATCH_GRADER and (
-                    g.grader_model, g.grader_version) != (self.grader.qualified, GRADER_PROMPT_VERSION):
+            if (
+                g.config_label in by_label
+                and g.grader_model != MATCH_GRADER
+                and (g.grader_model, g.grader_version) != (self.grader.qualified, GRADER_PROMPT_VERSION)
+            ):
                 raise EvalMismatchError(
                     f"eval '{data.name}' holds grades by {g.grader_model} ({g.grader_version}), not by"
-                    f" {self.grader.qualified} ({GRADER_PROMPT_VERSION}): give this run another --name")
+                    f" {self.grader.qualified} ({GRADER_PROMPT_VERSION}): give this run another --name"
+                )
 
     async def _unit(self, data: EvalData, config: EvalConfig, task: Task, pass_index: int) -> None:
         key = (config.label, task.id, pass_index)
@@ -147,8 +153,18 @@ class EvalRunner:
         async with self._sem:
             out = await self.grader.grade(task, answer.content, criterion)
             row = GradeRow(
-                *answer.key, criterion.id, out.verdict, out.explanation, out.grader, out.version, out.attempts,
-                out.error, out.usage.prompt_tokens, out.usage.completion_tokens, out.cost, out.latency_ms,
+                *answer.key,
+                criterion.id,
+                out.verdict,
+                out.explanation,
+                out.grader,
+                out.version,
+                out.attempts,
+                out.error,
+                out.usage.prompt_tokens,
+                out.usage.completion_tokens,
+                out.cost,
+                out.latency_ms,
             )
             # Stored before the slot is freed: an interruption loses at most the calls in flight.
             await self.evals.put_grade(data.name, row)
@@ -157,8 +173,12 @@ class EvalRunner:
 
     async def _answer(self, config: EvalConfig, task: Task, pass_index: int) -> AnswerRow:
         messages = [{"role": "user", "content": task.problem}]
-        base = {"config_label": config.label, "task_id": task.id, "pass_index": pass_index,
-                "config_hash": config.fingerprint}
+        base = {
+            "config_label": config.label,
+            "task_id": task.id,
+            "pass_index": pass_index,
+            "config_hash": config.fingerprint,
+        }
         if config.kind == "single":
             return await self._single(config, messages, base)
         return await self._fusion(config, task, messages, base)
@@ -169,17 +189,32 @@ class EvalRunner:
         try:
             provider, route = self.providers.for_model(config.model)
             # max_tokens None: the provider's own default (the model's limit on OpenAI-compatible APIs)
-            req = ChatRequest(model=route.model, messages=messages, max_tokens=config.max_tokens,
-                              timeout=config.timeout)
+            req = ChatRequest(
+                model=route.model, messages=messages, max_tokens=config.max_tokens, timeout=config.timeout
+            )
             c = await provider.complete(req)
         except Exception as exc:  # any failure is this answer's result, not the eval's end
-            return AnswerRow(**base, status="failed", content="", error=f"{type(exc).__name__}: {exc}",
-                             prompt_tokens=0, completion_tokens=0, cost=None,
-                             latency_ms=int((time.monotonic() - started) * 1000))
+            return AnswerRow(
+                **base,
+                status="failed",
+                content="",
+                error=f"{type(exc).__name__}: {exc}",
+                prompt_tokens=0,
+                completion_tokens=0,
+                cost=None,
+                latency_ms=int((time.monotonic() - started) * 1000),
+            )
         cost = call_cost(c.usage, self.prices.lookup(route.qualified))
-        return AnswerRow(**base, status="ok", content=c.text, error=None, prompt_tokens=c.usage.prompt_tokens,
-                         completion_tokens=c.usage.completion_tokens, cost=cost,
-                         latency_ms=int((time.monotonic() - started) * 1000))
+        return AnswerRow(
+            **base,
+            status="ok",
+            content=c.text,
+            error=None,
+            prompt_tokens=c.usage.prompt_tokens,
+            completion_tokens=c.usage.completion_tokens,
+            cost=cost,
+            latency_ms=int((time.monotonic() - started) * 1000),
+        )
 
     async def _fusion(
         self, config: EvalConfig, task: Task, messages: list[dict[str, Any]], base: dict[str, Any]
@@ -191,14 +226,29 @@ class EvalRunner:
         except FusionError as exc:
             result = exc.result
         except Exception as exc:  # a bug or an unexpected upstream shape: this answer failed
-            return AnswerRow(**base, status="failed", content="", error=f"{type(exc).__name__}: {exc}",
-                             prompt_tokens=0, completion_tokens=0, cost=None, latency_ms=0)
+            return AnswerRow(
+                **base,
+                status="failed",
+                content="",
+                error=f"{type(exc).__name__}: {exc}",
+                prompt_tokens=0,
+                completion_tokens=0,
+                cost=None,
+                latency_ms=0,
+            )
         run_id = await self._record(fusion, config, task, messages, base["pass_index"])
         ok = result.status == "completed"
-        return AnswerRow(**base, status="ok" if ok else "failed", content=result.content if ok else "",
-                         error=result.error, prompt_tokens=result.usage.prompt_tokens,
-                         completion_tokens=result.usage.completion_tokens, cost=result.cost,
-                         latency_ms=result.latency_ms, run_id=run_id)
+        return AnswerRow(
+            **base,
+            status="ok" if ok else "failed",
+            content=result.content if ok else "",
+            error=result.error,
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+            cost=result.cost,
+            latency_ms=result.latency_ms,
+            run_id=run_id,
+        )
 
     async def _record(
         self, fusion: Fusion, config: EvalConfig, task: Task, messages: list[dict[str, Any]], pass_index: int
@@ -208,19 +258,31 @@ class EvalRunner:
         if not self.settings.record_runs or result is None or spec is None:
             return None
         status = result.status if result.status in ("completed", "failed", "cancelled") else "failed"
-        request = {"messages": messages, "eval": {"name": self.settings.name, "config": config.label,
-                                                  "task_id": task.id, "pass": pass_index}}
+        request = {
+            "messages": messages,
+            "eval": {"name": self.settings.name, "config": config.label, "task_id": task.id, "pass": pass_index},
+        }
         try:
             await self.store.create_run(
-                result.run_id, spec=spec.model_dump(mode="json"), request=request,
+                result.run_id,
+                spec=spec.model_dump(mode="json"),
+                request=request,
                 request_model=f"panelfuse/fusion-{spec.preset}" if spec.preset else "panelfuse/fusion",
-                preset=spec.preset, mode=spec.mode, prompt_version=result.prompt_version,
+                preset=spec.preset,
+                mode=spec.mode,
+                prompt_version=result.prompt_version,
             )
             if fusion.log is not None:
                 await self.store.append_events(result.run_id, fusion.log.events)
             await self.store.finish_run(
-                result.run_id, status=status, result=result.to_dict(), content=result.content,
-                usage=result.usage_dict(), cost=result.cost, degraded=result.degraded, error=result.error,
+                result.run_id,
+                status=status,
+                result=result.to_dict(),
+                content=result.content,
+                usage=result.usage_dict(),
+                cost=result.cost,
+                degraded=result.degraded,
+                error=result.error,
                 latency_ms=result.latency_ms,
             )
         except (StoreError, SQLAlchemyError):

@@ -96,9 +96,14 @@ class EvalStore:
         values["content"] = _clean(values["content"]) or ""
         values["error"] = _clean(values["error"])
         async with self._write() as conn:
-            await conn.execute(eval_grades.delete().where(
-                eval_grades.c.eval_name == eval_name, eval_grades.c.config_label == row.config_label,
-                eval_grades.c.task_id == row.task_id, eval_grades.c.pass_index == row.pass_index))
+            await conn.execute(
+                eval_grades.delete().where(
+                    eval_grades.c.eval_name == eval_name,
+                    eval_grades.c.config_label == row.config_label,
+                    eval_grades.c.task_id == row.task_id,
+                    eval_grades.c.pass_index == row.pass_index,
+                )
+            )
             await conn.execute(self._upsert(eval_answers, values))
 
     async def put_grade(self, eval_name: str, row: GradeRow) -> None:

@@ -93,13 +93,22 @@ def summarize_config(data: EvalData, config: EvalConfig, *, seed: int = 0, confi
             sections.setdefault(key, []).append(value)
 
     task_ids = {t.id for t in data.tasks}
-    answers = [a for a in data.answers.values() if a.config_label == config.label and a.task_id in task_ids
-               and a.pass_index < data.passes]
+    answers = [
+        a
+        for a in data.answers.values()
+        if a.config_label == config.label and a.task_id in task_ids and a.pass_index < data.passes
+    ]
     ok = [a for a in answers if a.status == "ok"]
     costs = [a.cost for a in answers if a.cost is not None]
     criteria_of = {t.id: {c.id for c in t.criteria} for t in data.tasks}
-    grades = [g for g in data.grades.values() if g.config_label == config.label and g.task_id in task_ids
-              and g.criterion_id in criteria_of[g.task_id] and g.pass_index < data.passes]
+    grades = [
+        g
+        for g in data.grades.values()
+        if g.config_label == config.label
+        and g.task_id in task_ids
+        and g.criterion_id in criteria_of[g.task_id]
+        and g.pass_index < data.passes
+    ]
     grading_costs = [g.cost for g in grades if g.cost is not None]
     latencies = [float(a.latency_ms) for a in ok]
     ok_keys = {(a.task_id, a.pass_index) for a in ok}
@@ -131,8 +140,11 @@ def summarize(data: EvalData, *, seed: int = 0, confidence: float = 0.95) -> Eva
     configs = [summarize_config(data, c, seed=seed, confidence=confidence) for c in data.configs]
     pairwise = {
         (a.label, b.label): win_tie_loss(a.scored_tasks, b.scored_tasks)
-        for a in configs for b in configs if a.label != b.label
+        for a in configs
+        for b in configs
+        if a.label != b.label
     }
     sections = list(dict.fromkeys(c.section for t in data.tasks for c in t.criteria))
-    return EvalSummary(data.name, data.grader, data.passes, len(data.tasks), sections, configs, pairwise,
-                       confidence, seed)
+    return EvalSummary(
+        data.name, data.grader, data.passes, len(data.tasks), sections, configs, pairwise, confidence, seed
+    )

@@ -79,8 +79,9 @@ def load_tasks(path: str | Path, *, limit: int | None = None, criteria_limit: in
                 continue
             task = parse_row(raw, lineno, source.name)
             if task.id in seen:
-                raise TaskFormatError(source.name, lineno, "id", f"duplicate task id {task.id!r} (first on line "
-                                      f"{seen[task.id]})")
+                raise TaskFormatError(
+                    source.name, lineno, "id", f"duplicate task id {task.id!r} (first on line {seen[task.id]})"
+                )
             seen[task.id] = lineno
             tasks.append(task.limited(criteria_limit))
             if limit is not None and len(tasks) >= limit:
@@ -175,15 +176,17 @@ def _qa(row: dict[str, Any], line: int, source: str) -> Task:
     question = _text(row, "question", line, source)
     answer = _text(row, "answer", line, source)
     aliases_raw = row.get("aliases", [])
-    if not isinstance(aliases_raw, list) or not all(isinstance(a, str | int) and not isinstance(a, bool)
-                                                    for a in aliases_raw):
+    if not isinstance(aliases_raw, list) or not all(
+        isinstance(a, str | int) and not isinstance(a, bool) for a in aliases_raw
+    ):
         raise TaskFormatError(source, line, "aliases", "expected a list of strings")
     aliases = tuple(str(a).strip() for a in aliases_raw if str(a).strip())
     task_id = _text(row, "id", line, source) if "id" in row else f"line-{line}"
     domain = _text(row, "domain", line, source) if "domain" in row else "qa"
     accepted = "; ".join(f'"{a}"' for a in aliases)
     requirement = f'The response gives "{answer}" as its answer' + (
-        f" (also acceptable: {accepted})." if accepted else " (or an equivalent form of it).")
+        f" (also acceptable: {accepted})." if accepted else " (or an equivalent form of it)."
+    )
     criterion = Criterion(QA_CRITERION_ID, QA_SECTION, 1.0, requirement)
     return Task(task_id, domain, question, (criterion,), ((QA_SECTION, "Answer"),), "qa", answer, aliases)
 

@@ -164,9 +164,15 @@ async def call_with_tools(
     spent_before = usage.cost
     try:
         loop = await run_tool_loop(
-            lambda r: call_model(ctx, model, r, records, on_text), req, ctx.toolbox, offered,
-            max_tool_calls=max_tool_calls, deadline=time.monotonic() + ctx.timeout, on_tool=on_tool,
-            usage=usage, citations=citations,
+            lambda r: call_model(ctx, model, r, records, on_text),
+            req,
+            ctx.toolbox,
+            offered,
+            max_tool_calls=max_tool_calls,
+            deadline=time.monotonic() + ctx.timeout,
+            on_tool=on_tool,
+            usage=usage,
+            citations=citations,
         )
     finally:
         ctx.guard.spent += usage.cost - spent_before  # searches count against max_cost too
@@ -193,8 +199,9 @@ class SharedRetrieval:
         assert self.ctx.toolbox is not None
         async with self._lock:
             if self._outcome is None:
-                outcome = await self.ctx.toolbox.run_search(self.question, PRE_RETRIEVAL_RESULTS,
-                                                            time_left=self.ctx.timeout)
+                outcome = await self.ctx.toolbox.run_search(
+                    self.question, PRE_RETRIEVAL_RESULTS, time_left=self.ctx.timeout
+                )
                 # Not a tool call the model made: only the search request is counted.
                 usage.add(ToolUsage(search_requests=outcome.usage.search_requests, cost=outcome.usage.cost))
                 self.ctx.guard.spent += outcome.usage.cost

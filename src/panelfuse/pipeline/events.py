@@ -13,9 +13,23 @@ from typing import Any, Literal
 Stage = Literal["panel", "analysis", "synthesis", "run"]
 
 EVENT_TYPES = (
-    "run.started", "panel.started", "panel.delta", "tool.called", "panel.fallback", "panel.completed",
-    "panel.failed", "panel.cut", "analysis.started", "analysis.fallback", "analysis.completed",
-    "analysis.failed", "final.delta", "final.completed", "run.completed", "run.failed", "run.cancelled",
+    "run.started",
+    "panel.started",
+    "panel.delta",
+    "tool.called",
+    "panel.fallback",
+    "panel.completed",
+    "panel.failed",
+    "panel.cut",
+    "analysis.started",
+    "analysis.fallback",
+    "analysis.completed",
+    "analysis.failed",
+    "final.delta",
+    "final.completed",
+    "run.completed",
+    "run.failed",
+    "run.cancelled",
 )
 
 

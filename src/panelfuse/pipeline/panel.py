@@ -101,8 +101,13 @@ async def run_member(
         result.citations = citations
         result.latency_ms = int((time.monotonic() - started) * 1000)
         log.emit(
-            "panel.completed", member=label, model=model, content=completion.text,
-            usage=result.usage.to_dict(), cost=result.cost, latency_ms=result.latency_ms,
+            "panel.completed",
+            member=label,
+            model=model,
+            content=completion.text,
+            usage=result.usage.to_dict(),
+            cost=result.cost,
+            latency_ms=result.latency_ms,
         )
         return result
     return result
@@ -121,8 +126,15 @@ class FinalStream:
 
 
 async def _answer(
-    ctx: CallContext, spec: FusionSpec, label: str, model: str, req: ChatRequest, log: EventLog,
-    result: MemberResult, citations: list[Citation], retrieval: SharedRetrieval | None,
+    ctx: CallContext,
+    spec: FusionSpec,
+    label: str,
+    model: str,
+    req: ChatRequest,
+    log: EventLog,
+    result: MemberResult,
+    citations: list[Citation],
+    retrieval: SharedRetrieval | None,
     answer: FinalStream | None = None,
 ) -> Completion:
     def on_text(t: str) -> None:
@@ -133,8 +145,16 @@ async def _answer(
     offered = offered_tools(ctx.providers, ctx.toolbox, model, spec.panel_tools, spec.max_tool_calls)
     if offered:
         return await call_with_tools(
-            ctx, model, req, result.calls, offered=offered, max_tool_calls=spec.max_tool_calls,
-            usage=result.tools, citations=citations, on_tool=tool_event(log, label), on_text=on_text,
+            ctx,
+            model,
+            req,
+            result.calls,
+            offered=offered,
+            max_tool_calls=spec.max_tool_calls,
+            usage=result.tools,
+            citations=citations,
+            on_tool=tool_event(log, label),
+            on_text=on_text,
         )
     if retrieval is not None:
         req = replace(req, messages=await retrieval.messages_for(req.messages, result.tools, citations))
@@ -142,7 +162,10 @@ async def _answer(
 
 
 async def run_panel(
-    ctx: CallContext, spec: FusionSpec, messages: Sequence[dict[str, Any]], log: EventLog,
+    ctx: CallContext,
+    spec: FusionSpec,
+    messages: Sequence[dict[str, Any]],
+    log: EventLog,
     into: list[MemberResult],
 ) -> list[MemberResult]:
     """Run the members concurrently until every one ends, or the quorum holds and grace runs out.

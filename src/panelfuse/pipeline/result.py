@@ -57,9 +57,16 @@ class MemberResult(Billed):
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemberResult:
         """A stored member (to_dict's shape) back as a result, without its calls (not re-billed)."""
-        return cls(member=d["member"], model=d["model"], status=d.get("status", "ok"), content=d.get("content") or "",
-                   weight=d.get("weight"), error=d.get("error"), latency_ms=d.get("latency_ms") or 0,
-                   citations=[Citation.from_dict(c) for c in d.get("citations") or [] if c.get("url")])
+        return cls(
+            member=d["member"],
+            model=d["model"],
+            status=d.get("status", "ok"),
+            content=d.get("content") or "",
+            weight=d.get("weight"),
+            error=d.get("error"),
+            latency_ms=d.get("latency_ms") or 0,
+            citations=[Citation.from_dict(c) for c in d.get("citations") or [] if c.get("url")],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,8 +101,14 @@ class StageResult(Billed):
         return sum(c.latency_ms for c in self.calls)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "usage": self.usage.to_dict(), "cost": self.cost,
-                "latency_ms": self.latency_ms, "error": self.error, "tools": self.tools.to_dict()}
+        return {
+            "model": self.model,
+            "usage": self.usage.to_dict(),
+            "cost": self.cost,
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+            "tools": self.tools.to_dict(),
+        }
 
 
 def sum_usage(usages: Any) -> Usage:
@@ -148,8 +161,7 @@ class FusionResult:
     @property
     def failed_models(self) -> list[dict[str, Any]]:
         return [
-            {"member": m.member, "model": m.model, "status": m.status, "error": m.error,
-             "status_code": m.status_code}
+            {"member": m.member, "model": m.model, "status": m.status, "error": m.error, "status_code": m.status_code}
             for m in self.panel
             if m.status not in ("ok", "cut")  # cancelled members appear when the run itself stopped
         ]

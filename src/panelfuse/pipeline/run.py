@@ -64,8 +64,9 @@ class Fusion:
         self.providers = providers or Providers(config)
         self.prices = prices or PriceTable.load(self.providers.config.prices)
         # web_search / web_fetch as the config's [tools] describes them (see panelfuse.tools.toolbox)
-        self.toolbox = toolbox if toolbox is not None else Toolbox.from_config(self.providers.config.tools,
-                                                                               self.providers.env)
+        self.toolbox = (
+            toolbox if toolbox is not None else Toolbox.from_config(self.providers.config.tools, self.providers.env)
+        )
         self.result: FusionResult | None = None
         self.log: EventLog | None = None
 
@@ -79,13 +80,19 @@ class Fusion:
 
     def estimate(self, messages: str | Sequence[dict[str, Any]]) -> Estimate:
         return estimate_run(
-            self.spec, normalize_messages(messages), self.prices, self._enforces_schema, tools_for=self._tools_for,
+            self.spec,
+            normalize_messages(messages),
+            self.prices,
+            self._enforces_schema,
+            tools_for=self._tools_for,
             search_price=self.toolbox.search_price,
             pre_retrieval=SharedRetrieval.wanted(self.toolbox, self.spec.panel_tools),
         )
 
     async def run(
-        self, messages: str | Sequence[dict[str, Any]], run_id: str | None = None,
+        self,
+        messages: str | Sequence[dict[str, Any]],
+        run_id: str | None = None,
         reuse_panel: Sequence[MemberResult] | None = None,
     ) -> FusionResult:
         async for _ in self.stream(messages, run_id=run_id, reuse_panel=reuse_panel):
@@ -96,7 +103,9 @@ class Fusion:
         return self.result
 
     async def stream(
-        self, messages: str | Sequence[dict[str, Any]], run_id: str | None = None,
+        self,
+        messages: str | Sequence[dict[str, Any]],
+        run_id: str | None = None,
         reuse_panel: Sequence[MemberResult] | None = None,
     ) -> AsyncIterator[Event]:
         """Yield the run's events as they happen. Leaving the loop early cancels the run and every
@@ -150,7 +159,10 @@ class Fusion:
         log.emit("run.completed", usage=result.usage_dict(), cost=result.cost, degraded=result.degraded)
 
     async def _stages(
-        self, messages: list[dict[str, Any]], log: EventLog, result: FusionResult,
+        self,
+        messages: list[dict[str, Any]],
+        log: EventLog,
+        result: FusionResult,
         reuse_panel: Sequence[MemberResult] | None,
     ) -> None:
         spec = self.spec

@@ -49,15 +49,28 @@ def _chain(first: str, fallbacks: Sequence[str]) -> list[str]:
 
 
 async def _judge_call(
-    ctx: CallContext, spec: FusionSpec, model: str, req: ChatRequest, stage: StageResult, log: EventLog,
+    ctx: CallContext,
+    spec: FusionSpec,
+    model: str,
+    req: ChatRequest,
+    stage: StageResult,
+    log: EventLog,
     on_text: Callable[[str], None] | None = None,
 ) -> Completion:
     """One judge call: through the tool loop when the spec gives the judge tools (judge_tools)."""
     offered = offered_tools(ctx.providers, ctx.toolbox, model, spec.judge_tools, spec.max_tool_calls)
     citations: list[Citation] = []
     completion = await call_with_tools(
-        ctx, model, req, stage.calls, offered=offered, max_tool_calls=spec.max_tool_calls, usage=stage.tools,
-        citations=citations, on_tool=tool_event(log, "judge"), on_text=on_text,
+        ctx,
+        model,
+        req,
+        stage.calls,
+        offered=offered,
+        max_tool_calls=spec.max_tool_calls,
+        usage=stage.tools,
+        citations=citations,
+        on_tool=tool_event(log, "judge"),
+        on_text=on_text,
     )
     stage.citations = citations
     return completion
@@ -90,11 +103,14 @@ async def run_analysis(
             try:
                 parsed = parse_analysis(completion.text, labels, dims)
             except AnalysisError as first_error:
-                retry = replace(base, messages=[
-                    *base.messages,
-                    {"role": "assistant", "content": completion.text},
-                    prompts.judge_retry_message(str(first_error)),
-                ])
+                retry = replace(
+                    base,
+                    messages=[
+                        *base.messages,
+                        {"role": "assistant", "content": completion.text},
+                        prompts.judge_retry_message(str(first_error)),
+                    ],
+                )
                 completion = await call_model(ctx, model, retry, outcome.stage.calls)
                 parsed = parse_analysis(completion.text, labels, dims)
         except (ProviderError, AnalysisError) as exc:
@@ -108,8 +124,12 @@ async def run_analysis(
         outcome.stage.content = completion.text
         outcome.analysis = map_labels(parsed.analysis, label_models)
         outcome.repaired = parsed.repaired
-        log.emit("analysis.completed", analysis=outcome.analysis, usage=outcome.stage.usage.to_dict(),
-                 cost=outcome.stage.cost)
+        log.emit(
+            "analysis.completed",
+            analysis=outcome.analysis,
+            usage=outcome.stage.usage.to_dict(),
+            cost=outcome.stage.cost,
+        )
         return outcome
     return outcome
 
@@ -157,7 +177,11 @@ async def run_synthesis(
 
 
 async def run_judge_writes(
-    ctx: CallContext, spec: FusionSpec, messages: Sequence[dict[str, Any]], ok: Sequence[MemberResult], log: EventLog,
+    ctx: CallContext,
+    spec: FusionSpec,
+    messages: Sequence[dict[str, Any]],
+    ok: Sequence[MemberResult],
+    log: EventLog,
     sources: Sequence[Citation] = (),
 ) -> AnalysisOutcome:
     """One judge call writes the analysis, then the marker, then the answer; the answer part streams."""
@@ -168,8 +192,13 @@ async def run_judge_writes(
     req = ChatRequest(
         model="",
         messages=prompts.judge_messages(
-            messages, answers_of(ok), weights=weights_of(ok), criteria=spec.judge.criteria,
-            dimensions=spec.judge.dimensions, writes_answer=True, sources=sources,
+            messages,
+            answers_of(ok),
+            weights=weights_of(ok),
+            criteria=spec.judge.criteria,
+            dimensions=spec.judge.dimensions,
+            writes_answer=True,
+            sources=sources,
         ),
         max_tokens=judge_max_tokens(spec),
         temperature=0.0,
@@ -201,8 +230,12 @@ async def run_judge_writes(
             return outcome
         outcome.analysis = map_labels(parsed.analysis, {m.member: m.model for m in ok})
         outcome.repaired = parsed.repaired
-        log.emit("analysis.completed", analysis=outcome.analysis, usage=outcome.stage.usage.to_dict(),
-                 cost=outcome.stage.cost)
+        log.emit(
+            "analysis.completed",
+            analysis=outcome.analysis,
+            usage=outcome.stage.usage.to_dict(),
+            cost=outcome.stage.cost,
+        )
         return outcome
     return outcome
 

@@ -177,11 +177,17 @@ class AnthropicProvider(Provider):
         blocks: dict[int, dict[str, Any]] = {}
         stop_reason: str | None = None
         finished = False
-        async with contextlib.aclosing(json_events(
-            url, self.body(req, stream=True), self._request_headers(), provider=self.name, model=req.model,
-            on_status=lambda status, body, headers: self._error(status, body, headers, req.model),
-            on_transport=lambda exc: transport_error(exc, provider=self.name, model=req.model),
-        )) as events:
+        async with contextlib.aclosing(
+            json_events(
+                url,
+                self.body(req, stream=True),
+                self._request_headers(),
+                provider=self.name,
+                model=req.model,
+                on_status=lambda status, body, headers: self._error(status, body, headers, req.model),
+                on_transport=lambda exc: transport_error(exc, provider=self.name, model=req.model),
+            )
+        ) as events:
             async for event_name, data in events:
                 if not isinstance(data, dict):
                     continue  # Anthropic sends no [DONE]; ignore one if a proxy adds it

@@ -110,6 +110,7 @@ def parse_usage(raw: dict[str, Any] | None) -> Usage | None:
 
 class OpenAICompatProvider(Provider):
     accepts_reasoning = True
+
     def __init__(
         self,
         name: str,
@@ -161,12 +162,17 @@ class OpenAICompatProvider(Provider):
     async def _open_stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
         tools = ToolCallAccumulator()
         finished = False
-        async with contextlib.aclosing(json_events(
-            f"{self.base_url}/chat/completions", self.body(req, stream=True), self._request_headers(),
-            provider=self.name, model=req.model,
-            on_status=lambda status, body, headers: self._error(status, body, headers, req.model),
-            on_transport=lambda exc: transport_error(exc, provider=self.name, model=req.model),
-        )) as events:
+        async with contextlib.aclosing(
+            json_events(
+                f"{self.base_url}/chat/completions",
+                self.body(req, stream=True),
+                self._request_headers(),
+                provider=self.name,
+                model=req.model,
+                on_status=lambda status, body, headers: self._error(status, body, headers, req.model),
+                on_transport=lambda exc: transport_error(exc, provider=self.name, model=req.model),
+            )
+        ) as events:
             async for _, chunk in events:
                 if chunk == DONE:
                     finished = True

@@ -11,7 +11,7 @@ from panelfuse.providers.base import Provider
 from panelfuse.providers.errors import NotFoundError
 from panelfuse.providers.local import LocalProvider
 from panelfuse.providers.openai_compat import OpenAICompatProvider
-from panelfuse.resolve import FusionRoute, ProviderRoute, resolve_model
+from panelfuse.providers.resolve import FusionRoute, ProviderRoute, resolve_model
 
 
 def build_provider(name: str, pc: ProviderConfig, env: Mapping[str, str]) -> Provider:
@@ -20,8 +20,12 @@ def build_provider(name: str, pc: ProviderConfig, env: Mapping[str, str]) -> Pro
     key = pc.resolved_api_key(env)
     if pc.kind == "anthropic":
         return AnthropicProvider(
-            name, pc.base_url or "https://api.anthropic.com", key, pc.headers,
-            api_key_env=pc.api_key_env, default_timeout=pc.timeout,
+            name,
+            pc.base_url or "https://api.anthropic.com",
+            key,
+            pc.headers,
+            api_key_env=pc.api_key_env,
+            default_timeout=pc.timeout,
         )
     if not pc.base_url:
         raise NotFoundError(f"provider '{name}' has no base_url", provider=name)

@@ -44,8 +44,9 @@ async def json_events(
                 try:
                     parsed = json.loads(data)
                 except ValueError as exc:
-                    raise BadResponseError(f"malformed SSE data: {data[:200]!r}", provider=provider,
-                                           model=model) from exc
+                    raise BadResponseError(
+                        f"malformed SSE data: {data[:200]!r}", provider=provider, model=model
+                    ) from exc
                 if not isinstance(parsed, dict):
                     raise BadResponseError("SSE data is not an object", provider=provider, model=model)
                 yield sse.event, parsed

@@ -84,8 +84,11 @@ class Authenticator:
         token = bearer_token(request)
         if not await self.enabled(request):
             # Auth off: a passthrough token still routes the caller's own upstream key.
-            return self._passthrough(token) if token and self.passthrough and not looks_like_panelfuse_key(token) \
+            return (
+                self._passthrough(token)
+                if token and self.passthrough and not looks_like_panelfuse_key(token)
                 else Principal(is_admin=True)
+            )
         if not token:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
         if self.admin_key is not None and hmac.compare_digest(token.encode(), self.admin_key.encode()):

@@ -52,21 +52,28 @@ async def admit(
         return adm
     denied = await state.limiter.acquire(key.id, key.rpm, key.max_concurrent)
     if denied is not None:
-        raise ApiError(429, denied.reason, code="rate_limited",
-                       headers={"Retry-After": str(max(1, round(denied.retry_after)))})
+        raise ApiError(
+            429, denied.reason, code="rate_limited", headers={"Retry-After": str(max(1, round(denied.retry_after)))}
+        )
     adm.limited = key.max_concurrent is not None
     if key.budget_usd is None:
         return adm
     try:
         if unpriced:
-            raise ApiError(402, f"cannot reserve budget: no price is known for {', '.join(unpriced)}",
-                           code="insufficient_budget")
+            raise ApiError(
+                402, f"cannot reserve budget: no price is known for {', '.join(unpriced)}", code="insufficient_budget"
+            )
         if not await state.store.keys.reserve(key.id, run_id, worst_case):
             fresh = await state.store.keys.get(key.id)
             left = fresh.remaining_usd if fresh is not None else None
-            raise ApiError(402, f"the run's worst case ${worst_case:.6f} does not fit the key's remaining budget"
-                           f" (${left:.6f})" if left is not None else "budget exhausted",
-                           code="insufficient_budget", extra={"estimate": worst_case})
+            raise ApiError(
+                402,
+                f"the run's worst case ${worst_case:.6f} does not fit the key's remaining budget (${left:.6f})"
+                if left is not None
+                else "budget exhausted",
+                code="insufficient_budget",
+                extra={"estimate": worst_case},
+            )
     except BaseException:
         await adm.release(0.0)
         raise

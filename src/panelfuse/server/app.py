@@ -157,8 +157,15 @@ def create_app(
             await state.store.list_runs(limit=1)
         except Exception as exc:
             return JSONResponse({"status": "degraded", "store": f"error: {type(exc).__name__}"}, status_code=503)
-        return JSONResponse({"status": "ok", "store": "ok", "version": __version__, "pid": os.getpid(),
-                             "active_runs": len(state.manager.active)})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "store": "ok",
+                "version": __version__,
+                "pid": os.getpid(),
+                "active_runs": len(state.manager.active),
+            }
+        )
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:

@@ -20,7 +20,7 @@ from panelfuse.pricing import Price, call_cost, messages_tokens, token_cost
 from panelfuse.providers.base import ChatRequest, Completion, StreamEvent, fold_stream
 from panelfuse.providers.errors import ProviderError
 from panelfuse.providers.registry import Providers
-from panelfuse.resolve import FusionRoute, ProviderRoute, UnknownModelError
+from panelfuse.providers.resolve import FusionRoute, ProviderRoute, UnknownModelError
 from panelfuse.server import shapes
 from panelfuse.server.access import Principal, current_principal, providers_for
 from panelfuse.server.admission import Admission, admit
@@ -42,6 +42,8 @@ from panelfuse.server.state import GatewayState
 from panelfuse.spec import FusionSpec
 
 router = APIRouter()
+
+
 def validation_api_error(exc: ValidationError, prefix: str) -> ApiError:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ()))
@@ -76,18 +78,27 @@ async def chat_completions(
     wants_fusion = isinstance(route, FusionRoute) or tool_params is not None or (plugin is not None and plugin.enabled)
     if wants_fusion and fusion_depth(request.headers) > 0:
         # This request was made on behalf of a fusion: a fusion may never start another one.
-        raise ApiError(400, "a fusion cannot call a fusion (the request carries a fusion depth header)",
-                       code="fusion_recursion")
+        raise ApiError(
+            400, "a fusion cannot call a fusion (the request carries a fusion depth header)", code="fusion_recursion"
+        )
     if tool_params is not None:
         if isinstance(route, FusionRoute):
-            raise ApiError(400, "the fusion server tool goes on a plain model, not on a fusion model",
-                           param="tools", code="invalid_value")
+            raise ApiError(
+                400,
+                "the fusion server tool goes on a plain model, not on a fusion model",
+                param="tools",
+                code="invalid_value",
+            )
         return await server_tool_completion(state, providers, principal, body, tool_params, own_tools, request)
     if isinstance(route, FusionRoute):
         return await fusion_completion(state, providers, principal, body, plugin, route.preset, request)
     if plugin is not None and plugin.enabled:
-        raise ApiError(400, f"the fusion plugin needs a fusion model (panelfuse/fusion); '{body.model}' is a "
-                       "plain model", param="plugins", code="fusion_plugin_on_plain_model")
+        raise ApiError(
+            400,
+            f"the fusion plugin needs a fusion model (panelfuse/fusion); '{body.model}' is a plain model",
+            param="plugins",
+            code="fusion_plugin_on_plain_model",
+        )
     return await proxy_completion(state, providers, principal, body, request)
 
 
@@ -97,8 +108,13 @@ def build_fusion_spec(
     if body.n is not None and body.n > 1:
         raise ApiError(400, "n > 1 is not supported on a fusion model", param="n", code="unsupported_parameter")
     if body.tools:
-        raise ApiError(400, "client function tools are not supported on a fusion model; give them to a plain "
-                       "model that calls the fusion server tool", param="tools", code="unsupported_parameter")
+        raise ApiError(
+            400,
+            "client function tools are not supported on a fusion model; give them to a plain "
+            "model that calls the fusion server tool",
+            param="tools",
+            code="unsupported_parameter",
+        )
     try:
         spec = spec_from_request(body, plugin, alias_preset, state.default_preset(), state.presets)
     except KeyError as exc:
@@ -126,8 +142,13 @@ def spec_model_ids(spec: FusionSpec, providers: Providers, *, panel: bool = True
 
 
 async def fusion_completion(
-    state: GatewayState, providers: Providers, principal: Principal, body: ChatCompletionRequest,
-    plugin: FusionPlugin | None, alias_preset: str | None, request: Request,
+    state: GatewayState,
+    providers: Providers,
+    principal: Principal,
+    body: ChatCompletionRequest,
+    plugin: FusionPlugin | None,
+    alias_preset: str | None,
+    request: Request,
 ) -> Any:
     spec = build_fusion_spec(state, body, plugin, alias_preset)
     principal.check_models(spec_model_ids(spec, providers))
@@ -138,18 +159,28 @@ async def fusion_completion(
     except ProviderError as exc:
         raise ApiError(400, f"cannot plan the fusion: {exc}", code="invalid_model") from exc
     if spec.max_cost is not None and (est.unpriced or est.total > spec.max_cost):
-        why = (f"no price known for {', '.join(est.unpriced)}" if est.unpriced
-               else f"the worst-case estimate ${est.total:.6f} exceeds max_cost ${spec.max_cost:g}")
-        raise ApiError(400, f"refused: {why}", param="plugins[0].max_cost", code="max_cost_exceeded",
-                       extra={"estimate": est.total})
+        why = (
+            f"no price known for {', '.join(est.unpriced)}"
+            if est.unpriced
+            else f"the worst-case estimate ${est.total:.6f} exceeds max_cost ${spec.max_cost:g}"
+        )
+        raise ApiError(
+            400, f"refused: {why}", param="plugins[0].max_cost", code="max_cost_exceeded", extra={"estimate": est.total}
+        )
     background = bool(plugin and plugin.background)
     include_panel = plugin.include_panel if plugin else True
     run_id = f"run_{uuid.uuid4().hex[:24]}"
     admission = await admit(state, principal, run_id, est.total, est.unpriced)
     try:
         run = await state.manager.start(
-            fusion, messages, run_id=run_id, request=body.model_dump(mode="json"), request_model=body.model,
-            background=background, key_id=principal.key_id, on_finish=admission.release_result,
+            fusion,
+            messages,
+            run_id=run_id,
+            request=body.model_dump(mode="json"),
+            request_model=body.model,
+            background=background,
+            key_id=principal.key_id,
+            on_finish=admission.release_result,
         )
     except BaseException:
         await admission.release(0.0)
@@ -165,10 +196,15 @@ async def fusion_completion(
     assert result is not None
     if result.status != "completed":
         status = 499 if result.status == "cancelled" else 502
-        raise ApiError(status, f"fusion failed: {result.error}", code="fusion_failed",
-                       extra={"run_id": result.run_id, "failed_models": result.failed_models})
-    return JSONResponse(shapes.chat_completion(result, include_panel=include_panel),
-                        headers={"X-Panelfuse-Run-Id": result.run_id})
+        raise ApiError(
+            status,
+            f"fusion failed: {result.error}",
+            code="fusion_failed",
+            extra={"run_id": result.run_id, "failed_models": result.failed_models},
+        )
+    return JSONResponse(
+        shapes.chat_completion(result, include_panel=include_panel), headers={"X-Panelfuse-Run-Id": result.run_id}
+    )
 
 
 async def wait_or_disconnect(request: Request, run: ActiveRun) -> None:
@@ -192,8 +228,12 @@ async def wait_or_disconnect(request: Request, run: ActiveRun) -> None:
             run.cancel("the gateway shut down before the run finished")
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(run.done.wait()), timeout=10)
-        raise ApiError(503, "the gateway is shutting down; the run was stopped and recorded",
-                       code="shutting_down", extra={"run_id": run.run_id}) from None
+        raise ApiError(
+            503,
+            "the gateway is shutting down; the run was stopped and recorded",
+            code="shutting_down",
+            extra={"run_id": run.run_id},
+        ) from None
 
 
 async def stream_fusion(run: ActiveRun, spec: FusionSpec, include_panel: bool, keepalive: float) -> AsyncIterator[str]:
@@ -229,10 +269,15 @@ async def stream_fusion(run: ActiveRun, spec: FusionSpec, include_panel: bool, k
                 result = run.result
                 assert result is not None
                 yield shapes.sse(shapes.chunk(cid, result.model, created, delta={}, finish_reason="stop"))
-                yield shapes.sse(shapes.chunk(
-                    cid, result.model, created, usage=result.usage_dict(),
-                    fusion=shapes.fusion_object(result, include_panel),
-                ))
+                yield shapes.sse(
+                    shapes.chunk(
+                        cid,
+                        result.model,
+                        created,
+                        usage=result.usage_dict(),
+                        fusion=shapes.fusion_object(result, include_panel),
+                    )
+                )
                 yield shapes.sse("[DONE]")
                 return
             if ev.type in ("run.failed", "run.cancelled"):
@@ -281,8 +326,9 @@ async def proxy_completion(
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     price = state.prices.lookup(route.qualified)
-    worst = token_cost(messages_tokens(req.messages), req.max_tokens or PROXY_DEFAULT_MAX_TOKENS, price) \
-        if price else 0.0
+    worst = (
+        token_cost(messages_tokens(req.messages), req.max_tokens or PROXY_DEFAULT_MAX_TOKENS, price) if price else 0.0
+    )
     admission = await admit(state, principal, f"proxy_{cid}", worst, [] if price else [route.qualified])
     upstream = provider.stream(req)
     if not body.stream:
@@ -317,8 +363,13 @@ async def proxy_completion(
 
 
 async def stream_proxy(
-    first: StreamEvent, upstream: AsyncIterator[StreamEvent], model: str, cid: str, created: int,
-    admission: Admission, price: Price | None,
+    first: StreamEvent,
+    upstream: AsyncIterator[StreamEvent],
+    model: str,
+    cid: str,
+    created: int,
+    admission: Admission,
+    price: Price | None,
 ) -> AsyncIterator[str]:
     cost: float | None = None
     yield shapes.sse(shapes.chunk(cid, model, created, delta={"role": "assistant", "content": ""}))
@@ -353,8 +404,13 @@ async def stream_proxy(
 
 
 async def server_tool_completion(
-    state: GatewayState, providers: Providers, principal: Principal, body: ChatCompletionRequest,
-    params: FusionPlugin, own_tools: list[dict[str, Any]], request: Request,
+    state: GatewayState,
+    providers: Providers,
+    principal: Principal,
+    body: ChatCompletionRequest,
+    params: FusionPlugin,
+    own_tools: list[dict[str, Any]],
+    request: Request,
 ) -> Any:
     """A plain outer model with the fusion server tool (and possibly the caller's own tools)."""
     try:
@@ -364,8 +420,11 @@ async def server_tool_completion(
     spec = build_fusion_spec(state, body.model_copy(update={"tools": None, "n": None}), params, None)
     spec = spec.model_copy(update={"mode": "analyze"})
     principal.check_models([route.qualified, *spec_model_ids(spec, providers)])
-    base = replace(proxy_request(body, route.model), tools=[*own_tools, FUSION_FUNCTION_DEF],
-                   tool_choice=outer_tool_choice(body.tool_choice))
+    base = replace(
+        proxy_request(body, route.model),
+        tools=[*own_tools, FUSION_FUNCTION_DEF],
+        tool_choice=outer_tool_choice(body.tool_choice),
+    )
     fusion_providers = with_depth_header(providers)
     conversation = body.plain_messages()
     est = Fusion(spec, providers=fusion_providers, prices=state.prices).estimate(conversation)
@@ -377,9 +436,13 @@ async def server_tool_completion(
     async def run_fusion(messages: list[dict[str, Any]]) -> AsyncIterator[Any]:
         fusion = Fusion(spec, providers=fusion_providers, prices=state.prices)
         run = await state.manager.start(
-            fusion, messages, run_id=f"run_{uuid.uuid4().hex[:24]}",
+            fusion,
+            messages,
+            run_id=f"run_{uuid.uuid4().hex[:24]}",
             request={"messages": messages, "server_tool": True, "outer_model": body.model},
-            request_model=body.model, background=False, key_id=principal.key_id,
+            request_model=body.model,
+            background=False,
+            key_id=principal.key_id,
         )
         try:
             async for ev in run.follow():
@@ -391,8 +454,10 @@ async def server_tool_completion(
 
     session = FusionToolSession(provider, route, base, state.prices, run_fusion)
     if body.stream:
-        return StreamingResponse(stream_server_tool(session, conversation, body.model, cid, created, admission),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            stream_server_tool(session, conversation, body.model, cid, created, admission),
+            media_type="text/event-stream",
+        )
     final = None
     try:
         async for item in session.events(conversation):
@@ -407,7 +472,11 @@ async def server_tool_completion(
 
 
 async def stream_server_tool(
-    session: FusionToolSession, conversation: list[dict[str, Any]], model: str, cid: str, created: int,
+    session: FusionToolSession,
+    conversation: list[dict[str, Any]],
+    model: str,
+    cid: str,
+    created: int,
     admission: Admission,
 ) -> AsyncIterator[str]:
     yield shapes.sse(shapes.chunk(cid, model, created, delta={"role": "assistant", "content": ""}))
@@ -424,8 +493,15 @@ async def stream_server_tool(
                 finish = "tool_calls" if item.tool_calls else (item.finish_reason or "stop")
                 yield shapes.sse(shapes.chunk(cid, model, created, delta={}, finish_reason=finish))
                 result = session.state.fusion_result
-                yield shapes.sse(shapes.chunk(cid, model, created, usage=session.state.usage_dict(),
-                                              fusion=shapes.fusion_object(result) if result else None))
+                yield shapes.sse(
+                    shapes.chunk(
+                        cid,
+                        model,
+                        created,
+                        usage=session.state.usage_dict(),
+                        fusion=shapes.fusion_object(result) if result else None,
+                    )
+                )
     except (ProviderError, ApiError) as exc:
         err = from_provider_error(exc) if isinstance(exc, ProviderError) else exc
         yield shapes.sse(shapes.error_chunk(err.message, err.status))

@@ -65,13 +65,11 @@ def _serve(path: str, request: Request) -> Response:
     etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
     headers = {"Cache-Control": "no-cache", "ETag": etag, "X-Content-Type-Options": "nosniff"}
     if content_type.startswith("text/html"):
-        headers |= {"Content-Security-Policy": PAGE_CSP, "Referrer-Policy": "no-referrer",
-                    "X-Frame-Options": "DENY"}
+        headers |= {"Content-Security-Policy": PAGE_CSP, "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
     if etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
     if request.method == "HEAD":
-        return Response(status_code=200, headers={**headers, "Content-Length": str(len(body))},
-                        media_type=content_type)
+        return Response(status_code=200, headers={**headers, "Content-Length": str(len(body))}, media_type=content_type)
     return Response(body, media_type=content_type, headers=headers)
 
 

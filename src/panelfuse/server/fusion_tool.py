@@ -22,7 +22,7 @@ from panelfuse.pipeline.result import FusionResult
 from panelfuse.pricing import PriceTable, call_cost, messages_tokens, token_cost
 from panelfuse.providers.base import ChatRequest, Completion, Provider, StreamEvent, StreamFold, ToolCall, Usage
 from panelfuse.providers.registry import Providers
-from panelfuse.resolve import ProviderRoute
+from panelfuse.providers.resolve import ProviderRoute
 from panelfuse.server import shapes
 from panelfuse.server.errors import ApiError
 from panelfuse.server.schemas import FusionPlugin
@@ -63,7 +63,8 @@ def with_depth_header(providers: Providers, depth: int = 1) -> Providers:
     config = providers.config.model_copy(deep=True)
     for name, pc in providers.configs.items():
         config.providers[name] = ProviderConfig.model_validate(
-            pc.model_dump() | {"headers": {**pc.headers, DEPTH_HEADER: str(depth)}})
+            pc.model_dump() | {"headers": {**pc.headers, DEPTH_HEADER: str(depth)}}
+        )
     return Providers(config, providers.env)
 
 
@@ -80,11 +81,16 @@ def split_tools(tools: list[dict[str, Any]] | None) -> tuple[FusionPlugin | None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise ApiError(400, f"tools[fusion].parameters.{where}: {first.get('msg')}",
-                       param=f"tools.parameters.{where}", code="invalid_value") from exc
+        raise ApiError(
+            400,
+            f"tools[fusion].parameters.{where}: {first.get('msg')}",
+            param=f"tools.parameters.{where}",
+            code="invalid_value",
+        ) from exc
     if any((t.get("function") or {}).get("name") == FUSION_FUNCTION for t in own):
-        raise ApiError(400, f"'{FUSION_FUNCTION}' is reserved for the fusion server tool", param="tools",
-                       code="invalid_value")
+        raise ApiError(
+            400, f"'{FUSION_FUNCTION}' is reserved for the fusion server tool", param="tools", code="invalid_value"
+        )
     return params, own
 
 
@@ -99,20 +105,27 @@ def tool_result(result: FusionResult | None, error: str | None = None, reason: s
     """OpenRouter's tool-result shape. A judge failure keeps status ok without `analysis`."""
     if result is None or result.status != "completed":
         all_failed = result is not None and not any(m.status == "ok" for m in result.panel)
-        return {"status": "error", "error": error or (result.error if result else "fusion failed"),
-                "failure_reason": "all_panels_failed" if all_failed else reason}
+        return {
+            "status": "error",
+            "error": error or (result.error if result else "fusion failed"),
+            "failure_reason": "all_panels_failed" if all_failed else reason,
+        }
     out: dict[str, Any] = {"status": "ok"}
     if result.analysis is not None:
         out["analysis"] = result.analysis
     out["responses"] = [{"model": m.model, "content": m.content} for m in result.panel if m.status == "ok"]
-    out["failed_models"] = [{"model": f["model"], "error": f["error"], "status_code": f["status_code"]}
-                            for f in result.failed_models]
+    out["failed_models"] = [
+        {"model": f["model"], "error": f["error"], "status_code": f["status_code"]} for f in result.failed_models
+    ]
     return out
 
 
 def capped() -> dict:
-    return {"status": "error", "error": "only one fusion may run per request",
-            "failure_reason": "fusion_invocation_capped"}
+    return {
+        "status": "error",
+        "error": "only one fusion may run per request",
+        "failure_reason": "fusion_invocation_capped",
+    }
 
 
 def fusion_messages(conversation: list[dict[str, Any]], call: ToolCall) -> list[dict[str, Any]]:
@@ -121,8 +134,11 @@ def fusion_messages(conversation: list[dict[str, Any]], call: ToolCall) -> list[
         question = (json.loads(call.arguments or "{}") or {}).get("question")
     except (ValueError, AttributeError):
         question = None
-    msgs = [m for m in conversation if m.get("role") in ("system", "developer", "user", "assistant")
-            and not m.get("tool_calls")]
+    msgs = [
+        m
+        for m in conversation
+        if m.get("role") in ("system", "developer", "user", "assistant") and not m.get("tool_calls")
+    ]
     if isinstance(question, str) and question.strip():
         last_user = next((m for m in reversed(msgs) if m.get("role") == "user"), None)
         if last_user is None or last_user.get("content") != question:
@@ -158,8 +174,9 @@ def outer_worst_case(prices: PriceTable, qualified: str, req: ChatRequest) -> tu
     price = prices.lookup(qualified)
     if price is None:
         return 0.0, [qualified]
-    return MAX_OUTER_CALLS * token_cost(messages_tokens(req.messages) + 2000,
-                                        req.max_tokens or OUTER_DEFAULT_MAX_TOKENS, price), []
+    return MAX_OUTER_CALLS * token_cost(
+        messages_tokens(req.messages) + 2000, req.max_tokens or OUTER_DEFAULT_MAX_TOKENS, price
+    ), []
 
 
 class FusionToolSession:
@@ -167,7 +184,11 @@ class FusionToolSession:
     run); this class only sequences the calls."""
 
     def __init__(
-        self, provider: Provider, route: ProviderRoute, base: ChatRequest, prices: PriceTable,
+        self,
+        provider: Provider,
+        route: ProviderRoute,
+        base: ChatRequest,
+        prices: PriceTable,
         run_fusion: Callable[[list[dict[str, Any]]], AsyncIterator[Event | FusionResult]],
     ) -> None:
         self.provider, self.route, self.prices, self.base = provider, route, prices, base
@@ -199,8 +220,9 @@ class FusionToolSession:
                 completion.tool_calls = theirs  # a fusion call beside the caller's own tools is dropped
                 yield completion
                 return
-            self.messages.append({"role": "assistant", "content": completion.text or None,
-                                  "tool_calls": [c.to_openai() for c in ours]})
+            self.messages.append(
+                {"role": "assistant", "content": completion.text or None, "tool_calls": [c.to_openai() for c in ours]}
+            )
             for call in ours:
                 content = capped() if self.state.fusion_requests else None
                 if content is None:
@@ -222,9 +244,7 @@ def outer_forces_fusion(choice: Any) -> bool:
     return isinstance(choice, dict) and (choice.get("function") or {}).get("name") == FUSION_FUNCTION
 
 
-def completion_response(
-    model: str, completion: Completion, run: ToolRun, cid: str, created: int
-) -> dict[str, Any]:
+def completion_response(model: str, completion: Completion, run: ToolRun, cid: str, created: int) -> dict[str, Any]:
     out = shapes.proxied_completion(completion, model=model, cid=cid, created=created)
     out["usage"] = run.usage_dict()
     if run.fusion_result is not None:

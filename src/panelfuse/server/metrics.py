@@ -24,7 +24,9 @@ REQUESTS = Counter("panelfuse_requests_total", "HTTP requests", ["method", "rout
 RUNS_ACTIVE = Gauge("panelfuse_runs_active", "fusion runs in progress", multiprocess_mode="livesum")
 RUNS = Counter("panelfuse_runs_total", "fusion runs finished", ["status", "degraded"])
 STAGE_LATENCY = Histogram(
-    "panelfuse_stage_latency_seconds", "latency of pipeline stages", ["stage"],
+    "panelfuse_stage_latency_seconds",
+    "latency of pipeline stages",
+    ["stage"],
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320),
 )
 UPSTREAM_ERRORS = Counter("panelfuse_upstream_errors_total", "failed upstream calls", ["model", "status"])
@@ -46,8 +48,11 @@ def observe_result(result: FusionResult, status: str) -> None:
         STAGE_LATENCY.labels("synthesis").observe(result.synthesizer.latency_ms / 1000)
     STAGE_LATENCY.labels("run").observe(result.latency_ms / 1000)
     details = result.cost_details()
-    for stage, value in (("panel", sum(v or 0 for v in details["panel"].values())),
-                         ("analysis", details["analysis"] or 0), ("synthesis", details["synthesis"] or 0)):
+    for stage, value in (
+        ("panel", sum(v or 0 for v in details["panel"].values())),
+        ("analysis", details["analysis"] or 0),
+        ("synthesis", details["synthesis"] or 0),
+    ):
         if value:
             COST.labels(stage).inc(value)
 

@@ -109,9 +109,16 @@ class RunManager:
         spec = fusion.spec
         # The row exists before any upstream call: a crash from here on leaves a findable run.
         await self.store.create_run(
-            run_id, spec=spec.model_dump(mode="json"), request=request, request_model=request_model,
-            preset=spec.preset, mode=spec.mode, prompt_version=PROMPT_VERSION, key_id=key_id,
-            background=background, parent_run_id=parent_run_id,
+            run_id,
+            spec=spec.model_dump(mode="json"),
+            request=request,
+            request_model=request_model,
+            preset=spec.preset,
+            mode=spec.mode,
+            prompt_version=PROMPT_VERSION,
+            key_id=key_id,
+            background=background,
+            parent_run_id=parent_run_id,
         )
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.create_task(self._beat(), name="run-heartbeat")
@@ -153,14 +160,20 @@ class RunManager:
         """Store the outcome, then publish the events not yet seen (the terminal one, or run.cancelled
         emitted after the consumer stopped reading): a client told "completed" finds the run stored."""
         log_events = run.fusion.log.events if run.fusion.log else []
-        unpublished = log_events[len(run.events):]
+        unpublished = log_events[len(run.events) :]
         result = run.fusion.result
         try:
             await self.store.append_events(run.run_id, run.events[flushed:] + unpublished)
             if result is None:
                 await self.store.finish_run(
-                    run.run_id, status="cancelled", result=None, content="", usage=None, cost=None,
-                    degraded=True, error=run.cancel_reason or "cancelled",
+                    run.run_id,
+                    status="cancelled",
+                    result=None,
+                    content="",
+                    usage=None,
+                    cost=None,
+                    degraded=True,
+                    error=run.cancel_reason or "cancelled",
                     latency_ms=int((time.monotonic() - started) * 1000),
                 )
                 return
@@ -168,8 +181,14 @@ class RunManager:
             if status == "cancelled" and run.cancel_reason:
                 result.error = run.cancel_reason
             await self.store.finish_run(
-                run.run_id, status=status, result=result.to_dict(), content=result.content,
-                usage=result.usage_dict(), cost=result.cost, degraded=result.degraded, error=result.error,
+                run.run_id,
+                status=status,
+                result=result.to_dict(),
+                content=result.content,
+                usage=result.usage_dict(),
+                cost=result.cost,
+                degraded=result.degraded,
+                error=result.error,
                 latency_ms=result.latency_ms or int((time.monotonic() - started) * 1000),
             )
             metrics.observe_result(result, status)

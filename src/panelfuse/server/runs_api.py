@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from panelfuse.pipeline.result import MemberResult
 from panelfuse.pipeline.run import Fusion
 from panelfuse.providers.errors import ProviderError
-from panelfuse.resolve import FUSION_ALIASES, FUSION_PRESET_PREFIX, FusionRoute, UnknownModelError
+from panelfuse.providers.resolve import FUSION_ALIASES, FUSION_PRESET_PREFIX, FusionRoute, UnknownModelError
 from panelfuse.server import shapes
 from panelfuse.server.access import Principal, current_principal, providers_for
 from panelfuse.server.admission import admit
@@ -66,7 +66,12 @@ async def list_runs(
 ) -> dict[str, Any]:
     try:
         page = await _state(request).store.list_runs(
-            limit=limit, before=before, status=status, preset=preset, mode=mode, degraded=degraded,
+            limit=limit,
+            before=before,
+            status=status,
+            preset=preset,
+            mode=mode,
+            degraded=degraded,
             key_id=principal.scope,
         )
     except InvalidCursorError as exc:
@@ -100,8 +105,9 @@ async def run_events(
     await _run_or_404(state, run_id, principal)
     if last_event_id and last_event_id.isdigit():
         after = max(after, int(last_event_id))
-    return StreamingResponse(_tail(state, run_id, after), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(
+        _tail(state, run_id, after), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
 
 
 async def _tail(state: GatewayState, run_id: str, after: int) -> AsyncIterator[str]:
@@ -148,8 +154,10 @@ async def feedback(run_id: str, body: FeedbackRequest, request: Request, princip
     return {"id": run_id, "object": "fusion.feedback", "score": body.score, "comment": body.comment}
 
 
-@router.post("/v1/fusion/runs/{run_id}/resynthesize",
-             summary="A new judge/synthesizer/mode over the stored panel answers; billed for the new calls only")
+@router.post(
+    "/v1/fusion/runs/{run_id}/resynthesize",
+    summary="A new judge/synthesizer/mode over the stored panel answers; billed for the new calls only",
+)
 async def resynthesize(run_id: str, body: ResynthesizeRequest, request: Request, principal: Caller) -> Any:
     state = _state(request)
     source = await _run_or_404(state, run_id, principal)
@@ -181,8 +189,15 @@ async def resynthesize(run_id: str, body: ResynthesizeRequest, request: Request,
     admission = await admit(state, principal, new_id, est.total, est.unpriced)
     try:
         run = await state.manager.start(
-            fusion, messages, run_id=new_id, request=source.request, request_model=source.request_model,
-            background=False, parent_run_id=run_id, reuse_panel=panel, key_id=principal.key_id,
+            fusion,
+            messages,
+            run_id=new_id,
+            request=source.request,
+            request_model=source.request_model,
+            background=False,
+            parent_run_id=run_id,
+            reuse_panel=panel,
+            key_id=principal.key_id,
             on_finish=admission.release_result,
         )
     except BaseException:
@@ -192,8 +207,9 @@ async def resynthesize(run_id: str, body: ResynthesizeRequest, request: Request,
     result = run.result
     assert result is not None
     if result.status != "completed":
-        raise ApiError(502, f"re-synthesis failed: {result.error}", code="fusion_failed",
-                       extra={"run_id": result.run_id})
+        raise ApiError(
+            502, f"re-synthesis failed: {result.error}", code="fusion_failed", extra={"run_id": result.run_id}
+        )
     out = shapes.chat_completion(result)
     out["fusion"]["parent_run_id"] = run_id
     return out
@@ -203,8 +219,12 @@ async def resynthesize(run_id: str, body: ResynthesizeRequest, request: Request,
 async def estimate(body: EstimateRequest, request: Request, principal: Caller) -> dict[str, Any]:
     state = _state(request)
     try:
-        chat = ChatCompletionRequest(model=body.model, messages=body.messages, plugins=body.plugins,
-                                     max_completion_tokens=body.max_completion_tokens)
+        chat = ChatCompletionRequest(
+            model=body.model,
+            messages=body.messages,
+            plugins=body.plugins,
+            max_completion_tokens=body.max_completion_tokens,
+        )
         plugin = chat.fusion_plugin()
     except ValidationError as exc:
         raise validation_api_error(exc, "body") from exc
@@ -213,8 +233,12 @@ async def estimate(body: EstimateRequest, request: Request, principal: Caller) -
     except UnknownModelError as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from exc
     if not isinstance(route, FusionRoute):
-        raise ApiError(400, f"'{body.model}' is not a fusion model: estimates are for panelfuse/fusion",
-                       param="model", code="not_a_fusion_model")
+        raise ApiError(
+            400,
+            f"'{body.model}' is not a fusion model: estimates are for panelfuse/fusion",
+            param="model",
+            code="not_a_fusion_model",
+        )
     spec = build_fusion_spec(state, chat, plugin, route.preset)
     try:
         est = Fusion(spec, providers=state.providers, prices=state.prices).estimate(chat.plain_messages())
@@ -239,9 +263,8 @@ async def list_models(request: Request, principal: Caller) -> dict[str, Any]:
     ids.append("local/smollm2")
     for name, pc in state.providers.configs.items():
         ids += [f"{name}/{m}" for m in pc.models]
-    owned = {i: ("panelfuse" if i.startswith(("panelfuse/", "openrouter/fusion")) else i.split("/", 1)[0])
-             for i in ids}
-    return {"object": "list",
-            "data": [{"id": i, "object": "model", "created": created, "owned_by": owned[i]}
-                     for i in dict.fromkeys(ids)]}
-
+    owned = {i: ("panelfuse" if i.startswith(("panelfuse/", "openrouter/fusion")) else i.split("/", 1)[0]) for i in ids}
+    return {
+        "object": "list",
+        "data": [{"id": i, "object": "model", "created": created, "owned_by": owned[i]} for i in dict.fromkeys(ids)],
+    }

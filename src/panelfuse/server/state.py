@@ -46,8 +46,9 @@ class GatewayState:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, config: Config, store: RunStore, settings: ServerSettings,
-              providers: Providers | None = None) -> GatewayState:
+    def build(
+        cls, config: Config, store: RunStore, settings: ServerSettings, providers: Providers | None = None
+    ) -> GatewayState:
         providers = providers or Providers(config)
         auth_on = settings.auth
         if auth_on is None and not is_loopback(settings.host):

@@ -64,8 +64,9 @@ def build_engine(
     kwargs: dict[str, Any] = {}
     if schema is not None:
         if backend != "postgresql":
-            raise StoreURLError(f"schema= needs PostgreSQL, not {url.drivername!r}", scheme=url.drivername,
-                                url=mask_url(url))
+            raise StoreURLError(
+                f"schema= needs PostgreSQL, not {url.drivername!r}", scheme=url.drivername, url=mask_url(url)
+            )
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"invalid schema name {schema!r}: letters, digits and _ only")
         if url.drivername == "postgresql+asyncpg":

@@ -58,10 +58,17 @@ class ApiKey:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "prefix": self.prefix, "created_at": self.created_at.isoformat(),
-            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None, "is_admin": self.is_admin,
-            "budget_usd": self.budget_usd, "spent_usd": self.spent_usd, "reserved_usd": self.reserved_usd,
-            "rpm": self.rpm, "max_concurrent": self.max_concurrent,
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "is_admin": self.is_admin,
+            "budget_usd": self.budget_usd,
+            "spent_usd": self.spent_usd,
+            "reserved_usd": self.reserved_usd,
+            "rpm": self.rpm,
+            "max_concurrent": self.max_concurrent,
             "models": list(self.models) if self.models is not None else None,
         }
 
@@ -76,10 +83,18 @@ def _row_to_key(row: Mapping[str, Any]) -> ApiKey:
     """A key from its table row (a fetched row's mapping, or the dict just inserted)."""
     models = row["models"]
     return ApiKey(
-        id=row["id"], name=row["name"], prefix=row["prefix"], created_at=row["created_at"],
-        revoked_at=row["revoked_at"], is_admin=row["is_admin"], budget_usd=row["budget_usd"],
-        spent_usd=row["spent_usd"], reserved_usd=row["reserved_usd"], rpm=row["rpm"],
-        max_concurrent=row["max_concurrent"], models=tuple(models) if models is not None else None,
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+        is_admin=row["is_admin"],
+        budget_usd=row["budget_usd"],
+        spent_usd=row["spent_usd"],
+        reserved_usd=row["reserved_usd"],
+        rpm=row["rpm"],
+        max_concurrent=row["max_concurrent"],
+        models=tuple(models) if models is not None else None,
     )
 
 
@@ -100,10 +115,19 @@ class KeyStore:
     ) -> NewKey:
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         row = {
-            "id": f"key_{uuid.uuid4().hex[:16]}", "name": name, "key_hash": hash_secret(secret),
-            "prefix": secret[:9], "created_at": datetime.now(UTC), "revoked_at": None, "is_admin": is_admin,
-            "budget_usd": budget_usd, "spent_usd": 0.0, "reserved_usd": 0.0, "rpm": rpm,
-            "max_concurrent": max_concurrent, "models": models,
+            "id": f"key_{uuid.uuid4().hex[:16]}",
+            "name": name,
+            "key_hash": hash_secret(secret),
+            "prefix": secret[:9],
+            "created_at": datetime.now(UTC),
+            "revoked_at": None,
+            "is_admin": is_admin,
+            "budget_usd": budget_usd,
+            "spent_usd": 0.0,
+            "reserved_usd": 0.0,
+            "rpm": rpm,
+            "max_concurrent": max_concurrent,
+            "models": models,
         }
         async with self._store._write() as conn:
             await conn.execute(api_keys.insert().values(**row))
@@ -132,9 +156,12 @@ class KeyStore:
 
     async def count_active(self) -> int:
         async with self._engine.connect() as conn:
-            return int(await conn.scalar(
-                sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
-            ) or 0)
+            return int(
+                await conn.scalar(
+                    sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
+                )
+                or 0
+            )
 
     async def authenticate(self, secret: str) -> ApiKey | None:
         """The active key with this secret, or None. The lookup is by hash; the final comparison is
@@ -153,17 +180,24 @@ class KeyStore:
             res = await conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .where(sa.or_(
-                    api_keys.c.budget_usd.is_(None),
-                    api_keys.c.spent_usd + api_keys.c.reserved_usd + amount_usd <= api_keys.c.budget_usd + EPSILON,
-                ))
+                .where(
+                    sa.or_(
+                        api_keys.c.budget_usd.is_(None),
+                        api_keys.c.spent_usd + api_keys.c.reserved_usd + amount_usd <= api_keys.c.budget_usd + EPSILON,
+                    )
+                )
                 .values(reserved_usd=api_keys.c.reserved_usd + amount_usd)
             )
             if (res.rowcount or 0) != 1:
                 return False
-            await conn.execute(budget_reservations.insert().values(
-                run_id=run_id, key_id=key_id, amount_usd=amount_usd, created_at=datetime.now(UTC),
-            ))
+            await conn.execute(
+                budget_reservations.insert().values(
+                    run_id=run_id,
+                    key_id=key_id,
+                    amount_usd=amount_usd,
+                    created_at=datetime.now(UTC),
+                )
+            )
         return True
 
     async def settle(self, run_id: str, actual_usd: float | None) -> None:
@@ -180,13 +214,15 @@ class KeyStore:
                 return
             charge = res.amount_usd if actual_usd is None else actual_usd
             await conn.execute(
-                api_keys.update().where(api_keys.c.id == res.key_id).values(
+                api_keys.update()
+                .where(api_keys.c.id == res.key_id)
+                .values(
                     reserved_usd=api_keys.c.reserved_usd - res.amount_usd,
                     spent_usd=api_keys.c.spent_usd + charge,
                 )
             )
             await conn.execute(
-                budget_reservations.update().where(budget_reservations.c.run_id == run_id)
+                budget_reservations.update()
+                .where(budget_reservations.c.run_id == run_id)
                 .values(settled_usd=charge, settled_at=datetime.now(UTC))
             )
-

@@ -61,8 +61,14 @@ class EventRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The event as streamed (same shape as pipeline Event.to_dict(), plus ts)."""
-        return {"run_id": self.run_id, "seq": self.seq, "type": self.type, "stage": self.stage, "ts": self.ts,
-                **self.data}
+        return {
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "type": self.type,
+            "stage": self.stage,
+            "ts": self.ts,
+            **self.data,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +81,7 @@ class RunPage:
         return self.next_cursor is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"items": [r.to_dict() for r in self.items], "next_cursor": self.next_cursor,
-                "has_more": self.has_more}
+        return {"items": [r.to_dict() for r in self.items], "next_cursor": self.next_cursor, "has_more": self.has_more}
 
 
 def encode_cursor(created_at: datetime, run_id: str) -> str:

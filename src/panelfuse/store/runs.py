@@ -167,11 +167,31 @@ class RunStore:
         RunNotFoundError if `parent_run_id` names no run."""
         now = _now()
         record = RunRecord(
-            id=run_id, status="running", created_at=now, updated_at=now, preset=preset, mode=mode,
-            request_model=request_model, spec=spec, request=request, result=None, content="", usage=None,
-            cost=None, degraded=False, error=None, latency_ms=0, prompt_version=prompt_version, key_id=key_id,
-            background=background, parent_run_id=parent_run_id, feedback_score=None, feedback_comment=None,
-            owner_pid=os.getpid(), host=socket.gethostname(), purged_at=None,
+            id=run_id,
+            status="running",
+            created_at=now,
+            updated_at=now,
+            preset=preset,
+            mode=mode,
+            request_model=request_model,
+            spec=spec,
+            request=request,
+            result=None,
+            content="",
+            usage=None,
+            cost=None,
+            degraded=False,
+            error=None,
+            latency_ms=0,
+            prompt_version=prompt_version,
+            key_id=key_id,
+            background=background,
+            parent_run_id=parent_run_id,
+            feedback_score=None,
+            feedback_comment=None,
+            owner_pid=os.getpid(),
+            host=socket.gethostname(),
+            purged_at=None,
         )
         values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
         try:
@@ -216,8 +236,17 @@ class RunStore:
         """Record the outcome. `status` is one of completed|failed|cancelled|interrupted."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"finish_run: status must be one of {FINAL_STATUSES}, not {status!r}")
-        await self.update_run(run_id, status=status, result=result, content=content, usage=usage, cost=cost,
-                              degraded=degraded, error=error, latency_ms=latency_ms)
+        await self.update_run(
+            run_id,
+            status=status,
+            result=result,
+            content=content,
+            usage=usage,
+            cost=cost,
+            degraded=degraded,
+            error=error,
+            latency_ms=latency_ms,
+        )
 
     async def get_run(self, run_id: str, *, key_id: str | None = None) -> RunRecord | None:
         """The run, or None. With `key_id`, only a run made by that key (admin passes None)."""
@@ -246,8 +275,14 @@ class RunStore:
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
         query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
-        for column, value in (("status", status), ("preset", preset), ("mode", mode), ("key_id", key_id),
-                              ("degraded", degraded), ("parent_run_id", parent_run_id)):
+        for column, value in (
+            ("status", status),
+            ("preset", preset),
+            ("mode", mode),
+            ("key_id", key_id),
+            ("degraded", degraded),
+            ("parent_run_id", parent_run_id),
+        ):
             if value is not None:
                 query = query.where(runs.c[column] == value)
         if since is not None:
@@ -255,8 +290,9 @@ class RunStore:
         async with self._engine.connect() as conn:
             if before is not None:
                 at, after_id = await self._resolve_cursor(conn, before, key_id)
-                query = query.where(sa.or_(runs.c.created_at < at,
-                                           sa.and_(runs.c.created_at == at, runs.c.id < after_id)))
+                query = query.where(
+                    sa.or_(runs.c.created_at < at, sa.and_(runs.c.created_at == at, runs.c.id < after_id))
+                )
             rows = (await conn.execute(query)).all()
         items = [_record(r) for r in rows[:limit]]
         more = len(rows) > limit
@@ -308,8 +344,9 @@ class RunStore:
             stmt = stmt.where(runs.c.host == host)
         if owner_pid is not None:
             stmt = stmt.where(runs.c.owner_pid == owner_pid)
-        stmt = stmt.values(status="interrupted", updated_at=_now(),
-                           error=sa.func.coalesce(runs.c.error, INTERRUPTED_ERROR))
+        stmt = stmt.values(
+            status="interrupted", updated_at=_now(), error=sa.func.coalesce(runs.c.error, INTERRUPTED_ERROR)
+        )
         async with self._write() as conn:
             res = await conn.execute(stmt)
         return res.rowcount
@@ -356,8 +393,12 @@ class RunStore:
         self, run_id: str, after_seq: int = 0, limit: int = 1000, *, key_id: str | None = None
     ) -> list[EventRecord]:
         """Events with seq > after_seq, in seq order. With `key_id`, empty unless the run is that key's."""
-        query = (sa.select(run_events).where(run_events.c.run_id == run_id, run_events.c.seq > after_seq)
-                 .order_by(run_events.c.seq).limit(limit))
+        query = (
+            sa.select(run_events)
+            .where(run_events.c.run_id == run_id, run_events.c.seq > after_seq)
+            .order_by(run_events.c.seq)
+            .limit(limit)
+        )
         if key_id is not None:
             query = query.where(sa.exists().where(runs.c.id == run_id, runs.c.key_id == key_id))
         async with self._engine.connect() as conn:
@@ -375,5 +416,11 @@ def _event_row(run_id: str, ev: Any) -> dict[str, Any]:
     if not isinstance(etype, str) or not isinstance(seq, int):
         raise ValueError(f"event needs an int seq and a str type, got seq={seq!r} type={etype!r}")
     ts = get("ts")
-    return {"run_id": run_id, "seq": seq, "type": etype, "stage": get("stage") or stage_of(etype),
-            "data": dict(get("data") or {}), "ts": float(ts) if ts is not None else time.time()}
+    return {
+        "run_id": run_id,
+        "seq": seq,
+        "type": etype,
+        "stage": get("stage") or stage_of(etype),
+        "data": dict(get("data") or {}),
+        "ts": float(ts) if ts is not None else time.time(),
+    }

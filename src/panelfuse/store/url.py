@@ -35,7 +35,8 @@ def normalize_url(raw: str | URL) -> URL:
         raise StoreURLError(
             f"could not parse the database URL (scheme {scheme!r}): expected e.g. sqlite:///path/runs.db "
             "or postgresql://user:password@host:5432/dbname",
-            scheme=scheme, url=None,
+            scheme=scheme,
+            url=None,
         ) from None
     masked = mask_url(url)
     scheme = url.drivername
@@ -52,7 +53,8 @@ def normalize_url(raw: str | URL) -> URL:
         raise StoreURLError(
             f"unsupported database URL scheme {scheme!r} in {masked!r}: panelfuse stores runs in "
             "SQLite (sqlite:///path/runs.db) or PostgreSQL (postgresql://user:password@host/dbname)",
-            scheme=scheme, url=masked,
+            scheme=scheme,
+            url=masked,
         )
     if url.get_backend_name() == "sqlite" and url.database in (None, ""):
         # A bare sqlite:// is an in-memory database; say so explicitly so it is never a surprise.

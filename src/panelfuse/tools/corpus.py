@@ -21,8 +21,16 @@ import platformdirs
 from panelfuse.tools.extract import html_to_text
 from panelfuse.tools.search import SearchBackend, SearchHit, SearchResult
 
-SUFFIXES = {".txt": "text", ".text": "text", ".rst": "text", ".md": "markdown", ".markdown": "markdown",
-            ".html": "html", ".htm": "html", ".xhtml": "html"}
+SUFFIXES = {
+    ".txt": "text",
+    ".text": "text",
+    ".rst": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+}
 CHUNK_CHARS = 1200
 MAX_FILE_BYTES = 10_000_000
 MAX_QUERY_TERMS = 32
@@ -116,12 +124,15 @@ def build_index(folder: str | os.PathLike[str], out: str | os.PathLike[str] | No
             if not chunks:
                 stats.skipped.append((str(path), "no text"))
                 continue
-            db.executemany("INSERT INTO chunks (title, body, path) VALUES (?, ?, ?)",
-                           [(title, c, str(path)) for c in chunks])
+            db.executemany(
+                "INSERT INTO chunks (title, body, path) VALUES (?, ?, ?)", [(title, c, str(path)) for c in chunks]
+            )
             stats.files += 1
             stats.chunks += len(chunks)
-        db.executemany("INSERT INTO meta VALUES (?, ?)",
-                       [("root", str(root)), ("built_at", str(int(time.time()))), ("schema", SCHEMA_VERSION)])
+        db.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("root", str(root)), ("built_at", str(int(time.time()))), ("schema", SCHEMA_VERSION)],
+        )
         db.commit()
     finally:
         db.close()

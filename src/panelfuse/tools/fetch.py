@@ -55,8 +55,9 @@ def parse_numeric_host(host: str) -> IPAddress | None:
     if len(parts) > 4 or not all(_NUMERIC_PART.match(p) for p in parts):
         return None
     try:
-        values = [int(p, 16) if p.startswith("0x") else int(p, 8) if len(p) > 1 and p[0] == "0" else int(p)
-                  for p in parts]
+        values = [
+            int(p, 16) if p.startswith("0x") else int(p, 8) if len(p) > 1 and p[0] == "0" else int(p) for p in parts
+        ]
     except ValueError:  # "0x" alone, or an 8 or 9 in an octal part: inet_aton refuses these too
         return None
     *head, last = values
@@ -92,8 +93,12 @@ def blocked_reason(ip: IPAddress) -> str | None:
     if ip in METADATA_ADDRESSES:
         return f"{ip} is a cloud metadata address"
     for test, what in (
-        (ip.is_unspecified, "unspecified"), (ip.is_loopback, "loopback"), (ip.is_link_local, "link-local"),
-        (ip.is_multicast, "multicast"), (ip.is_private, "private"), (ip.is_reserved, "reserved"),
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_loopback, "loopback"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_multicast, "multicast"),
+        (ip.is_private, "private"),
+        (ip.is_reserved, "reserved"),
     ):
         if test:
             return f"{ip} is a {what} address"
@@ -124,8 +129,12 @@ class Allowlist:
         if host.lower().rstrip(".") in self.hosts:
             return True
         inner = embedded_ipv4(ip)
-        return any(addr in net for net in self.networks for addr in (ip, inner) if addr is not None
-                   and addr.version == net.version)
+        return any(
+            addr in net
+            for net in self.networks
+            for addr in (ip, inner)
+            if addr is not None and addr.version == net.version
+        )
 
 
 def check_address(host: str, ip: IPAddress, allow: Allowlist) -> str | None:
@@ -225,10 +234,14 @@ class Fetcher:
                 raise FetchRefused(f"refused: {host} resolves to a non-public address ({reason})")
         ip = addresses[0]
         hostpart = f"[{ip}]" if ip.version == 6 else str(ip)
-        target = httpx.URL(f"{scheme}://{hostpart}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query
-                                                                                else ""))
-        headers = {"Host": parts.netloc, "User-Agent": self.policy.user_agent,
-                   "Accept": "text/html, application/xhtml+xml, text/plain, text/markdown, application/json"}
+        target = httpx.URL(
+            f"{scheme}://{hostpart}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+        )
+        headers = {
+            "Host": parts.netloc,
+            "User-Agent": self.policy.user_agent,
+            "Accept": "text/html, application/xhtml+xml, text/plain, text/markdown, application/json",
+        }
         extensions = {"sni_hostname": host} if scheme == "https" and numeric is None else {}
         return target, headers, extensions
 
@@ -283,7 +296,7 @@ class Fetcher:
         async for chunk in resp.aiter_bytes():
             body += chunk
             if len(body) >= p.max_bytes:
-                del body[p.max_bytes:]
+                del body[p.max_bytes :]
                 result.truncated = True
                 break
         try:

@@ -43,8 +43,11 @@ def event_args(arguments: str) -> Any:
 
 
 def assistant_turn(completion: Completion) -> dict[str, Any]:
-    return {"role": "assistant", "content": completion.text or None,
-            "tool_calls": [tc.to_openai() for tc in completion.tool_calls]}
+    return {
+        "role": "assistant",
+        "content": completion.text or None,
+        "tool_calls": [tc.to_openai() for tc in completion.tool_calls],
+    }
 
 
 async def run_tool_loop(
@@ -66,8 +69,11 @@ async def run_tool_loop(
     them when a model call raises halfway (the searches already made are billed all the same)."""
     schemas = toolbox.schemas(offered)
     messages = list(request.messages)
-    out = LoopResult(Completion(model=request.model), usage if usage is not None else ToolUsage(),
-                     citations if citations is not None else [])
+    out = LoopResult(
+        Completion(model=request.model),
+        usage if usage is not None else ToolUsage(),
+        citations if citations is not None else [],
+    )
     executed = 0
 
     def notify(tc: ToolCall, outcome: ToolOutcome | None) -> None:
@@ -75,8 +81,7 @@ async def run_tool_loop(
             on_tool(tc.name, event_args(tc.arguments), outcome.content if outcome and outcome.refused else None)
 
     for round_no in range(max_tool_calls + 1):
-        answer_round = (executed >= max_tool_calls or round_no == max_tool_calls
-                        or deadline - clock() < MIN_TOOL_SECONDS)
+        answer_round = executed >= max_tool_calls or round_no == max_tool_calls or deadline - clock() < MIN_TOOL_SECONDS
         req = replace(request, messages=list(messages), tools=schemas, tool_choice="none" if answer_round else "auto")
         completion = await call(req)
         out.completion, out.model_calls = completion, out.model_calls + 1
@@ -105,10 +110,12 @@ async def run_tool_loop(
                 executed += 1
             planned.append((tc, refused))
             notify(tc, refused)
-        outcomes = await asyncio.gather(*(
-            _run(toolbox, tc, offered, deadline - clock()) if refused is None else _done(refused)
-            for tc, refused in planned
-        ))
+        outcomes = await asyncio.gather(
+            *(
+                _run(toolbox, tc, offered, deadline - clock()) if refused is None else _done(refused)
+                for tc, refused in planned
+            )
+        )
         for (tc, _), outcome in zip(planned, outcomes, strict=True):
             out.usage.add(outcome.usage)
             out.citations.extend(outcome.citations)

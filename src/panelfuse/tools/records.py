@@ -66,8 +66,10 @@ def url_annotations(content: str, citations: Iterable[Citation]) -> list[dict[st
     for c in dedupe_citations(citations):
         start = content.find(c.url)
         end = start + len(c.url) if start >= 0 else 0
-        out.append({
-            "type": "url_citation",
-            "url_citation": {"url": c.url, "title": c.title, "start_index": max(start, 0), "end_index": end},
-        })
+        out.append(
+            {
+                "type": "url_citation",
+                "url_citation": {"url": c.url, "title": c.title, "start_index": max(start, 0), "end_index": end},
+            }
+        )
     return out

@@ -132,7 +132,9 @@ class BraveBackend(HttpSearchBackend):
 
     def request(self, query: str, max_results: int) -> httpx.Request:
         return httpx.Request(
-            "GET", f"{self.base_url}/web/search", params={"q": query, "count": max_results},
+            "GET",
+            f"{self.base_url}/web/search",
+            params={"q": query, "count": max_results},
             headers={"X-Subscription-Token": self.api_key or "", "Accept": "application/json"},
         )
 
@@ -150,7 +152,9 @@ class TavilyBackend(HttpSearchBackend):
 
     def request(self, query: str, max_results: int) -> httpx.Request:
         return httpx.Request(
-            "POST", f"{self.base_url}/search", json={"query": query, "max_results": max_results},
+            "POST",
+            f"{self.base_url}/search",
+            json={"query": query, "max_results": max_results},
             headers={"Authorization": f"Bearer {self.api_key or ''}"},
         )
 

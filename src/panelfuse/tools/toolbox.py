@@ -32,7 +32,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "function": {
             "name": WEB_SEARCH,
             "description": "Search the web (or the configured document collection). Returns titles, URLs "
-                           "and snippets of the best matches.",
+            "and snippets of the best matches.",
             "parameters": {
                 "type": "object",
                 "properties": {"query": {"type": "string", "description": "what to search for", "maxLength": 400}},
@@ -74,13 +74,15 @@ def refusal(text: str) -> ToolOutcome:
 
 
 def not_offered(name: str, offered: Sequence[str]) -> ToolOutcome:
-    return refusal(f"the tool '{name}' is not offered here. The tools you may call are: "
-                   f"{', '.join(offered) or 'none'}.")
+    return refusal(
+        f"the tool '{name}' is not offered here. The tools you may call are: {', '.join(offered) or 'none'}."
+    )
 
 
 def limit_reached(limit: int) -> ToolOutcome:
-    return refusal(f"the limit of {limit} tool calls for this answer is reached. "
-                   "Answer now from what you already have.")
+    return refusal(
+        f"the limit of {limit} tool calls for this answer is reached. Answer now from what you already have."
+    )
 
 
 def out_of_time() -> ToolOutcome:
@@ -93,10 +95,10 @@ def parse_arguments(name: str, arguments: str) -> tuple[str | None, str | None]:
     try:
         data = json.loads(arguments or "{}")
     except ValueError:
-        return None, f"the arguments are not JSON; send {{\"{key}\": \"...\"}}"
+        return None, f'the arguments are not JSON; send {{"{key}": "..."}}'
     value = data.get(key) if isinstance(data, dict) else None
     if not isinstance(value, str) or not value.strip():
-        return None, f"'{key}' must be a non-empty string; send {{\"{key}\": \"...\"}}"
+        return None, f'\'{key}\' must be a non-empty string; send {{"{key}": "..."}}'
     return value.strip(), None
 
 
@@ -171,9 +173,7 @@ class Toolbox:
         if not result.hits:
             return ToolOutcome(f"web_search for {query!r} found nothing.", executed=True, usage=usage)
         share = max(200, self.result_chars // len(result.hits))
-        blocks = [
-            untrusted.wrap(f"Title: {h.title}\nURL: {h.url}\n{h.snippet[:share]}", h.url) for h in result.hits
-        ]
+        blocks = [untrusted.wrap(f"Title: {h.title}\nURL: {h.url}\n{h.snippet[:share]}", h.url) for h in result.hits]
         text = f"web_search results for {query!r}:\n" + "\n".join(blocks)
         citations = [Citation(h.url, h.title) for h in result.hits]
         return ToolOutcome(text, executed=True, citations=citations, usage=usage)
@@ -217,8 +217,14 @@ class Toolbox:
         fetcher = None
         if cfg.fetch.enabled:
             f = cfg.fetch
-            policy = FetchPolicy(connect_timeout=f.connect_timeout, read_timeout=f.read_timeout,
-                                 max_bytes=f.max_bytes, max_redirects=f.max_redirects, max_tokens=cfg.result_tokens)
+            policy = FetchPolicy(
+                connect_timeout=f.connect_timeout,
+                read_timeout=f.read_timeout,
+                max_bytes=f.max_bytes,
+                max_redirects=f.max_redirects,
+                max_tokens=cfg.result_tokens,
+            )
             fetcher = Fetcher(policy, allow=[*f.allow, *allow])
-        return cls(search, fetcher, max_results=cfg.max_results, result_tokens=cfg.result_tokens,
-                   tool_timeout=cfg.tool_timeout)
+        return cls(
+            search, fetcher, max_results=cfg.max_results, result_tokens=cfg.result_tokens, tool_timeout=cfg.tool_timeout
+        )

@@ -11,16 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from panelfuse.cli.progress import ProgressPrinter, money
 from panelfuse.config import ConfigError, effective_config, load_config
 from panelfuse.evals.cli import eval_command
 from panelfuse.pipeline.result import FusionResult
 from panelfuse.pipeline.run import Fusion, FusionError
 from panelfuse.pricing import PriceTable
-from panelfuse.progress import ProgressPrinter, money
 from panelfuse.providers.base import ChatRequest, Completion, fold_stream
 from panelfuse.providers.errors import ProviderError
 from panelfuse.providers.registry import Providers
-from panelfuse.resolve import FusionRoute, UnknownModelError
+from panelfuse.providers.resolve import FusionRoute, UnknownModelError
 from panelfuse.spec import FusionSpec, all_presets, preset_model_ids, spec_from_preset, verify_model_ids
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="panelfuse: an open, self-hosted Fusion API.")
@@ -162,8 +162,14 @@ def ask(
     except UnknownModelError as exc:
         raise _err(str(exc), 2) from exc
     if not isinstance(route, FusionRoute):
-        req = ChatRequest(model="", messages=messages, max_tokens=max_tokens or 512, temperature=temperature,
-                          seed=seed, timeout=timeout)
+        req = ChatRequest(
+            model="",
+            messages=messages,
+            max_tokens=max_tokens or 512,
+            temperature=temperature,
+            seed=seed,
+            timeout=timeout,
+        )
         try:
             asyncio.run(_ask_single(providers, model or "", req, as_json, console))
         except ProviderError as exc:
@@ -171,8 +177,17 @@ def ask(
         return
     try:
         spec = build_spec(
-            providers, preset or route.preset, panel, judge, synthesizer, mode, quorum=quorum, grace_ms=grace_ms,
-            max_cost=max_cost, max_tokens=max_tokens, temperature=temperature,
+            providers,
+            preset or route.preset,
+            panel,
+            judge,
+            synthesizer,
+            mode,
+            quorum=quorum,
+            grace_ms=grace_ms,
+            max_cost=max_cost,
+            max_tokens=max_tokens,
+            temperature=temperature,
             deadline_ms=int(timeout * 1000) if timeout else None,
         )
     except (KeyError, ValueError) as exc:
@@ -210,10 +225,17 @@ def estimate(
     prices = PriceTable.load(providers.config.prices)
     est = Fusion(spec, providers=providers, prices=prices).estimate(question)
     if as_json:
-        _console().print_json(json.dumps({
-            "total": est.total, "by_stage": est.by_stage(), "unpriced": est.unpriced, "prices_as_of": prices.as_of,
-            "calls": [c.__dict__ for c in est.calls],
-        }))
+        _console().print_json(
+            json.dumps(
+                {
+                    "total": est.total,
+                    "by_stage": est.by_stage(),
+                    "unpriced": est.unpriced,
+                    "prices_as_of": prices.as_of,
+                    "calls": [c.__dict__ for c in est.calls],
+                }
+            )
+        )
         return
     console = _console()
     table = Table(title=f"Worst-case estimate (prices as of {prices.as_of})", show_edge=False)
@@ -335,8 +357,13 @@ def serve(
     if retain_days is not None:
         os.environ["PANELFUSE_RETAIN_DAYS"] = str(retain_days)
     uvicorn.run(
-        "panelfuse.server.app:app_factory", factory=True, host=host, port=port, workers=workers,
-        log_level=log_level, timeout_graceful_shutdown=max(1, round(shutdown_grace)),
+        "panelfuse.server.app:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        timeout_graceful_shutdown=max(1, round(shutdown_grace)),
     )
 
 
@@ -375,12 +402,17 @@ def keys_create(
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
     patterns = [p for m in models or [] for p in m.split(",") if p.strip()] or None
-    new = _with_store(db, lambda store: store.keys.create(
-        name, budget_usd=budget, rpm=rpm, max_concurrent=concurrent, models=patterns, is_admin=admin))
+    new = _with_store(
+        db,
+        lambda store: store.keys.create(
+            name, budget_usd=budget, rpm=rpm, max_concurrent=concurrent, models=patterns, is_admin=admin
+        ),
+    )
     console = _console()
     console.print(new.secret, markup=False)
     Console(stderr=True, highlight=False).print(
-        f"[dim]{new.key.id} ({name}) created; the key above is shown once, store it now.[/]")
+        f"[dim]{new.key.id} ({name}) created; the key above is shown once, store it now.[/]"
+    )
 
 
 @keys_app.command("list")
@@ -395,15 +427,25 @@ def keys_list(db: DbOpt = None, as_json: Annotated[bool, typer.Option("--json")]
     for col in ("id", "name", "prefix", "admin", "budget", "spent", "reserved", "rpm", "models", "revoked"):
         table.add_column(col)
     for k in keys:
-        table.add_row(k.id, k.name, k.prefix + "…", "yes" if k.is_admin else "", money(k.budget_usd),
-                      money(k.spent_usd), money(k.reserved_usd), str(k.rpm or ""), ",".join(k.models or []),
-                      k.revoked_at.isoformat() if k.revoked_at else "")
+        table.add_row(
+            k.id,
+            k.name,
+            k.prefix + "…",
+            "yes" if k.is_admin else "",
+            money(k.budget_usd),
+            money(k.spent_usd),
+            money(k.reserved_usd),
+            str(k.rpm or ""),
+            ",".join(k.models or []),
+            k.revoked_at.isoformat() if k.revoked_at else "",
+        )
     console.print(table)
 
 
 @keys_app.command("revoke")
-def keys_revoke(id_or_name: Annotated[str, typer.Argument(help="a key id, or a name (revokes all with it)")],
-                db: DbOpt = None) -> None:
+def keys_revoke(
+    id_or_name: Annotated[str, typer.Argument(help="a key id, or a name (revokes all with it)")], db: DbOpt = None
+) -> None:
     """Revoke a key: requests with it get 401 from then on."""
     count = _with_store(db, lambda store: store.keys.revoke(id_or_name))
     if not count:
@@ -414,9 +456,15 @@ def keys_revoke(id_or_name: Annotated[str, typer.Argument(help="a key id, or a n
 @app.command("index")
 def index_cmd(
     folder: Annotated[str, typer.Argument(help="a folder of .txt, .md and .html files (PDF: index its text)")],
-    out: Annotated[str | None, typer.Option("--out", help="the index file (default: corpus.db in the user data "
-                                                          "dir, where web_search looks unless [tools] corpus_index "
-                                                          "says otherwise)")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            help="the index file (default: corpus.db in the user data "
+            "dir, where web_search looks unless [tools] corpus_index "
+            "says otherwise)",
+        ),
+    ] = None,
 ) -> None:
     """Build the local corpus index (SQLite FTS5, BM25) that web_search answers from, offline."""
     from panelfuse.tools.corpus import build_index
@@ -443,7 +491,3 @@ def config_show(config: ConfigOpt = None) -> None:
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -142,16 +142,33 @@ class ProgressPrinter:
             table.add_column(col)
         for m in result.panel:
             u = m.usage
-            table.add_row(f"panel {m.member}", m.model, m.status, f"{u.prompt_tokens}/{u.completion_tokens}",
-                          money(m.cost), f"{m.latency_ms / 1000:.1f}s")
+            table.add_row(
+                f"panel {m.member}",
+                m.model,
+                m.status,
+                f"{u.prompt_tokens}/{u.completion_tokens}",
+                money(m.cost),
+                f"{m.latency_ms / 1000:.1f}s",
+            )
         for name, stage in (("analysis", result.judge), ("synthesis", result.synthesizer)):
             if stage is not None:
                 u = stage.usage
-                table.add_row(name, stage.model, "failed" if stage.error else "ok",
-                              f"{u.prompt_tokens}/{u.completion_tokens}", money(stage.cost),
-                              f"{stage.latency_ms / 1000:.1f}s")
+                table.add_row(
+                    name,
+                    stage.model,
+                    "failed" if stage.error else "ok",
+                    f"{u.prompt_tokens}/{u.completion_tokens}",
+                    money(stage.cost),
+                    f"{stage.latency_ms / 1000:.1f}s",
+                )
         u = result.usage
         status = "degraded" if result.degraded else result.status
-        table.add_row("total", result.model, status, f"{u.prompt_tokens}/{u.completion_tokens}",
-                      money(result.cost), f"{result.latency_ms / 1000:.1f}s")
+        table.add_row(
+            "total",
+            result.model,
+            status,
+            f"{u.prompt_tokens}/{u.completion_tokens}",
+            money(result.cost),
+            f"{result.latency_ms / 1000:.1f}s",
+        )
         c.print(table)

@@ -52,7 +52,7 @@ def resolve_model(
     if model in FUSION_ALIASES:
         return FusionRoute(preset=None)
     if model.startswith(FUSION_PRESET_PREFIX):
-        preset = canonical_preset(model[len(FUSION_PRESET_PREFIX):])
+        preset = canonical_preset(model[len(FUSION_PRESET_PREFIX) :])
         if presets is not None and preset not in presets:
             raise UnknownModelError(f"unknown fusion preset '{preset}' in model id '{model}'")
         return FusionRoute(preset=preset)
