@@ -15,7 +15,7 @@ from typing import Any, Literal
 import json_repair
 
 from panelfuse.evals.prompts import EXPLANATION_MAX_CHARS, GRADER_PROMPT_VERSION, grader_messages, response_format
-from panelfuse.evals.scoring import Verdict
+from panelfuse.evals.scoring import Verdict, as_verdict
 from panelfuse.evals.tasks import Criterion, Task, qa_match
 from panelfuse.pricing import PriceTable, call_cost
 from panelfuse.providers.base import ChatRequest, Usage
@@ -52,11 +52,11 @@ def parse_verdict(text: str) -> tuple[Verdict, str]:
         data = json_repair.loads(text) if text.strip() else None
     if not isinstance(data, dict):
         raise GraderReplyError(f"the grader's reply is not a JSON object: {text[:120]!r}")
-    verdict = str(data.get("verdict", "")).strip().upper()
-    if verdict not in ("MET", "UNMET"):
+    verdict = as_verdict(str(data.get("verdict", "")).strip().upper())
+    if verdict is None:
         raise GraderReplyError(f"the grader's verdict {data.get('verdict')!r} is neither MET nor UNMET")
     explanation = str(data.get("explanation") or "").strip()[:EXPLANATION_MAX_CHARS]
-    return verdict, explanation  # type: ignore[return-value]
+    return verdict, explanation
 
 
 class Grader:

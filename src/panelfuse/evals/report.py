@@ -226,15 +226,16 @@ def plot_score_vs_cost(configs: list[ConfigSummary], path: Path, title: str) -> 
     fig = Figure(figsize=(7.5, 5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    points = [c for c in configs if c.mean is not None]
-    known = [c.cost_per_task for c in points if c.cost_per_task]
+    points = [(c, c.mean) for c in configs if c.mean is not None]
+    known = [c.cost_per_task for c, _ in points if c.cost_per_task]
     log_x = bool(known) and len(known) == len(points) and max(known) / min(known) > 50
-    for c in points:
+    for c, mean in points:
         x = c.cost_per_task or 0.0
-        err = [[c.mean - (c.ci_low or c.mean)], [(c.ci_high or c.mean) - c.mean]]  # type: ignore[operator]
-        ax.errorbar([x], [c.mean], yerr=err, fmt="o", capsize=4)
+        low = c.ci_low if c.ci_low is not None else mean
+        high = c.ci_high if c.ci_high is not None else mean
+        ax.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], fmt="o", capsize=4)
         label = c.label if c.cost_per_task is not None else f"{c.label} (cost unknown)"
-        ax.annotate(label, (x, c.mean), textcoords="offset points", xytext=(6, 6), fontsize=9)  # type: ignore[arg-type]
+        ax.annotate(label, (x, mean), textcoords="offset points", xytext=(6, 6), fontsize=9)
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel("cost per task (USD)")
@@ -254,11 +255,12 @@ def write_report(summary: EvalSummary, data: EvalData, out_dir: Path) -> ReportF
     summary_csv, tasks_csv = out_dir / "summary.csv", out_dir / "tasks.csv"
     _write_csv(summary_csv, *_summary_rows(summary))
     _write_csv(tasks_csv, *_task_rows(summary, data))
-    plot: Path | None = out_dir / "score_vs_cost.png"
+    plot_path = out_dir / "score_vs_cost.png"
+    plot: Path | None = plot_path
     error = None
     try:
         title = f"{Path(summary.name).name or summary.name} · grader {summary.grader}"
-        plot_score_vs_cost(summary.configs, plot, title)  # type: ignore[arg-type]
+        plot_score_vs_cost(summary.configs, plot_path, title)
     except ImportError:  # matplotlib is in the [eval] extra; the tables do not need it
         plot, error = None, "matplotlib is not installed (pip install 'panelfuse[eval]'): no plot"
     if plot is not None:

@@ -22,6 +22,15 @@ from typing import Literal
 Verdict = Literal["MET", "UNMET"]
 
 
+def as_verdict(value: object) -> Verdict | None:
+    """`value` if it is exactly one of the two verdicts, else None."""
+    if value == "MET":
+        return "MET"
+    if value == "UNMET":
+        return "UNMET"
+    return None
+
+
 @dataclass(frozen=True)
 class CriterionVerdict:
     criterion_id: str

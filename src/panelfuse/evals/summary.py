@@ -12,6 +12,7 @@ from panelfuse.evals.runner import EvalData
 from panelfuse.evals.scoring import (
     CriterionVerdict,
     TaskScore,
+    as_verdict,
     average_passes,
     failed_answer,
     score_pass,
@@ -76,8 +77,8 @@ def _task_score(data: EvalData, config: EvalConfig, task: Task) -> TaskScore | N
         verdicts = []
         for c in task.criteria:
             g = data.grades.get((config.label, task.id, p, c.id))
-            verdict = g.verdict if g is not None and g.verdict in ("MET", "UNMET") else None
-            verdicts.append(CriterionVerdict(c.id, c.section, c.weight, verdict))  # type: ignore[arg-type]
+            verdict = as_verdict(g.verdict) if g is not None else None
+            verdicts.append(CriterionVerdict(c.id, c.section, c.weight, verdict))
         per_pass.append(score_pass(verdicts))
     return average_passes(per_pass) if per_pass else None
 

@@ -238,6 +238,10 @@ class LocalProvider(Provider):
             with contextlib.suppress(RuntimeError):  # the loop may already be closed on shutdown
                 loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
 
+        def finish() -> None:
+            if not done.done():
+                done.set_result(None)
+
         def work() -> None:
             try:
                 self._generate(path, req, cancel, put, record)
@@ -248,7 +252,7 @@ class LocalProvider(Provider):
                 self.last_generation = record
                 put("done", None)
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                    loop.call_soon_threadsafe(finish)
 
         threading.Thread(target=work, name=f"panelfuse-local-{req.model}", daemon=True).start()
         try:

@@ -4,7 +4,7 @@ errors, error statuses, malformed lines and non-SSE answers map to the same type
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import httpx
@@ -25,7 +25,7 @@ async def json_events(
     model: str,
     on_status: Any,
     on_transport: Any,
-) -> AsyncIterator[tuple[str, dict[str, Any] | str]]:
+) -> AsyncGenerator[tuple[str, dict[str, Any] | str], None]:
     """POST `body` and yield (SSE event name, parsed JSON object) per data line; the literal `[DONE]`
     line is yielded as the string DONE. `on_status(status, body, headers)` and `on_transport(exc)`
     turn HTTP failures into the adapter's typed errors."""

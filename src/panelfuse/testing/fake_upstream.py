@@ -306,8 +306,8 @@ class FakeUpstream:
             if failure in (Failure.INVALID_JSON, Failure.MALFORMED_SSE):
                 payload = _BROKEN_JSON
             else:
-                payload = json.dumps(w.message_body(plan) if wire == "anthropic" else w.completion_body(plan))
-                payload = payload.encode()
+                reply = w.message_body(plan) if wire == "anthropic" else w.completion_body(plan)
+                payload = json.dumps(reply).encode()
             if failure is Failure.CUT:
                 # Promise the whole body, deliver half: the client sees a truncated response.
                 resp = web.StreamResponse(headers={"Content-Type": "application/json"})

@@ -65,7 +65,7 @@ def stream_frames(plan: Plan) -> list[Frame]:
     frames = [Frame(_sse("message_start", {"type": "message_start", "message": start}))]
     index = 0
     if plan.text:
-        block = {"type": "text", "text": ""}
+        block: dict[str, Any] = {"type": "text", "text": ""}
         frames.append(
             Frame(_sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}))
         )

@@ -18,7 +18,7 @@ from panelfuse.tools import untrusted
 from panelfuse.tools.corpus import CorpusBackend
 from panelfuse.tools.fetch import Fetcher, FetchPolicy
 from panelfuse.tools.records import Citation, ToolUsage
-from panelfuse.tools.search import BraveBackend, SearchBackend, SearxngBackend, TavilyBackend
+from panelfuse.tools.search import BraveBackend, HttpSearchBackend, SearchBackend, SearxngBackend, TavilyBackend
 
 WEB_SEARCH = "web_search"
 WEB_FETCH = "web_fetch"
@@ -211,7 +211,12 @@ class Toolbox:
         elif cfg.search != "none":
             svc = getattr(cfg, cfg.search)
             price = svc.price if svc.price is not None else DEFAULT_PRICES.get(cfg.search, 0.0)
-            kind = {"searxng": SearxngBackend, "brave": BraveBackend, "tavily": TavilyBackend}[cfg.search]
+            kinds: dict[str, type[HttpSearchBackend]] = {
+                "searxng": SearxngBackend,
+                "brave": BraveBackend,
+                "tavily": TavilyBackend,
+            }
+            kind = kinds[cfg.search]
             url = svc.url or getattr(kind, "default_url", "")
             search = kind(url, api_key=svc.resolved_api_key(env), price_per_request=price, timeout=svc.timeout)
         fetcher = None
