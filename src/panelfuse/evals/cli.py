@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol, runtime_checkable
 
 import typer
 from rich.console import Console
@@ -25,6 +25,16 @@ from panelfuse.providers.registry import Providers
 from panelfuse.store import RunStore, StoreError
 
 DEFAULT_CONCURRENCY = 4
+
+
+@runtime_checkable
+class TopLevelOptions(Protocol):
+    """What this command reads from the CLI's context object (panelfuse.cli's CliContext): the
+    top-level --config. A protocol, not an import: panelfuse.cli registers this command, so importing
+    it back would be a cycle."""
+
+    @property
+    def config_path(self) -> str | None: ...
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -134,6 +144,7 @@ def _preflight(providers: Providers, models: list[str]) -> tuple[list[str], bool
 
 
 def eval_command(
+    ctx: typer.Context,
     tasks_file: Annotated[str, typer.Argument(metavar="TASKS", help="DRACO or QA JSONL; 'sample' = the shipped set")],
     configurations: Annotated[
         list[str],
@@ -167,12 +178,12 @@ def eval_command(
     """Answer every task with every configuration, grade each answer criterion by criterion (DRACO's
     protocol), and write report.md, summary.csv, tasks.csv and score_vs_cost.png to --out.
     Rerunning the same command resumes: what is stored is not asked again."""
-    from panelfuse.cli import State  # the top-level --config; imported here, panelfuse.cli imports us
-
     if qa_grading not in ("match", "grader", "auto"):
         raise _fail(f"--qa-grading must be match, grader or auto, not {qa_grading!r}")
     try:
-        providers = Providers(load_config(config or State.config_path))
+        # The object the top-level callback stored (subcommands inherit ctx.obj), if any.
+        top = ctx.obj if isinstance(ctx.obj, TopLevelOptions) else None
+        providers = Providers(load_config(config or (top.config_path if top is not None else None)))
     except ConfigError as exc:
         raise _fail(str(exc)) from exc
     try:

@@ -8,7 +8,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +28,8 @@ from panelfuse.server.errors import (
     unexpected_handler,
     validation_handler,
 )
-from panelfuse.server.state import GatewayState, ServerSettings
+from panelfuse.server.state import GatewayState
+from panelfuse.settings import ServerSettings
 from panelfuse.store import RunStore, StoreError
 
 log = logging.getLogger("panelfuse.server")
@@ -175,24 +175,6 @@ def create_app(
     return app
 
 
-def settings_from_env(env: dict[str, Any] | None = None) -> ServerSettings:
-    """Worker processes get their settings from the environment `panelfuse serve` sets."""
-    env = dict(os.environ if env is None else env)
-    return ServerSettings(
-        config_path=env.get("PANELFUSE_CONFIG") or None,
-        db_url=env.get("PANELFUSE_DB") or None,
-        db_schema=env.get("PANELFUSE_DB_SCHEMA") or None,
-        max_body_bytes=int(env.get("PANELFUSE_MAX_BODY_BYTES", ServerSettings.max_body_bytes)),
-        keepalive_s=float(env.get("PANELFUSE_KEEPALIVE_S", ServerSettings.keepalive_s)),
-        shutdown_grace_s=float(env.get("PANELFUSE_SHUTDOWN_GRACE_S", ServerSettings.shutdown_grace_s)),
-        host=env.get("PANELFUSE_HOST", ServerSettings.host),
-        auth={"1": True, "0": False}.get(env.get("PANELFUSE_AUTH", "")),
-        admin_key=env.get("PANELFUSE_ADMIN_KEY") or None,
-        passthrough_keys=env.get("PANELFUSE_PASSTHROUGH_KEYS") == "1",
-        redis_url=env.get("PANELFUSE_REDIS") or None,
-        retain_days=float(env["PANELFUSE_RETAIN_DAYS"]) if env.get("PANELFUSE_RETAIN_DAYS") else None,
-    )
-
-
 def app_factory() -> FastAPI:
-    return create_app(settings_from_env())
+    """uvicorn's entry for each worker: the settings come from the environment `panelfuse serve` set."""
+    return create_app(ServerSettings.load())

@@ -11,26 +11,9 @@ from panelfuse.providers.registry import Providers
 from panelfuse.server.access import Authenticator, is_loopback
 from panelfuse.server.ratelimit import InProcessLimiter, Limiter, RedisLimiter
 from panelfuse.server.runs import RunManager
+from panelfuse.settings import ServerSettings as ServerSettings  # re-exported: it was defined here
 from panelfuse.spec import all_presets
 from panelfuse.store import RunStore
-
-
-@dataclass
-class ServerSettings:
-    config_path: str | None = None
-    db_url: str | None = None  # None: the SQLite file in the user data dir
-    db_schema: str | None = None  # PostgreSQL only: keep the tables in this schema (tests, tenants)
-    max_body_bytes: int = 8 * 1024 * 1024
-    keepalive_s: float = 5.0
-    shutdown_grace_s: float = 20.0
-    # Runs still 'running' whose row has not been refreshed for this long belong to a dead process.
-    stale_after_s: float = 60.0
-    host: str = "127.0.0.1"  # where the server listens: off loopback, auth defaults to on
-    auth: bool | None = None  # None: on when a key exists (or off loopback); True/False: --auth/--no-auth
-    admin_key: str | None = None
-    passthrough_keys: bool = False
-    redis_url: str | None = None  # rate limits shared across processes
-    retain_days: float | None = None  # purge the content of older runs
 
 
 @dataclass

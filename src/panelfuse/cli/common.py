@@ -1,0 +1,40 @@
+"""What the commands share: the console, the error exit, the --config option and loading the config."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from panelfuse.cli.context import CliContext
+from panelfuse.config import Config, ConfigError, load_config
+from panelfuse.providers.registry import Providers
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", help="config file (default: $PANELFUSE_CONFIG or user dir)")]
+
+
+def make_console() -> Console:
+    return Console(highlight=False)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print the error on stderr; the caller raises the returned Exit (so type checkers see the raise)."""
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def load_config_or_exit(path: str | None) -> Config:
+    """The config, or exit 2 with the file and line of what is wrong in it."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from exc
+
+
+def load_providers(ctx: typer.Context, config: str | None) -> Providers:
+    """The providers of the config this command uses (its own --config, else the top-level one)."""
+    try:
+        return Providers(load_config(CliContext.of(ctx).config(config)))
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from exc
