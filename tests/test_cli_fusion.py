@@ -154,14 +154,15 @@ async def test_progress_printer_on_a_recording_console(fake):
     console = Console(record=True, width=200)
     printer = ProgressPrinter(console)
     f = fusion(fake, spec(grace_ms=50))
-    async for ev in f.stream("q"):
+    stream = f.stream("q")
+    async for ev in stream:
         printer.handle(ev)
-    printer.totals(f.result)
+    printer.totals(stream.result)
     text = console.export_text()
     assert "C fake/m3 cut after the grace period" in text
     assert "Contradictions" in text and "cause" in text
     assert "Partial coverage" in text and "A (fake/m1), B (fake/m2)" in text
-    assert f.result.content in text
+    assert stream.result.content in text
 
 
 def test_models_check_confirms_preset_ids_against_the_provider(tmp_path, fake):

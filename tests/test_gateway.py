@@ -517,7 +517,7 @@ def test_metrics_counters_move(fake, gateway):
 
 async def test_a_silent_run_keeps_its_heartbeat(fake, gateway, monkeypatch):
     """No events for a while (a slow member) must not make the run look abandoned to a restarting replica."""
-    from panelfuse.server import runs as runs_module
+    from panelfuse.service import runs as runs_module
 
     monkeypatch.setattr(runs_module, "HEARTBEAT_INTERVAL", 0.05)
     script_panel(fake, m1=Script(text="slow", latency=2.0))
@@ -538,3 +538,44 @@ async def test_a_silent_run_keeps_its_heartbeat(fake, gateway, monkeypatch):
             await asyncio.sleep(0.05)
         assert len(seen) >= 3  # updated_at moved while the run waited on its slow member
         assert (await task).status_code == 200
+
+
+def test_resynthesize_carries_the_fusion_depth_header(fake, gateway, client):
+    # Every call made for a fusion carries the recursion guard, the re-synthesis's judge included.
+    script_panel(fake)
+    first = client.chat.completions.create(model="panelfuse/fusion", messages=[{"role": "user", "content": "q"}])
+    run_id = first.model_extra["fusion"]["run_id"]
+    fake.script("judge2", Script(text=json.dumps({"best": "A", "reason": "r"})))
+    r = httpx.post(
+        f"{gateway.url}/v1/fusion/runs/{run_id}/resynthesize", json={"model": "fake/judge2", "mode": "best-of"}
+    )
+    assert r.status_code == 200, r.text
+    assert fake.requests_for("judge2")[0].headers["x-panelfuse-fusion-depth"] == "1"
+    # a mode without a judge has nothing to re-run: a clear 400, not a run
+    r = httpx.post(f"{gateway.url}/v1/fusion/runs/{run_id}/resynthesize", json={"mode": "single"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "mode"
+
+
+def test_a_synthesizer_failure_is_in_the_stream_and_the_stored_run(fake, gateway):
+    script_panel(fake, synth=Script(failure=Failure.HTTP, status_code=400))
+    body = {
+        "model": "panelfuse/fusion",
+        "messages": [{"role": "user", "content": "q"}],
+        "stream": True,
+        "plugins": [{"id": "fusion", "synthesizer": "fake/synth"}],
+    }
+    events = []
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                if "event" in (chunk.get("fusion") or {}):
+                    events.append(chunk["fusion"])
+    failed = [e for e in events if e["type"] == "synthesis.failed"]
+    assert failed and failed[0]["model"] == "fake/synth" and failed[0]["stage"] == "synthesis"
+    run_id = events[0]["run_id"]
+    stored = httpx.get(f"{gateway.url}/v1/fusion/runs/{run_id}/events").text
+    assert "synthesis.failed" in stored
+    # nothing had streamed, so the answer is a member's own, verbatim, and the run says so
+    run = httpx.get(f"{gateway.url}/v1/fusion/runs/{run_id}").json()
+    assert run["status"] == "completed" and run["degraded"] and "synthesis failed" in run["error"]

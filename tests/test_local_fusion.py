@@ -18,8 +18,9 @@ require_local_extra()
 async def test_local_preset_end_to_end():
     spec = spec_from_preset("local", all_presets())
     fusion = Fusion(spec)
-    events = [ev async for ev in fusion.stream("Why is the sky blue?")]
-    result = fusion.result
+    stream = fusion.stream("Why is the sky blue?")
+    events = [ev async for ev in stream]
+    result = stream.result
 
     assert result.status == "completed", result.error
     assert not result.degraded
@@ -30,7 +31,7 @@ async def test_local_preset_end_to_end():
 
     # the analysis, with labels mapped back, is still valid against the bounded schema once the
     # labels are put back in place of the model ids
-    relabelled = _relabel(result.analysis)
+    relabelled = _relabel(result.analysis.to_dict())
     jsonschema.validate(relabelled, analysis_schema(["A", "B", "C"]))
     assert result.content.strip()
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from panelfuse.pipeline.modes import mode_for
 from panelfuse.pipeline.prompts import PROMPT_VERSION, SYNTHESIZER_NO_ANALYSIS
 from panelfuse.pipeline.run import FusionError
 from panelfuse.testing import Failure, Script
@@ -36,7 +37,7 @@ async def test_quorum_reached_with_one_member_failing(fake):
     statuses = {m.member: m.status for m in result.panel}
     assert statuses == {"A": "ok", "B": "failed", "C": "ok"}
     assert result.degraded
-    assert result.failed_models == [
+    assert [f.to_dict() for f in result.failed_models] == [
         {"member": "B", "model": "fake/m2", "status": "failed", "error": result.panel[1].error, "status_code": 401}
     ]
     # the judge saw only the members that answered
@@ -63,9 +64,10 @@ async def test_grace_cuts_a_straggler_without_degrading(fake):
     script_panel(fake, m3=Script(text="late", latency=30))
     events = []
     f = fusion(fake, spec(grace_ms=50))
-    async for ev in f.stream("q"):
+    stream = f.stream("q")
+    async for ev in stream:
         events.append(ev.type)
-    result = f.result
+    result = stream.result
     assert result.panel[2].status == "cut"
     assert "panel.cut" in events
     assert not result.degraded
@@ -76,13 +78,14 @@ async def test_fallback_is_used_and_reported(fake):
     script_panel(fake, m1=Script(failure=Failure.HTTP, status_code=401), backup=Script(text="backup answer"))
     s = spec(members=[{"model": "fake/m1", "fallbacks": ["fake/backup"]}, {"model": "fake/m2"}])
     f = fusion(fake, s)
-    events = [ev async for ev in f.stream("q")]
+    stream = f.stream("q")
+    events = [ev async for ev in stream]
     fallback = [e for e in events if e.type == "panel.fallback"]
     assert len(fallback) == 1
     assert fallback[0].data["from"] == "fake/m1" and fallback[0].data["to"] == "fake/backup"
-    member = f.result.panel[0]
+    member = stream.result.panel[0]
     assert member.status == "ok" and member.model == "fake/backup" and member.content == "backup answer"
-    assert not f.result.degraded
+    assert not stream.result.degraded
 
 
 async def test_judge_broken_json_is_repaired(fake):
@@ -91,7 +94,7 @@ async def test_judge_broken_json_is_repaired(fake):
     result = await fusion(fake, spec()).run("q")
     assert result.analysis is not None
     assert result.analysis_repaired
-    assert result.analysis["consensus"] == ["the sky scatters blue light"]
+    assert result.analysis.consensus == ["the sky scatters blue light"]
     assert not result.degraded
 
 
@@ -100,21 +103,23 @@ async def test_judge_unreadable_twice_then_fallback_judge(fake):
     fake.script("backup", judge_script)
     s = spec(judge={"model": "fake/judge", "fallbacks": ["fake/backup"]})
     f = fusion(fake, s)
-    events = [ev async for ev in f.stream("q")]
+    stream = f.stream("q")
+    events = [ev async for ev in stream]
     assert len(fake.requests_for("judge")) == 2  # the first try and its one retry
     retry_body = json.dumps(fake.requests_for("judge")[1].body)
     assert "could not be used" in retry_body
     assert any(e.type == "analysis.fallback" for e in events)
-    assert f.result.analysis is not None and f.result.judge.model == "fake/backup"
+    assert stream.result.analysis is not None and stream.result.judge.model == "fake/backup"
 
 
 async def test_judge_failing_degrades_and_synthesizes_from_raw_answers(fake):
     script_panel(fake, judge=Script(failure=Failure.HTTP, status_code=401))
     f = fusion(fake, spec())
-    events = [ev async for ev in f.stream("q")]
+    stream = f.stream("q")
+    events = [ev async for ev in stream]
     assert any(e.type == "analysis.failed" for e in events)
-    assert f.result.analysis is None and f.result.degraded
-    assert f.result.status == "completed" and f.result.content
+    assert stream.result.analysis is None and stream.result.degraded
+    assert stream.result.status == "completed" and stream.result.content
     synth_body = json.dumps(fake.requests_for("synth")[0].body)
     assert SYNTHESIZER_NO_ANALYSIS.splitlines()[0] in json.loads(synth_body)["messages"][1]["content"]
 
@@ -123,11 +128,11 @@ async def test_labels_map_back_to_models(fake):
     script_panel(fake)
     s = spec(members=[{"model": "fake/m1"}, {"model": "fake/m2"}, {"model": "fake/m1"}])
     result = await fusion(fake, s).run("q")
-    insight = result.analysis["unique_insights"][0]
+    insight = result.analysis.to_dict()["unique_insights"][0]
     assert insight == {"model": "fake/m1", "member": "A", "insight": "insight from A"}
-    stances = result.analysis["contradictions"][0]["stances"]
+    stances = result.analysis.to_dict()["contradictions"][0]["stances"]
     assert [(st["member"], st["model"]) for st in stances] == [("A", "fake/m1"), ("B", "fake/m2"), ("C", "fake/m1")]
-    partial = result.analysis["partial_coverage"][0]
+    partial = result.analysis.to_dict()["partial_coverage"][0]
     assert partial["models"] == ["fake/m1", "fake/m2"] and partial["members"] == ["A", "B"]
     # and the judge itself saw labels only, never model ids
     judge_text = json.dumps(fake.requests_for("judge")[0].body["messages"])
@@ -182,7 +187,7 @@ async def test_mode_best_of_returns_the_chosen_answer_verbatim(fake):
     result = await fusion(fake, spec(mode="best-of")).run("q")
     assert result.content == "Shorter wavelengths scatter more."
     assert result.model == "fake/m2"
-    assert result.best_of == {"member": "B", "model": "fake/m2", "reason": "most precise"}
+    assert result.best_of.to_dict() == {"member": "B", "model": "fake/m2", "reason": "most precise"}
     assert not fake.requests_for("synth")
 
 
@@ -190,22 +195,24 @@ async def test_mode_judge_writes_streams_only_the_answer(fake):
     text = json.dumps(analysis_for(["A", "B", "C"])) + "\n=== ANSWER ===\nBlue light scatters most."
     script_panel(fake, judge=Script(text=text))
     f = fusion(fake, spec(mode="judge-writes"))
-    deltas = [ev.data["text"] async for ev in f.stream("q") if ev.type == "final.delta"]
+    stream = f.stream("q")
+    deltas = [ev.data["text"] async for ev in stream if ev.type == "final.delta"]
     assert "".join(deltas).strip() == "Blue light scatters most."
-    assert f.result.analysis["consensus"] == ["the sky scatters blue light"]
-    assert f.result.model == "fake/judge"
+    assert stream.result.analysis.consensus == ["the sky scatters blue light"]
+    assert stream.result.model == "fake/judge"
     assert not fake.requests_for("synth")
 
 
 async def test_mode_synthesize_streams_final_deltas(fake):
     script_panel(fake)
     f = fusion(fake, spec())
-    events = [ev async for ev in f.stream("q")]
+    stream = f.stream("q")
+    events = [ev async for ev in stream]
     types = [e.type for e in events]
     assert types[0] == "run.started" and types[-1] == "run.completed"
     assert types.index("analysis.completed") < types.index("final.delta") < types.index("final.completed")
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    assert "".join(e.data["text"] for e in events if e.type == "final.delta") == f.result.content
+    assert "".join(e.data["text"] for e in events if e.type == "final.delta") == stream.result.content
     assert {e.stage for e in events if e.type.startswith("panel.")} == {"panel"}
 
 
@@ -263,9 +270,10 @@ async def test_cancelling_a_run_cancels_every_upstream_call(fake):
         m3=Script(text="late", latency=30),
     )
     f = fusion(fake, spec())
+    stream = f.stream("q")
 
     async def consume():
-        async for _ in f.stream("q"):
+        async for _ in stream:
             pass
 
     task = asyncio.create_task(consume())
@@ -279,10 +287,10 @@ async def test_cancelling_a_run_cancels_every_upstream_call(fake):
         await task
     assert await fake.wait_idle_async(5.0)
     assert fake.disconnects == 3
-    assert f.result.status == "cancelled"
-    assert {m.status for m in f.result.panel} == {"cancelled"}
+    assert stream.result.status == "cancelled"
+    assert {m.status for m in stream.result.panel} == {"cancelled"}
     # streamed text of a cancelled call is billed as an estimate, and says so
-    assert f.result.cost_details()["estimated"] is True
+    assert stream.result.cost_details()["estimated"] is True
 
 
 async def test_estimate_matches_the_documented_formula(fake):
@@ -310,7 +318,7 @@ def test_spec_validation_names_the_field():
     with pytest.raises(ValidationError, match="colour"):
         spec(colour="blue")
     assert spec(mode="full").mode == "synthesize"
-    assert spec().effective_quorum == 2 and spec(mode="single").effective_quorum == 1
+    assert mode_for("synthesize").quorum(spec()) == 2 and mode_for("single").quorum(spec(mode="single")) == 1
 
 
 async def test_a_member_on_an_unconfigured_provider_fails_with_its_reason(fake):
@@ -330,44 +338,49 @@ def test_prices_table_lookup():
 
 async def test_a_bug_inside_the_pipeline_is_a_failed_run_not_a_crash(fake, monkeypatch):
     script_panel(fake)
-    from panelfuse.pipeline import run as run_module
+    from panelfuse.pipeline.modes import synthesize as synthesize_module
 
     async def broken(*args, **kwargs):
         raise KeyError("boom")
 
-    monkeypatch.setattr(run_module, "run_analysis", broken)
+    monkeypatch.setattr(synthesize_module, "run_analysis", broken)
     f = fusion(fake, spec())
-    events = [ev.type async for ev in f.stream("q")]
+    stream = f.stream("q")
+    events = [ev.type async for ev in stream]
     assert events[-1] == "run.failed"
-    assert f.result.status == "failed" and "internal error" in f.result.error and "boom" in f.result.error
+    result = stream.result
+    assert result.status == "failed" and "internal error" in result.error and "boom" in result.error
 
 
 async def test_mode_single_streams_the_answer_live(fake):
     # The answer's deltas arrive while the member is still answering, not in one piece at the end.
     script_panel(fake, m1=Script(text="one two three four", token_rate=50))
     f = fusion(fake, spec(mode="single"))
-    types = [ev.type async for ev in f.stream("q")]
+    stream = f.stream("q")
+    types = [ev.type async for ev in stream]
     finals = [i for i, t in enumerate(types) if t == "final.delta"]
     assert len(finals) == 4
     assert finals[0] < types.index("panel.completed")
-    assert f.result.content == "one two three four"
+    assert stream.result.content == "one two three four"
 
 
 async def test_mode_single_falls_back_only_before_any_answer_text(fake):
     script_panel(fake, m1=Script(failure=Failure.HTTP, status_code=401), backup=Script(text="from backup"))
     s = spec(mode="single", members=[{"model": "fake/m1", "fallbacks": ["fake/backup"]}])
     f = fusion(fake, s)
-    finals = [ev.data["text"] async for ev in f.stream("q") if ev.type == "final.delta"]
-    assert "".join(finals) == "from backup" and f.result.model == "fake/backup"
+    stream = f.stream("q")
+    finals = [ev.data["text"] async for ev in stream if ev.type == "final.delta"]
+    assert "".join(finals) == "from backup" and stream.result.model == "fake/backup"
     # a member cut after streaming part of its answer is not followed by a fallback's text
     fake.reset()
     script_panel(
         fake, m1=Script(text="a b c d e f", failure=Failure.CUT, cut_after_tokens=2), backup=Script(text="from backup")
     )
     f = fusion(fake, s)
-    finals = [ev.data["text"] async for ev in f.stream("q") if ev.type == "final.delta"]
+    stream = f.stream("q")
+    finals = [ev.data["text"] async for ev in stream if ev.type == "final.delta"]
     assert "".join(finals) == "a b "
-    assert f.result.status == "failed" and not fake.requests_for("backup")
+    assert stream.result.status == "failed" and not fake.requests_for("backup")
 
 
 async def test_reasoning_reaches_openai_style_members_only(fake):
@@ -393,3 +406,76 @@ async def test_judge_and_synthesizer_prompts_share_their_first_message(fake):
     assert "The analysis:" in synth[1]["content"]
     # the user's own system message and turns follow, so the synthesizer answers the last turn
     assert synth[2:] == conversation
+
+
+async def test_every_stage_reports_its_fallbacks_and_failures_the_same_way(fake):
+    # One chain runner: the members', the judge's and the synthesizer's fallbacks are the same events.
+    script_panel(
+        fake,
+        m1=Script(failure=Failure.HTTP, status_code=401),
+        backup=Script(text="from backup", prompt_tokens=10, completion_tokens=5),
+        synth=Script(failure=Failure.HTTP, status_code=400),
+        synth2=Script(text="the fallback's synthesis", prompt_tokens=10, completion_tokens=5),
+    )
+    fake.script("judge", Script(failure=Failure.HTTP, status_code=401))
+    fake.script("judge2", judge_script)
+    s = spec(
+        members=[{"model": "fake/m1", "fallbacks": ["fake/backup"]}, {"model": "fake/m2"}],
+        judge={"model": "fake/judge", "fallbacks": ["fake/judge2"]},
+        synthesizer={"model": "fake/synth", "fallbacks": ["fake/synth2"]},
+    )
+    stream = fusion(fake, s).stream("q")
+    events = [ev async for ev in stream]
+    fallbacks = {ev.type: ev.data for ev in events if ev.type.endswith(".fallback")}
+    assert fallbacks["panel.fallback"] == {
+        "from": "fake/m1",
+        "to": "fake/backup",
+        "reason": fallbacks["panel.fallback"]["reason"],
+        "member": "A",
+    }
+    assert (fallbacks["analysis.fallback"]["from"], fallbacks["analysis.fallback"]["to"]) == (
+        "fake/judge",
+        "fake/judge2",
+    )
+    assert (fallbacks["synthesis.fallback"]["from"], fallbacks["synthesis.fallback"]["to"]) == (
+        "fake/synth",
+        "fake/synth2",
+    )
+    assert {ev.stage for ev in events if ev.type.endswith(".fallback")} == {"panel", "analysis", "synthesis"}
+    assert stream.result.content == "the fallback's synthesis" and stream.result.model == "fake/synth2"
+    # the last model of a chain failing is `<stage>.failed`, with the model and status
+    fake.reset()
+    script_panel(fake, synth=Script(failure=Failure.HTTP, status_code=400))
+    fake.script("judge", judge_script)
+    stream = fusion(fake, spec()).stream("q")
+    failed = [ev async for ev in stream if ev.type == "synthesis.failed"]
+    assert [(ev.data["model"], ev.data["status"], ev.stage) for ev in failed] == [("fake/synth", "failed", "synthesis")]
+
+
+async def test_one_fusion_runs_two_streams_at_once(fake):
+    script_panel(fake, m1=Script(text="slow answer " * 5, token_rate=100))
+    fake.script("judge", judge_script)
+    f = fusion(fake, spec())
+    first, second = f.stream("first question"), f.stream("second question")
+
+    async def drain(stream):
+        return [ev async for ev in stream]
+
+    a, b = await asyncio.gather(drain(first), drain(second))
+    assert first.run_id != second.run_id
+    assert {ev.run_id for ev in a} == {first.run_id} and {ev.run_id for ev in b} == {second.run_id}
+    assert [ev.seq for ev in a] == list(range(1, len(a) + 1))
+    assert first.result.status == second.result.status == "completed"
+    assert first.result is not second.result and first.result.run_id == first.run_id
+    asked = sorted(json.dumps(r.body["messages"]) for r in fake.requests_for("m2"))
+    assert "first question" in asked[0] and "second question" in asked[1]
+
+
+def test_the_mode_registry_and_the_spec_agree():
+    from typing import get_args
+
+    from panelfuse.pipeline.modes import MODES
+    from panelfuse.spec import Mode
+
+    assert set(MODES) == set(get_args(Mode))
+    assert all(name == mode.name for name, mode in MODES.items())

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from conftest import require_service
-from panelfuse.pipeline.events import Event
+from panelfuse.pipeline.analysis import Analysis
+from panelfuse.pipeline.events import Event, PanelDelta, RunStarted
 from panelfuse.pipeline.result import CallRecord, FusionResult, MemberResult, StageResult
 from panelfuse.providers.base import Usage
 from panelfuse.store import (
@@ -97,7 +98,9 @@ def fusion_result(run_id: str) -> FusionResult:
         content="final",
         model="fake/s",
         panel=[member, failed],
-        analysis={"agreements": ["x"], "scores": {"m1": 0.9}},
+        analysis=Analysis(
+            consensus=["x"], contradictions=[], partial_coverage=[], unique_insights=[], blind_spots=["y"], risks=["z"]
+        ),
         synthesizer=StageResult(model="fake/s", calls=[CallRecord(model="fake/s", cost=0.5)]),
     )
 
@@ -362,10 +365,7 @@ async def test_feedback_and_key_scoping(store):
 
 async def test_events_after_ordering_and_duplicates(store):
     await new_run(store, "run_e")
-    evs = [
-        Event("run_e", seq, "panel.delta", {"member": "m1", "text": f"t{seq}"}, "panel", ts=100.0 + seq)
-        for seq in (3, 1, 2)
-    ]
+    evs = [Event("run_e", seq, PanelDelta(member="m1", text=f"t{seq}"), "panel", ts=100.0 + seq) for seq in (3, 1, 2)]
     await store.append_events("run_e", evs)
     await store.append_events(
         "run_e",
@@ -392,7 +392,7 @@ async def test_events_after_ordering_and_duplicates(store):
     with pytest.raises(RunNotFoundError):
         await store.append_events("run_none", [{"seq": 1, "type": "run.started"}])
     with pytest.raises(ValueError):
-        await store.append_events("run_e", [Event("run_other", 9, "run.started", {}, "run")])
+        await store.append_events("run_e", [Event("run_other", 9, RunStarted(spec={}, prompt_version="v"), "run")])
 
 
 async def test_delete_cascades_events(store):

@@ -57,8 +57,9 @@ def until_told_to_answer(call: dict, answer: str = "final answer"):
 
 
 async def run(f, question="How deep is the ocean?"):
-    events = [ev async for ev in f.stream(question)]
-    return f.result, events
+    stream = f.stream(question)
+    events = [ev async for ev in stream]
+    return stream.result, events
 
 
 async def test_a_member_searches_fetches_and_its_sources_reach_the_final_message(fake, site):

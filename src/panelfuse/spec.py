@@ -6,15 +6,19 @@ import string
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from panelfuse.providers.resolve import canonical_preset
 
-# "analyze": panel + analysis only, no answer (what the fusion server tool hands to the outer model).
-Mode = Literal["synthesize", "judge-writes", "best-of", "single", "analyze"]
-MODE_SYNONYMS = {"full": "synthesize", "fast": "single"}
+# The one list of modes (each is a strategy in panelfuse.pipeline.modes). "analyze": panel + analysis
+# only, no answer (what the fusion server tool hands to the outer model), not offered to callers.
+PublicMode = Literal["synthesize", "judge-writes", "best-of", "single"]
+Mode = Literal[PublicMode, "analyze"]
+ModeSynonym = Literal["full", "fast"]  # OpenRouter's names
+MODE_SYNONYMS: dict[str, PublicMode] = {"full": "synthesize", "fast": "single"}
+PUBLIC_MODES: tuple[str, ...] = get_args(PublicMode)
 MAX_MEMBERS = 8
 LABELS = string.ascii_uppercase[:MAX_MEMBERS]
 
@@ -88,12 +92,6 @@ class FusionSpec(BaseModel):
         if self.quorum is not None and self.quorum > len(self.members):
             raise ValueError(f"quorum {self.quorum} is larger than the panel ({len(self.members)} members)")
         return self
-
-    @property
-    def effective_quorum(self) -> int:
-        if self.mode == "single":
-            return 1
-        return self.quorum if self.quorum is not None else min(2, len(self.members))
 
     @property
     def synthesizer_model(self) -> str:

@@ -86,15 +86,15 @@ def build_spec(
 
 async def _ask_fusion(fusion: Fusion, messages: list[dict[str, Any]], as_json: bool, console: Console) -> FusionResult:
     printer = None if as_json else ProgressPrinter(console)
+    stream = fusion.stream(messages)
     try:
-        async for ev in fusion.stream(messages):
+        async for ev in stream:
             if printer:
                 printer.handle(ev)
     finally:
-        if printer and fusion.result is not None and fusion.result.status != "running":
-            printer.totals(fusion.result)
-    assert fusion.result is not None
-    return fusion.result
+        if printer and stream.result.status != "running":
+            printer.totals(stream.result)
+    return stream.result
 
 
 def ask(

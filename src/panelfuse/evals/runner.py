@@ -22,7 +22,7 @@ from panelfuse.evals.grading import MATCH_GRADER, Grader
 from panelfuse.evals.prompts import GRADER_PROMPT_VERSION
 from panelfuse.evals.store import AnswerKey, AnswerRow, EvalStore, GradeKey, GradeRow
 from panelfuse.evals.tasks import Criterion, Task
-from panelfuse.pipeline.run import Fusion, FusionError
+from panelfuse.pipeline.run import Fusion, FusionStream
 from panelfuse.pricing import PriceTable, call_cost
 from panelfuse.providers.base import ChatRequest
 from panelfuse.providers.registry import Providers
@@ -79,7 +79,7 @@ class EvalRunner:
         progress: Progress | None = None,
     ) -> None:
         self.store = store
-        self.evals = EvalStore(store.engine)
+        self.evals = EvalStore(store.database)
         self.providers = providers
         self.grader = grader
         self.prices = prices
@@ -220,11 +220,10 @@ class EvalRunner:
         self, config: EvalConfig, task: Task, messages: list[dict[str, Any]], base: dict[str, Any]
     ) -> AnswerRow:
         assert config.spec is not None
-        fusion = Fusion(config.spec, providers=self.providers, prices=self.prices)
+        stream = Fusion(config.spec, providers=self.providers, prices=self.prices).stream(messages)
         try:
-            result = await fusion.run(messages)
-        except FusionError as exc:
-            result = exc.result
+            async for _ in stream:
+                pass
         except Exception as exc:  # a bug or an unexpected upstream shape: this answer failed
             return AnswerRow(
                 **base,
@@ -236,7 +235,8 @@ class EvalRunner:
                 cost=None,
                 latency_ms=0,
             )
-        run_id = await self._record(fusion, config, task, messages, base["pass_index"])
+        result = stream.result
+        run_id = await self._record(stream, config, task, messages, base["pass_index"])
         ok = result.status == "completed"
         return AnswerRow(
             **base,
@@ -251,11 +251,11 @@ class EvalRunner:
         )
 
     async def _record(
-        self, fusion: Fusion, config: EvalConfig, task: Task, messages: list[dict[str, Any]], pass_index: int
+        self, stream: FusionStream, config: EvalConfig, task: Task, messages: list[dict[str, Any]], pass_index: int
     ) -> str | None:
         """Keep the fusion run (result and events) in `runs`, like a gateway run. Best effort."""
-        result, spec = fusion.result, config.spec
-        if not self.settings.record_runs or result is None or spec is None:
+        result, spec = stream.result, config.spec
+        if not self.settings.record_runs or spec is None:
             return None
         status = result.status if result.status in ("completed", "failed", "cancelled") else "failed"
         request = {
@@ -272,8 +272,7 @@ class EvalRunner:
                 mode=spec.mode,
                 prompt_version=result.prompt_version,
             )
-            if fusion.log is not None:
-                await self.store.append_events(result.run_id, fusion.log.events)
+            await self.store.append_events(result.run_id, stream.log.events)
             await self.store.finish_run(
                 result.run_id,
                 status=status,

@@ -13,10 +13,61 @@ from typing import Any
 
 import json_repair
 import jsonschema
+from pydantic import BaseModel, ConfigDict
 
 REQUIRED_KEYS = ("consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots")
 MAX_ITEMS = 5
 MAX_TEXT = 240
+
+
+class _Item(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Stance(_Item):
+    model: str
+    stance: str
+    member: str | None = None  # the label beside the model id (a model may sit on the panel twice)
+
+
+class Contradiction(_Item):
+    topic: str
+    stances: list[Stance]
+
+
+class PartialCoverage(_Item):
+    models: list[str]
+    point: str
+    members: list[str] | None = None
+
+
+class UniqueInsight(_Item):
+    model: str
+    insight: str
+    member: str | None = None
+
+
+class Anomaly(_Item):
+    model: str
+    reason: str
+    member: str | None = None
+
+
+class Analysis(BaseModel):
+    """The judge's analysis, labels mapped to model ids. A spec's extra `dimensions` are extra fields
+    (each a list of strings), kept in `model_extra`."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    consensus: list[str]
+    contradictions: list[Contradiction]
+    partial_coverage: list[PartialCoverage]
+    unique_insights: list[UniqueInsight]
+    blind_spots: list[str]
+    anomalies: list[Anomaly] = []
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
 
 
 class AnalysisError(ValueError):
@@ -117,7 +168,7 @@ def _trim(value: Any) -> Any:
     return value
 
 
-def map_labels(analysis: Mapping[str, Any], label_models: Mapping[str, str]) -> dict[str, Any]:
+def map_labels(analysis: Mapping[str, Any], label_models: Mapping[str, str]) -> Analysis:
     """Replace labels by model ids everywhere, keeping the label beside it as `member`/`members`
     (a model may sit on the panel twice, so the label alone tells the members apart)."""
 
@@ -135,13 +186,28 @@ def map_labels(analysis: Mapping[str, Any], label_models: Mapping[str, str]) -> 
             return [convert(v) for v in value]
         return value
 
-    return convert(dict(analysis))
+    return Analysis.model_validate(convert(dict(analysis)))
 
 
 def split_judge_writes(text: str, marker: str) -> tuple[str, str | None]:
     """Split a judge-writes output into (analysis text, answer); answer None when no marker yet."""
     head, sep, tail = text.partition(marker)
     return (head, tail.lstrip("\n")) if sep else (text, None)
+
+
+BEST_OF_SCHEMA_REASON_MAX = 200
+
+
+def best_of_schema(labels: Sequence[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "best": {"type": "string", "enum": list(labels)},
+            "reason": {"type": "string", "maxLength": BEST_OF_SCHEMA_REASON_MAX},
+        },
+        "required": ["best", "reason"],
+        "additionalProperties": False,
+    }
 
 
 def best_of_choice(text: str, labels: Sequence[str]) -> tuple[str, str]:

@@ -1,4 +1,5 @@
-"""One billed upstream call, and a chain of fallbacks: shared by panel, analysis and synthesis."""
+"""One billed upstream call (plain or through the tool loop), the mid-run cost guard and shared
+pre-retrieval: what the panel, analysis and synthesis stages call through."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from panelfuse.pipeline import prompts
-from panelfuse.pipeline.events import EventLog
+from panelfuse.pipeline.events import EventLog, ToolCalled
 from panelfuse.pipeline.result import CallRecord
+from panelfuse.pipeline.routes import ResolvedModel
 from panelfuse.pricing import PriceTable, call_cost, estimate_tokens, messages_tokens, token_cost
 from panelfuse.providers.base import ChatRequest, Completion, StreamEvent, Usage, fold_stream
 from panelfuse.providers.errors import ProviderError
-from panelfuse.providers.registry import Providers
 from panelfuse.tools.loop import OnTool, run_tool_loop
 from panelfuse.tools.records import Citation, ToolUsage
 from panelfuse.tools.toolbox import WEB_SEARCH, Toolbox, ToolOutcome
@@ -51,7 +52,6 @@ class CostGuard:
 
 @dataclass
 class CallContext:
-    providers: Providers
     prices: PriceTable
     guard: CostGuard
     timeout: float  # seconds, each call (and the tool loop's deadline for tools)
@@ -66,14 +66,14 @@ class CallContext:
 
 async def call_model(
     ctx: CallContext,
-    model: str,
+    resolved: ResolvedModel,
     template: ChatRequest,
     records: list[CallRecord],
     on_text: Callable[[str], None] | None = None,
 ) -> Completion:
-    """Run one call to `model` (a qualified id) and append its CallRecord to `records`, also when it
-    fails or is cancelled (then its cost is reckoned from what streamed and marked estimated)."""
-    provider, route = ctx.providers.for_model(model)
+    """Run one call to a planned model and append its CallRecord to `records`, also when it fails or
+    is cancelled (then its cost is reckoned from what streamed and marked estimated)."""
+    provider, route, model = resolved.provider, resolved.route, resolved.model
     req = replace(template, model=route.model, timeout=ctx.timeout)
     if req.response_format and not provider.supports_json_schema:
         req.response_format = None  # the caller parses leniently
@@ -121,43 +121,28 @@ async def call_model(
 PRE_RETRIEVAL_RESULTS = 3
 
 
-def offered_tools(
-    providers: Providers, toolbox: Toolbox | None, model: str, wanted: Sequence[str], max_tool_calls: int
-) -> list[str]:
-    """The tools `model` gets through function calling: none unless the spec wants some, allows calls,
-    the provider can call tools and the toolbox can run them."""
-    if not wanted or max_tool_calls <= 0 or toolbox is None:
-        return []
-    try:
-        provider, _ = providers.for_model(model)
-    except ProviderError:
-        return []  # the call itself will report the problem
-    return toolbox.offer(wanted) if provider.supports_tools else []
-
-
 def tool_event(log: EventLog, who: str) -> OnTool:
     def emit(tool: str, args: Any, refused: str | None) -> None:
-        extra = {"refused": refused} if refused else {}
-        log.emit("tool.called", member=who, tool=tool, args=args, **extra)
+        log.emit(ToolCalled(member=who, tool=tool, args=args, refused=refused or None))
 
     return emit
 
 
 async def call_with_tools(
     ctx: CallContext,
-    model: str,
+    model: ResolvedModel,
     template: ChatRequest,
     records: list[CallRecord],
     *,
-    offered: Sequence[str],
     max_tool_calls: int,
     usage: ToolUsage,
     citations: list[Citation],
     on_tool: OnTool | None = None,
     on_text: Callable[[str], None] | None = None,
 ) -> Completion:
-    """`call_model` through the tool loop when tools are offered (each model call one CallRecord);
-    a plain call otherwise. Tool usage and citations accumulate into `usage` and `citations`."""
+    """`call_model` through the tool loop when the plan offers the model tools (each model call one
+    CallRecord); a plain call otherwise. Tool usage and citations accumulate into `usage` and `citations`."""
+    offered = model.tools
     if not offered or ctx.toolbox is None:
         return await call_model(ctx, model, template, records, on_text)
     req = replace(template, messages=prompts.with_tool_notice(template.messages))

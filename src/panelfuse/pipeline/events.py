@@ -1,36 +1,218 @@
-"""Progress events: one vocabulary for the Python API, CLI, SSE and chatroom (DESIGN.md).
+"""Progress events: one vocabulary for the Python API, CLI, SSE and chatroom (docs/architecture.md).
 
-Each event carries run_id, a monotonic seq and its stage; consumers can replay after any seq.
+Each event is a typed payload (one class per event type, below: the catalog) numbered by the run's
+EventLog with a monotonic seq and its stage; consumers can replay after any seq. `Event.data` is the
+payload's wire form (the dict sent in SSE and stored), computed from the payload.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 Stage = Literal["panel", "analysis", "synthesis", "run"]
 
-EVENT_TYPES = (
-    "run.started",
-    "panel.started",
-    "panel.delta",
-    "tool.called",
-    "panel.fallback",
-    "panel.completed",
-    "panel.failed",
-    "panel.cut",
-    "analysis.started",
-    "analysis.fallback",
-    "analysis.completed",
-    "analysis.failed",
-    "final.delta",
-    "final.completed",
-    "run.completed",
-    "run.failed",
-    "run.cancelled",
-)
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    TYPE: ClassVar[str]
+    # Wire names that differ from the field names (`from` is a keyword).
+    RENAMED: ClassVar[dict[str, str]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.metadata.get("omit_none"):
+                continue
+            out[self.RENAMED.get(f.name, f.name)] = value
+        return out
+
+
+def _optional() -> Any:
+    """A field left out of the wire form when None (it was absent before it was typed)."""
+    return field(default=None, metadata={"omit_none": True})
+
+
+# ---- the catalog ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted(Payload):
+    TYPE = "run.started"
+    spec: dict[str, Any]
+    prompt_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class PanelStarted(Payload):
+    TYPE = "panel.started"
+    member: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class PanelDelta(Payload):
+    TYPE = "panel.delta"
+    member: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCalled(Payload):
+    TYPE = "tool.called"
+    member: str  # a member's label, or "judge"
+    tool: str
+    args: Any
+    refused: str | None = _optional()
+
+
+@dataclass(frozen=True, slots=True)
+class PanelCompleted(Payload):
+    TYPE = "panel.completed"
+    member: str
+    model: str
+    content: str
+    usage: dict[str, Any]
+    cost: float | None
+    latency_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PanelCut(Payload):
+    TYPE = "panel.cut"
+    member: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback(Payload):
+    """A call in a chain failed and the next model takes over (every stage: one shape)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"from_model": "from", "to_model": "to"}
+    from_model: str
+    to_model: str
+    reason: str
+    member: str | None = _optional()
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(Payload):
+    """The last model of a chain failed: the stage has no result from it (every stage: one shape)."""
+
+    error: str
+    model: str | None = _optional()
+    status: str | None = _optional()
+    member: str | None = _optional()
+
+
+@dataclass(frozen=True, slots=True)
+class PanelFallback(Fallback):
+    TYPE = "panel.fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class PanelFailed(Failed):
+    TYPE = "panel.failed"
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisStarted(Payload):
+    TYPE = "analysis.started"
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisFallback(Fallback):
+    TYPE = "analysis.fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisCompleted(Payload):
+    TYPE = "analysis.completed"
+    analysis: dict[str, Any]
+    usage: dict[str, Any]
+    cost: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisFailed(Failed):
+    TYPE = "analysis.failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisFallback(Fallback):
+    TYPE = "synthesis.fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisFailed(Failed):
+    TYPE = "synthesis.failed"
+
+
+@dataclass(frozen=True, slots=True)
+class FinalDelta(Payload):
+    TYPE = "final.delta"
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class FinalCompleted(Payload):
+    TYPE = "final.completed"
+    content: str
+    annotations: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class RunCompleted(Payload):
+    TYPE = "run.completed"
+    usage: dict[str, Any]
+    cost: float | None
+    degraded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunFailed(Payload):
+    TYPE = "run.failed"
+    error: str
+    failed_models: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class RunCancelled(Payload):
+    TYPE = "run.cancelled"
+    reason: str
+
+
+CATALOG: dict[str, type[Payload]] = {
+    cls.TYPE: cls
+    for cls in (
+        RunStarted,
+        PanelStarted,
+        PanelDelta,
+        ToolCalled,
+        PanelFallback,
+        PanelCompleted,
+        PanelFailed,
+        PanelCut,
+        AnalysisStarted,
+        AnalysisFallback,
+        AnalysisCompleted,
+        AnalysisFailed,
+        SynthesisFallback,
+        SynthesisFailed,
+        FinalDelta,
+        FinalCompleted,
+        RunCompleted,
+        RunFailed,
+        RunCancelled,
+    )
+}
+EVENT_TYPES = tuple(CATALOG)
+TERMINAL = ("run.completed", "run.failed", "run.cancelled")
 
 
 def stage_of(event_type: str) -> Stage:
@@ -39,39 +221,44 @@ def stage_of(event_type: str) -> Stage:
         return "panel"
     if head == "analysis":
         return "analysis"
-    if head == "final":
+    if head in ("final", "synthesis"):
         return "synthesis"
     return "run"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     run_id: str
     seq: int
-    type: str
-    data: dict[str, Any]
+    payload: Payload
     stage: Stage
     ts: float = field(default_factory=time.time)
+
+    @property
+    def type(self) -> str:
+        return self.payload.TYPE
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.payload.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "seq": self.seq, "type": self.type, "stage": self.stage, **self.data}
 
 
 class EventLog:
-    """Numbers and keeps a run's events; every consumer (stream, store, CLI) reads from here."""
+    """Numbers and keeps one run's events: the one list every consumer (stream, store, CLI) reads."""
 
     def __init__(self, run_id: str, listener: Callable[[Event], None] | None = None) -> None:
         self.run_id = run_id
         self.events: list[Event] = []
         self.listener = listener
 
-    def emit(self, event_type: str, **data: Any) -> Event:
-        if event_type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {event_type}")
-        stage = stage_of(event_type)
-        if event_type == "tool.called" and data.get("member") == "judge":
+    def emit(self, payload: Payload) -> Event:
+        stage = stage_of(payload.TYPE)
+        if isinstance(payload, ToolCalled) and payload.member == "judge":
             stage = "analysis"  # the judge's own tool calls belong to the analysis stage
-        ev = Event(self.run_id, len(self.events) + 1, event_type, data, stage)
+        ev = Event(self.run_id, len(self.events) + 1, payload, stage)
         self.events.append(ev)
         if self.listener is not None:
             self.listener(ev)

@@ -1,4 +1,4 @@
-"""The panel: members answer concurrently; fallbacks, statuses, quorum and grace (DESIGN.md)."""
+"""The panel: members answer concurrently; fallbacks, statuses, quorum and grace."""
 
 from __future__ import annotations
 
@@ -6,35 +6,24 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from panelfuse.pipeline import prompts
-from panelfuse.pipeline.calls import (
-    CallContext,
-    SharedRetrieval,
-    call_model,
-    call_with_tools,
-    offered_tools,
-    tool_event,
-)
-from panelfuse.pipeline.events import EventLog
-from panelfuse.pipeline.result import MemberResult, MemberStatus
+from panelfuse.pipeline.calls import SharedRetrieval, call_model, call_with_tools, tool_event
+from panelfuse.pipeline.chain import EmptyAnswer, run_chain, status_of
+from panelfuse.pipeline.events import EventLog, FinalDelta, PanelCompleted, PanelCut, PanelDelta, PanelStarted
+from panelfuse.pipeline.result import MemberResult
+from panelfuse.pipeline.routes import MemberChain, ResolvedModel
 from panelfuse.providers.base import ChatRequest, Completion
-from panelfuse.providers.errors import DeadlineExceeded, ProviderError, RefusedError
-from panelfuse.spec import FusionSpec, MemberSpec
+from panelfuse.providers.errors import ProviderError
 from panelfuse.tools.records import Citation
+
+if TYPE_CHECKING:
+    from panelfuse.pipeline.context import RunContext
 
 
 class QuorumError(Exception):
     """Too few members answered; the message names every member's outcome (they are in `into`)."""
-
-
-def status_of(error: ProviderError) -> MemberStatus:
-    if isinstance(error, DeadlineExceeded):
-        return "timeout"
-    if isinstance(error, RefusedError):
-        return "refused"
-    return "failed"
 
 
 def panel_messages(messages: Sequence[dict[str, Any]], panel_sees: str) -> list[dict[str, Any]]:
@@ -46,70 +35,68 @@ def panel_messages(messages: Sequence[dict[str, Any]], panel_sees: str) -> list[
     return systems + users[-1:]
 
 
-class EmptyAnswer(ProviderError):
-    kind = "empty"
-
-
 async def run_member(
-    ctx: CallContext,
-    spec: FusionSpec,
-    label: str,
-    member: MemberSpec,
-    messages: list[dict[str, Any]],
-    log: EventLog,
+    run: RunContext,
+    member: MemberChain,
     result: MemberResult,
     retrieval: SharedRetrieval | None = None,
 ) -> MemberResult:
-    """Try the member's model, then each fallback; fill `result` in place (so a cut keeps its calls).
+    """Try the member's model, then each fallback (the chain runner); fill `result` in place (so a cut
+    keeps its calls).
 
-    In `single` mode this member's text is the answer: it also streams as final.delta, and, as with the
-    synthesizer, no fallback is tried once text has reached the caller.
+    When the mode's answer is the first member's (`single`), its text also streams as final.delta and,
+    as with the synthesizer, no fallback is tried once text has reached the caller.
 
-    A model that can call tools gets the spec's panel tools through the tool loop; one that cannot
-    gets the question's search results in its prompt (`retrieval`), when there is a search backend."""
-    chain = [member.model, *member.fallbacks]
+    A model offered tools answers through the tool loop; one that cannot call tools gets the question's
+    search results in its prompt (`retrieval`), when there is a search backend."""
+    spec, log = run.plan.spec, run.log
+    answer = FinalStream(log) if run.plan.mode.first_member_only else None
     started = time.monotonic()
-    answer = FinalStream(log) if spec.mode == "single" else None
-    for i, model in enumerate(chain):
-        result.model = model
-        if i == 0:
-            log.emit("panel.started", member=label, model=model)
+    log.emit(PanelStarted(member=member.label, model=member.chain[0].model))
+
+    async def attempt(model: ResolvedModel) -> Completion:
+        result.model = model.model
         req = ChatRequest(
-            model=model,
-            messages=messages,
+            model=model.model,
+            messages=run.plan.panel_messages,
             max_tokens=spec.max_tokens,
-            temperature=member.temperature if member.temperature is not None else spec.temperature,
-            seed=member.seed,
+            temperature=member.spec.temperature if member.spec.temperature is not None else spec.temperature,
+            seed=member.spec.seed,
             extra_body={"reasoning": spec.reasoning} if spec.reasoning else {},
         )
         citations: list[Citation] = []
         try:
-            completion = await _answer(ctx, spec, label, model, req, log, result, citations, retrieval, answer)
+            completion = await _answer(run, member.label, model, req, result, citations, retrieval, answer)
             if not completion.text.strip():
-                raise EmptyAnswer("the model returned an empty answer", model=model)
+                raise EmptyAnswer("the model returned an empty answer", model=model.model)
         except ProviderError as exc:
-            result.status = "empty" if isinstance(exc, EmptyAnswer) else status_of(exc)
-            result.error = str(exc)
-            result.status_code = exc.status_code
-            if i + 1 < len(chain) and not (answer and answer.started):
-                log.emit("panel.fallback", member=label, **{"from": model, "to": chain[i + 1]}, reason=str(exc))
-                continue
-            result.latency_ms = int((time.monotonic() - started) * 1000)
-            log.emit("panel.failed", member=label, model=model, status=result.status, error=result.error)
-            return result
-        result.status, result.content, result.error, result.status_code = "ok", completion.text, None, None
+            result.status, result.error, result.status_code = status_of(exc), str(exc), exc.status_code
+            raise
         result.citations = citations
-        result.latency_ms = int((time.monotonic() - started) * 1000)
-        log.emit(
-            "panel.completed",
-            member=label,
-            model=model,
-            content=completion.text,
+        return completion
+
+    outcome = await run_chain(
+        "panel",
+        member.chain,
+        attempt,
+        log,
+        member=member.label,
+        may_fall_back=lambda: not (answer and answer.started),
+    )
+    result.latency_ms = int((time.monotonic() - started) * 1000)
+    if outcome.value is None:
+        return result
+    result.status, result.content, result.error, result.status_code = "ok", outcome.value.text, None, None
+    log.emit(
+        PanelCompleted(
+            member=member.label,
+            model=result.model,
+            content=result.content,
             usage=result.usage.to_dict(),
             cost=result.cost,
             latency_ms=result.latency_ms,
         )
-        return result
+    )
     return result
 
 
@@ -122,35 +109,33 @@ class FinalStream:
 
     def __call__(self, text: str) -> None:
         self.started = True
-        self.log.emit("final.delta", text=text)
+        self.log.emit(FinalDelta(text=text))
 
 
 async def _answer(
-    ctx: CallContext,
-    spec: FusionSpec,
+    run: RunContext,
     label: str,
-    model: str,
+    model: ResolvedModel,
     req: ChatRequest,
-    log: EventLog,
     result: MemberResult,
     citations: list[Citation],
     retrieval: SharedRetrieval | None,
     answer: FinalStream | None = None,
 ) -> Completion:
+    log = run.log
+
     def on_text(t: str) -> None:
-        log.emit("panel.delta", member=label, text=t)
+        log.emit(PanelDelta(member=label, text=t))
         if answer is not None:
             answer(t)
 
-    offered = offered_tools(ctx.providers, ctx.toolbox, model, spec.panel_tools, spec.max_tool_calls)
-    if offered:
+    if model.tools:
         return await call_with_tools(
-            ctx,
+            run.calls,
             model,
             req,
             result.calls,
-            offered=offered,
-            max_tool_calls=spec.max_tool_calls,
+            max_tool_calls=run.plan.spec.max_tool_calls,
             usage=result.tools,
             citations=citations,
             on_tool=tool_event(log, label),
@@ -158,38 +143,35 @@ async def _answer(
         )
     if retrieval is not None:
         req = replace(req, messages=await retrieval.messages_for(req.messages, result.tools, citations))
-    return await call_model(ctx, model, req, result.calls, on_text=on_text)
+    return await call_model(run.calls, model, req, result.calls, on_text=on_text)
 
 
-async def run_panel(
-    ctx: CallContext,
-    spec: FusionSpec,
-    messages: Sequence[dict[str, Any]],
-    log: EventLog,
-    into: list[MemberResult],
-) -> list[MemberResult]:
+async def run_panel(run: RunContext, into: list[MemberResult]) -> list[MemberResult]:
     """Run the members concurrently until every one ends, or the quorum holds and grace runs out.
 
     `into` receives the member results at once, so a cancelled run still reports each member.
     Raises QuorumError (naming every member's outcome) when the quorum cannot be reached.
     """
-    seen = panel_messages(messages, spec.panel_sees)
-    quorum = spec.effective_quorum
-    members = spec.labelled_members()[:1] if spec.mode == "single" else spec.labelled_members()
+    plan, log = run.plan, run.log
+    spec, quorum = plan.spec, plan.quorum
     results = {
         # A member that never finishes (the run was cancelled) stays "cancelled".
-        label: MemberResult(member=label, model=m.model, requested_model=m.model, weight=m.weight, status="cancelled")
-        for label, m in members
+        m.label: MemberResult(
+            member=m.label,
+            model=m.chain[0].model,
+            requested_model=m.chain[0].model,
+            weight=m.spec.weight,
+            status="cancelled",
+        )
+        for m in plan.members
     }
     into[:] = list(results.values())
     retrieval = None
-    if SharedRetrieval.wanted(ctx.toolbox, spec.panel_tools):
-        retrieval = SharedRetrieval(ctx, prompts.last_user_text(seen))
+    if plan.pre_retrieval:
+        retrieval = SharedRetrieval(run.calls, prompts.last_user_text(plan.panel_messages))
     tasks = {
-        asyncio.create_task(
-            run_member(ctx, spec, label, m, seen, log, results[label], retrieval), name=f"member-{label}"
-        ): label
-        for label, m in members
+        asyncio.create_task(run_member(run, m, results[m.label], retrieval), name=f"member-{m.label}"): m.label
+        for m in plan.members
     }
     pending = set(tasks)
     grace_until: float | None = None
@@ -208,7 +190,7 @@ async def run_panel(
                 for task in pending:
                     r = results[tasks[task]]
                     r.status, r.error = "cut", f"cut after grace_ms={spec.grace_ms}"
-                    log.emit("panel.cut", member=r.member, model=r.model)
+                    log.emit(PanelCut(member=r.member, model=r.model))
                 pending = set()
                 break
             if ok + len(pending) < quorum:
@@ -227,8 +209,8 @@ async def run_panel(
                 if r.status not in ("ok", "cut"):
                     r.status, r.error = "cancelled", stop_reason
     out = list(results.values())
-    ok = [r for r in out if r.status == "ok"]
-    if len(ok) < quorum:
+    ok_members = [r for r in out if r.status == "ok"]
+    if len(ok_members) < quorum:
         reasons = "; ".join(f"{r.member} ({r.model}): {r.status}: {r.error}" for r in out if r.status != "ok")
-        raise QuorumError(f"only {len(ok)} of {len(out)} members answered, quorum is {quorum}: {reasons}")
+        raise QuorumError(f"only {len(ok_members)} of {len(out)} members answered, quorum is {quorum}: {reasons}")
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from panelfuse.pipeline.analysis import Analysis
 from panelfuse.providers.base import Usage
 from panelfuse.tools.records import Citation, ToolUsage, dedupe_citations, url_annotations
 
@@ -111,6 +112,38 @@ class StageResult(Billed):
         }
 
 
+@dataclass(frozen=True)
+class FailedModel:
+    """A member that did not answer, and why (cut members are not failures)."""
+
+    member: str
+    model: str
+    status: MemberStatus
+    error: str | None
+    status_code: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "member": self.member,
+            "model": self.model,
+            "status": self.status,
+            "error": self.error,
+            "status_code": self.status_code,
+        }
+
+
+@dataclass(frozen=True)
+class BestOfChoice:
+    """The member whose answer best-of mode returned verbatim, and the judge's reason."""
+
+    member: str
+    model: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"member": self.member, "model": self.model, "reason": self.reason}
+
+
 def sum_usage(usages: Any) -> Usage:
     total = Usage(cost=None)
     for u in usages:
@@ -140,11 +173,12 @@ class FusionResult:
     content: str = ""
     model: str = ""  # the concrete model that wrote the final answer
     panel: list[MemberResult] = field(default_factory=list)
-    analysis: dict[str, Any] | None = None
+    analysis: Analysis | None = None
     analysis_repaired: bool = False
+    expects_analysis: bool = True  # the mode's: a run without its analysis is degraded
     judge: StageResult | None = None
     synthesizer: StageResult | None = None
-    best_of: dict[str, str] | None = None  # {"member", "model", "reason"} in best-of mode
+    best_of: BestOfChoice | None = None
     error: str | None = None
     stopped_by_max_cost: bool = False
     estimate: float | None = None
@@ -154,14 +188,14 @@ class FusionResult:
     @property
     def degraded(self) -> bool:
         member_failed = any(m.status in DEGRADING for m in self.panel)
-        analysis_missing = self.mode in ("synthesize", "judge-writes", "analyze") and self.analysis is None
+        analysis_missing = self.expects_analysis and self.analysis is None
         # A completed run that carries an error answered by a fallback path (e.g. synthesis failed).
         return member_failed or analysis_missing or self.stopped_by_max_cost or self.error is not None
 
     @property
-    def failed_models(self) -> list[dict[str, Any]]:
+    def failed_models(self) -> list[FailedModel]:
         return [
-            {"member": m.member, "model": m.model, "status": m.status, "error": m.error, "status_code": m.status_code}
+            FailedModel(m.member, m.model, m.status, m.error, m.status_code)
             for m in self.panel
             if m.status not in ("ok", "cut")  # cancelled members appear when the run itself stopped
         ]
@@ -229,12 +263,12 @@ class FusionResult:
             "model": self.model,
             "content": self.content,
             "panel": [m.to_dict() for m in self.panel],
-            "analysis": self.analysis,
+            "analysis": self.analysis.to_dict() if self.analysis else None,
             "analysis_repaired": self.analysis_repaired,
             "judge": self.judge.to_dict() if self.judge else None,
             "synthesizer": self.synthesizer.to_dict() if self.synthesizer else None,
-            "best_of": self.best_of,
-            "failed_models": self.failed_models,
+            "best_of": self.best_of.to_dict() if self.best_of else None,
+            "failed_models": [f.to_dict() for f in self.failed_models],
             "degraded": self.degraded,
             "stopped_by_max_cost": self.stopped_by_max_cost,
             "usage": self.usage_dict(),

@@ -10,46 +10,18 @@ import hashlib
 import hmac
 import ipaddress
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from panelfuse.config import ProviderConfig
-from panelfuse.providers.registry import Providers
 from panelfuse.server.errors import ApiError
-from panelfuse.store import ApiKey, looks_like_panelfuse_key
+from panelfuse.service.caller import Principal, providers_for
+from panelfuse.store import looks_like_panelfuse_key
+
+__all__ = ["Authenticator", "Principal", "bearer_token", "current_principal", "is_loopback", "providers_for"]
 
 KEY_COUNT_TTL = 2.0  # seconds: keys created by the CLI while serving turn auth on this fast
 # A passthrough token's prefix tells which provider it belongs to; anything else goes to the default one.
 PASSTHROUGH_PREFIXES = {"sk-or-": "openrouter", "sk-ant-": "anthropic"}
-
-
-@dataclass
-class Principal:
-    key: ApiKey | None = None
-    is_admin: bool = False
-    # A passthrough caller: identified by a hash of their token, never by the token.
-    passthrough_id: str | None = None
-    upstream_keys: dict[str, str] = field(default_factory=dict)  # provider name → the caller's key
-
-    @property
-    def key_id(self) -> str | None:
-        if self.key is not None:
-            return self.key.id
-        return self.passthrough_id
-
-    @property
-    def scope(self) -> str | None:
-        """The key_id filter for the runs API: None (all runs) for the admin and when auth is off."""
-        return None if self.is_admin or self.key_id is None else self.key_id
-
-    def check_models(self, qualified_ids: Iterable[str]) -> None:
-        if self.key is None:
-            return
-        refused = sorted({m for m in qualified_ids if not self.key.allows(m)})
-        if refused:
-            raise ApiError(403, f"this key may not use: {', '.join(refused)}", code="model_not_allowed")
 
 
 def is_loopback(host: str) -> bool:
@@ -119,17 +91,3 @@ def bearer_token(request: Request) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return request.headers.get("x-api-key") or None
-
-
-def providers_for(principal: Principal, providers: Providers) -> Providers:
-    """The providers a request uses: the gateway's own, or — with passthrough — the same providers
-    using the caller's key for the provider it belongs to (the default provider when unknown)."""
-    if not principal.upstream_keys:
-        return providers
-    config = providers.config.model_copy(deep=True)
-    for name, token in principal.upstream_keys.items():
-        target = providers.config.default_provider if name == "*" else name
-        pc = providers.configs.get(target)
-        if pc is not None:
-            config.providers[target] = ProviderConfig.model_validate(pc.model_dump() | {"api_key": token})
-    return Providers(config, providers.env)

@@ -19,9 +19,10 @@ from panelfuse import __version__
 from panelfuse.config import Config, load_config
 from panelfuse.providers.http import close_shared_client
 from panelfuse.providers.registry import Providers
-from panelfuse.server import chat, chatroom, metrics, runs_api
+from panelfuse.server import chat, chatroom, runs_api
 from panelfuse.server.errors import (
     ApiError,
+    ServiceError,
     api_error_handler,
     http_handler,
     store_error_handler,
@@ -29,6 +30,8 @@ from panelfuse.server.errors import (
     validation_handler,
 )
 from panelfuse.server.state import GatewayState
+from panelfuse.service import metrics
+from panelfuse.service.fusion import FusionService
 from panelfuse.settings import ServerSettings
 from panelfuse.store import RunStore, StoreError
 
@@ -120,6 +123,7 @@ def create_app(
         if found:
             log.warning("marked %d abandoned run(s) interrupted", found)
         app.state.gateway = state = GatewayState.build(cfg, store, settings, providers)
+        app.state.fusion_service = FusionService(state)
         retention = None
         if settings.retain_days is not None:
             retention = asyncio.create_task(retain(store, settings.retain_days))
@@ -141,7 +145,7 @@ def create_app(
     )
     app.add_exception_handler(RequestValidationError, validation_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_handler)  # type: ignore[arg-type]
-    app.add_exception_handler(ApiError, api_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(ServiceError, api_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StoreError, store_error_handler)
     app.add_exception_handler(Exception, unexpected_handler)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -9,77 +9,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from panelfuse.providers.errors import (
-    AuthError,
-    BadRequestError,
-    DeadlineExceeded,
-    NotFoundError,
-    ProviderError,
-    RateLimitedError,
-)
+from panelfuse.service.errors import ServiceError, from_provider_error
 
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "insufficient_quota",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    499: "request_cancelled",
-    502: "upstream_error",
-    503: "service_unavailable",
-    504: "timeout_error",
-}
+__all__ = ["ApiError", "ServiceError", "error_response", "from_provider_error"]
 
 
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
-        self.headers = headers or {}
-        self.extra = extra or {}
-
-    def body(self) -> dict[str, Any]:
-        err = {
-            "message": self.message,
-            "type": ERROR_TYPES.get(self.status, "api_error"),
-            "param": self.param,
-            "code": self.code,
-            **self.extra,
-        }
-        return {"error": err}
+class ApiError(ServiceError):
+    """A ServiceError raised by the HTTP layer itself."""
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+        return error_response(self)
 
 
-def from_provider_error(exc: ProviderError) -> ApiError:
-    """A proxied call's failure: the upstream's own 4xx meaning passes through; the rest is a 502/504."""
-    code = exc.kind
-    if isinstance(exc, NotFoundError):
-        return ApiError(404, exc.message, code="model_not_found")
-    if isinstance(exc, RateLimitedError):
-        headers = {"Retry-After": str(int(exc.retry_after + 0.999))} if exc.retry_after is not None else {}
-        return ApiError(429, f"upstream rate limit: {exc.message}", code="rate_limited", headers=headers)
-    if isinstance(exc, AuthError):
-        return ApiError(401, f"upstream rejected the credentials: {exc.message}", code="upstream_auth")
-    if isinstance(exc, BadRequestError):
-        return ApiError(400, f"upstream rejected the request: {exc.message}", code="upstream_bad_request")
-    if isinstance(exc, DeadlineExceeded):
-        return ApiError(504, f"upstream timed out: {exc.message}", code="timeout")
-    return ApiError(502, str(exc), code=code, extra={"status_code": exc.status_code})
+def error_response(exc: ServiceError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -106,8 +49,8 @@ async def http_handler(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})).response()
 
 
-async def api_error_handler(_: Request, exc: ApiError) -> JSONResponse:
-    return exc.response()
+async def api_error_handler(_: Request, exc: ServiceError) -> JSONResponse:
+    return error_response(exc)
 
 
 async def unexpected_handler(_: Request, exc: Exception) -> JSONResponse:

@@ -4,33 +4,25 @@ the estimate; /v1/models."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from panelfuse.pipeline.result import MemberResult
-from panelfuse.pipeline.run import Fusion
-from panelfuse.providers.errors import ProviderError
 from panelfuse.providers.resolve import FUSION_ALIASES, FUSION_PRESET_PREFIX, FusionRoute, UnknownModelError
-from panelfuse.server import shapes
-from panelfuse.server.access import Principal, current_principal, providers_for
-from panelfuse.server.admission import admit
-from panelfuse.server.chat import build_fusion_spec, spec_model_ids, validation_api_error, wait_or_disconnect
+from panelfuse.server import responses, shapes
+from panelfuse.server.deps import Caller, Service
 from panelfuse.server.errors import ApiError
-from panelfuse.server.schemas import (
-    ChatCompletionRequest,
-    EstimateRequest,
-    FeedbackRequest,
-    ResynthesizeRequest,
-)
+from panelfuse.server.sse import KEEPALIVE, sse, sse_response
 from panelfuse.server.state import GatewayState
-from panelfuse.spec import FusionSpec
+from panelfuse.service.caller import Principal
+from panelfuse.service.requests import ChatCompletionRequest, EstimateRequest, FeedbackRequest, ResynthesizeRequest
+from panelfuse.service.resynthesis import resynthesis_spec
+from panelfuse.service.specs import fusion_spec, validation_error
 from panelfuse.store import InvalidCursorError
 
 router = APIRouter()
@@ -42,9 +34,6 @@ def _state(request: Request) -> GatewayState:
     return request.app.state.gateway
 
 
-Caller = Annotated[Principal, Depends(current_principal)]
-
-
 async def _run_or_404(state: GatewayState, run_id: str, principal: Principal) -> Any:
     # Another key's run is indistinguishable from a missing one: no probing for ids.
     run = await state.store.get_run(run_id, key_id=principal.scope)
@@ -53,7 +42,7 @@ async def _run_or_404(state: GatewayState, run_id: str, principal: Principal) ->
     return run
 
 
-@router.get("/v1/fusion/runs", summary="List runs, newest first")
+@router.get("/v1/fusion/runs", summary="List runs, newest first", response_model=responses.RunList)
 async def list_runs(
     request: Request,
     principal: Caller,
@@ -84,13 +73,13 @@ async def list_runs(
     }
 
 
-@router.get("/v1/fusion/runs/{run_id}", summary="One run with its result")
+@router.get("/v1/fusion/runs/{run_id}", summary="One run with its result", response_model=responses.Run)
 async def get_run(run_id: str, request: Request, principal: Caller) -> dict[str, Any]:
     return (await _run_or_404(_state(request), run_id, principal)).to_dict()
 
 
 def _sse_event(ev: dict[str, Any]) -> str:
-    return f"id: {ev['seq']}\nevent: {ev['type']}\ndata: {json.dumps(ev, ensure_ascii=False)}\n\n"
+    return sse(ev, event=ev["type"], event_id=ev["seq"])
 
 
 @router.get("/v1/fusion/runs/{run_id}/events", summary="The run's events after `after` (SSE), then its live tail")
@@ -105,9 +94,7 @@ async def run_events(
     await _run_or_404(state, run_id, principal)
     if last_event_id and last_event_id.isdigit():
         after = max(after, int(last_event_id))
-    return StreamingResponse(
-        _tail(state, run_id, after), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
+    return sse_response(_tail(state, run_id, after))
 
 
 async def _tail(state: GatewayState, run_id: str, after: int) -> AsyncIterator[str]:
@@ -129,12 +116,16 @@ async def _tail(state: GatewayState, run_id: str, after: int) -> AsyncIterator[s
                 yield _sse_event(rec.to_dict())
             return
         if time.monotonic() - last_ping > state.keepalive_s:
-            yield shapes.KEEPALIVE
+            yield KEEPALIVE
             last_ping = time.monotonic()
         await asyncio.sleep(POLL_INTERVAL)
 
 
-@router.delete("/v1/fusion/runs/{run_id}", summary="Delete a run (cancelling it if it is running)")
+@router.delete(
+    "/v1/fusion/runs/{run_id}",
+    summary="Delete a run (cancelling it if it is running)",
+    response_model=responses.Deleted,
+)
 async def delete_run(run_id: str, request: Request, principal: Caller) -> dict[str, Any]:
     state = _state(request)
     await _run_or_404(state, run_id, principal)
@@ -147,7 +138,11 @@ async def delete_run(run_id: str, request: Request, principal: Caller) -> dict[s
     return {"id": run_id, "object": "fusion.run", "deleted": True}
 
 
-@router.post("/v1/fusion/runs/{run_id}/feedback", summary="Score a run (-1 … 1) with an optional comment")
+@router.post(
+    "/v1/fusion/runs/{run_id}/feedback",
+    summary="Score a run (-1 … 1) with an optional comment",
+    response_model=responses.Feedback,
+)
 async def feedback(run_id: str, body: FeedbackRequest, request: Request, principal: Caller) -> dict[str, Any]:
     if not await _state(request).store.set_feedback(run_id, body.score, body.comment, key_id=principal.scope):
         raise ApiError(404, f"no run '{run_id}'", param="run_id", code="run_not_found")
@@ -157,55 +152,24 @@ async def feedback(run_id: str, body: FeedbackRequest, request: Request, princip
 @router.post(
     "/v1/fusion/runs/{run_id}/resynthesize",
     summary="A new judge/synthesizer/mode over the stored panel answers; billed for the new calls only",
+    response_model=responses.ChatCompletion,
 )
-async def resynthesize(run_id: str, body: ResynthesizeRequest, request: Request, principal: Caller) -> Any:
+async def resynthesize(
+    run_id: str, body: ResynthesizeRequest, request: Request, principal: Caller, service: Service
+) -> Any:
     state = _state(request)
     source = await _run_or_404(state, run_id, principal)
     if source.result is None or not source.result.get("panel"):
         raise ApiError(409, f"run '{run_id}' has no stored panel answers", code="nothing_to_resynthesize")
+    spec = resynthesis_spec(source.spec, body)
     panel = [MemberResult.from_dict(m) for m in source.result["panel"]]
-    data = dict(source.spec)
-    if body.model:
-        data["judge"] = {**data["judge"], "model": body.model, "fallbacks": []}
-    if body.synthesizer:
-        data["synthesizer"] = {"model": body.synthesizer, "fallbacks": []}
-    for key, value in (("mode", body.mode), ("max_tokens", body.max_completion_tokens)):
-        if value is not None:
-            data[key] = value
-    if body.criteria is not None:
-        data["judge"]["criteria"] = body.criteria
-    if body.dimensions is not None:
-        data["judge"]["dimensions"] = body.dimensions
-    try:
-        spec = FusionSpec.model_validate(data)
-    except ValidationError as exc:
-        raise validation_api_error(exc, "body") from exc
-    messages = source.request.get("messages") or []
-    providers = providers_for(principal, state.providers)
-    principal.check_models(spec_model_ids(spec, providers, panel=False))
-    fusion = Fusion(spec, providers=providers, prices=state.prices)
-    est = fusion.estimate(messages).without_stage("panel")
-    new_id = f"run_{uuid.uuid4().hex[:24]}"
-    admission = await admit(state, principal, new_id, est.total, est.unpriced)
-    try:
-        run = await state.manager.start(
-            fusion,
-            messages,
-            run_id=new_id,
-            request=source.request,
-            request_model=source.request_model,
-            background=False,
-            parent_run_id=run_id,
-            reuse_panel=panel,
-            key_id=principal.key_id,
-            on_finish=admission.release_result,
-        )
-    except BaseException:
-        await admission.release(0.0)
-        raise
-    await wait_or_disconnect(request, run)
-    result = run.result
-    assert result is not None
+    planned = service.plan(
+        principal, spec, source.request.get("messages") or [], reuse_panel=panel, max_cost_param="max_cost"
+    )
+    run = await service.start(
+        principal, planned, request=source.request, request_model=source.request_model, parent_run_id=run_id
+    )
+    result = await service.wait(run, request.is_disconnected)
     if result.status != "completed":
         raise ApiError(
             502, f"re-synthesis failed: {result.error}", code="fusion_failed", extra={"run_id": result.run_id}
@@ -215,8 +179,12 @@ async def resynthesize(run_id: str, body: ResynthesizeRequest, request: Request,
     return out
 
 
-@router.post("/v1/fusion/estimate", summary="The worst-case cost of a fusion request, before running it")
-async def estimate(body: EstimateRequest, request: Request, principal: Caller) -> dict[str, Any]:
+@router.post(
+    "/v1/fusion/estimate",
+    summary="The worst-case cost of a fusion request, before running it",
+    response_model=responses.Estimate,
+)
+async def estimate(body: EstimateRequest, request: Request, principal: Caller, service: Service) -> dict[str, Any]:
     state = _state(request)
     try:
         chat = ChatCompletionRequest(
@@ -227,7 +195,7 @@ async def estimate(body: EstimateRequest, request: Request, principal: Caller) -
         )
         plugin = chat.fusion_plugin()
     except ValidationError as exc:
-        raise validation_api_error(exc, "body") from exc
+        raise validation_error(exc, "body") from exc
     try:
         route = state.providers.route(body.model, list(state.presets))
     except UnknownModelError as exc:
@@ -239,11 +207,8 @@ async def estimate(body: EstimateRequest, request: Request, principal: Caller) -
             param="model",
             code="not_a_fusion_model",
         )
-    spec = build_fusion_spec(state, chat, plugin, route.preset)
-    try:
-        est = Fusion(spec, providers=state.providers, prices=state.prices).estimate(chat.plain_messages())
-    except ProviderError as exc:
-        raise ApiError(400, f"cannot plan the fusion: {exc}", code="invalid_model") from exc
+    spec = fusion_spec(chat, plugin, route.preset, state.default_preset(), state.presets)
+    est = service.plan(principal, spec, chat.plain_messages(), enforce_max_cost=False).plan.estimate
     return {
         "object": "fusion.estimate",
         "total": est.total,
@@ -255,7 +220,9 @@ async def estimate(body: EstimateRequest, request: Request, principal: Caller) -
     }
 
 
-@router.get("/v1/models", summary="Fusion aliases and configured models (OpenAI shape)")
+@router.get(
+    "/v1/models", summary="Fusion aliases and configured models (OpenAI shape)", response_model=responses.ModelList
+)
 async def list_models(request: Request, principal: Caller) -> dict[str, Any]:
     state = _state(request)
     created = int(time.time())

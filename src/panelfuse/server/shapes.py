@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -97,16 +96,11 @@ def chunk(
     return out
 
 
-def sse(data: dict[str, Any] | str) -> str:
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {text}\n\n"
-
-
-KEEPALIVE = ": keep-alive\n\n"
-
-
-def event_chunk(ev: Event, cid: str, model: str, created: int) -> dict[str, Any]:
-    return chunk(cid, model, created, fusion={"event": ev.type, **ev.to_dict()})
+def event_chunk(ev: Event, data: dict[str, Any], cid: str, model: str, created: int) -> dict[str, Any]:
+    """A progress event in the `fusion` extension of a chunk with empty `choices`; `data` is the
+    event's wire form (possibly trimmed by the caller)."""
+    fields = {"event": ev.type, "run_id": ev.run_id, "seq": ev.seq, "type": ev.type, "stage": ev.stage}
+    return chunk(cid, model, created, fusion={**fields, **data})
 
 
 def error_chunk(message: str, code: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:

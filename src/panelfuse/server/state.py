@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from panelfuse.config import Config
 from panelfuse.pricing import PriceTable
 from panelfuse.providers.registry import Providers
 from panelfuse.server.access import Authenticator, is_loopback
-from panelfuse.server.ratelimit import InProcessLimiter, Limiter, RedisLimiter
-from panelfuse.server.runs import RunManager
+from panelfuse.service.gateway import Gateway
+from panelfuse.service.ratelimit import InProcessLimiter, Limiter, RedisLimiter
+from panelfuse.service.runs import RunManager
 from panelfuse.settings import ServerSettings as ServerSettings  # re-exported: it was defined here
 from panelfuse.spec import all_presets
 from panelfuse.store import RunStore
 
 
 @dataclass
-class GatewayState:
-    config: Config
-    providers: Providers
-    prices: PriceTable
-    store: RunStore
-    manager: RunManager
-    settings: ServerSettings
-    auth: Authenticator
-    limiter: Limiter
-    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+class GatewayState(Gateway):
+    """The gateway plus what only the HTTP side needs: its settings and the authenticator."""
+
+    settings: ServerSettings = field(default_factory=ServerSettings)
+    auth: Authenticator = field(default_factory=lambda: Authenticator(auth=None, admin_key=None, passthrough=False))
 
     @classmethod
     def build(
@@ -47,11 +42,5 @@ class GatewayState:
             auth=Authenticator(auth=auth_on, admin_key=settings.admin_key, passthrough=settings.passthrough_keys),
             limiter=limiter,
             presets=all_presets(config.presets),
+            keepalive_s=settings.keepalive_s,
         )
-
-    @property
-    def keepalive_s(self) -> float:
-        return self.settings.keepalive_s
-
-    def default_preset(self) -> str:
-        return self.providers.default_preset()

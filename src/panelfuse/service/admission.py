@@ -7,16 +7,16 @@ import logging
 from dataclasses import dataclass
 
 from panelfuse.pipeline.result import FusionResult
-from panelfuse.server.access import Principal
-from panelfuse.server.errors import ApiError
-from panelfuse.server.state import GatewayState
+from panelfuse.service.caller import Principal
+from panelfuse.service.errors import ServiceError
+from panelfuse.service.gateway import Gateway
 
 log = logging.getLogger("panelfuse.server")
 
 
 @dataclass
 class Admission:
-    state: GatewayState
+    state: Gateway
     principal: Principal
     run_id: str
     limited: bool = False
@@ -42,9 +42,7 @@ class Admission:
         await self.release(result.cost if result is not None else None)
 
 
-async def admit(
-    state: GatewayState, principal: Principal, run_id: str, worst_case: float, unpriced: list[str]
-) -> Admission:
+async def admit(state: Gateway, principal: Principal, run_id: str, worst_case: float, unpriced: list[str]) -> Admission:
     """Raise 429 (rate limit) or 402 (budget) in OpenAI's error shape; else hold both for the run."""
     adm = Admission(state, principal, run_id)
     key = principal.key
@@ -52,7 +50,7 @@ async def admit(
         return adm
     denied = await state.limiter.acquire(key.id, key.rpm, key.max_concurrent)
     if denied is not None:
-        raise ApiError(
+        raise ServiceError(
             429, denied.reason, code="rate_limited", headers={"Retry-After": str(max(1, round(denied.retry_after)))}
         )
     adm.limited = key.max_concurrent is not None
@@ -60,13 +58,13 @@ async def admit(
         return adm
     try:
         if unpriced:
-            raise ApiError(
+            raise ServiceError(
                 402, f"cannot reserve budget: no price is known for {', '.join(unpriced)}", code="insufficient_budget"
             )
         if not await state.store.keys.reserve(key.id, run_id, worst_case):
             fresh = await state.store.keys.get(key.id)
             left = fresh.remaining_usd if fresh is not None else None
-            raise ApiError(
+            raise ServiceError(
                 402,
                 f"the run's worst case ${worst_case:.6f} does not fit the key's remaining budget (${left:.6f})"
                 if left is not None

@@ -16,20 +16,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from panelfuse.config import ProviderConfig
 from panelfuse.pipeline.events import Event
 from panelfuse.pipeline.result import FusionResult
 from panelfuse.pricing import PriceTable, call_cost, messages_tokens, token_cost
 from panelfuse.providers.base import ChatRequest, Completion, Provider, StreamEvent, StreamFold, ToolCall, Usage
-from panelfuse.providers.registry import Providers
 from panelfuse.providers.resolve import ProviderRoute
-from panelfuse.server import shapes
-from panelfuse.server.errors import ApiError
-from panelfuse.server.schemas import FusionPlugin
+from panelfuse.service.errors import ServiceError
+from panelfuse.service.gateway import DEPTH_HEADER
+from panelfuse.service.requests import FusionPlugin
 
 FUSION_TOOL_TYPES = ("panelfuse:fusion", "openrouter:fusion")
 FUSION_FUNCTION = "panelfuse_fusion"
-DEPTH_HEADER = "X-Panelfuse-Fusion-Depth"
 MAX_OUTER_CALLS = 4  # the outer model: before the fusion, after it, and a little slack
 OUTER_DEFAULT_MAX_TOKENS = 4096
 
@@ -58,16 +55,6 @@ def fusion_depth(headers: Any) -> int:
         return 1  # an unreadable depth is treated as nested: refusing is the safe side
 
 
-def with_depth_header(providers: Providers, depth: int = 1) -> Providers:
-    """The same providers, each sending the depth header on every call made for a fusion."""
-    config = providers.config.model_copy(deep=True)
-    for name, pc in providers.configs.items():
-        config.providers[name] = ProviderConfig.model_validate(
-            pc.model_dump() | {"headers": {**pc.headers, DEPTH_HEADER: str(depth)}}
-        )
-    return Providers(config, providers.env)
-
-
 def split_tools(tools: list[dict[str, Any]] | None) -> tuple[FusionPlugin | None, list[dict[str, Any]]]:
     """(the fusion tool's parameters as a plugin, the caller's own tools). Two fusion tools → 400."""
     fusion = [t for t in tools or [] if isinstance(t, dict) and t.get("type") in FUSION_TOOL_TYPES]
@@ -75,20 +62,20 @@ def split_tools(tools: list[dict[str, Any]] | None) -> tuple[FusionPlugin | None
     if not fusion:
         return None, own
     if len(fusion) > 1:
-        raise ApiError(400, "at most one fusion server tool per request", param="tools", code="invalid_value")
+        raise ServiceError(400, "at most one fusion server tool per request", param="tools", code="invalid_value")
     try:
         params = FusionPlugin.model_validate({"id": "fusion", **(fusion[0].get("parameters") or {})})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise ApiError(
+        raise ServiceError(
             400,
             f"tools[fusion].parameters.{where}: {first.get('msg')}",
             param=f"tools.parameters.{where}",
             code="invalid_value",
         ) from exc
     if any((t.get("function") or {}).get("name") == FUSION_FUNCTION for t in own):
-        raise ApiError(
+        raise ServiceError(
             400, f"'{FUSION_FUNCTION}' is reserved for the fusion server tool", param="tools", code="invalid_value"
         )
     return params, own
@@ -112,10 +99,10 @@ def tool_result(result: FusionResult | None, error: str | None = None, reason: s
         }
     out: dict[str, Any] = {"status": "ok"}
     if result.analysis is not None:
-        out["analysis"] = result.analysis
+        out["analysis"] = result.analysis.to_dict()
     out["responses"] = [{"model": m.model, "content": m.content} for m in result.panel if m.status == "ok"]
     out["failed_models"] = [
-        {"model": f["model"], "error": f["error"], "status_code": f["status_code"]} for f in result.failed_models
+        {"model": f.model, "error": f.error, "status_code": f.status_code} for f in result.failed_models
     ]
     return out
 
@@ -237,16 +224,8 @@ class FusionToolSession:
             # Forcing the fusion tool applies once: afterwards the outer model must be free to answer.
             if outer_forces_fusion(self.tool_choice):
                 self.tool_choice = "auto"
-        raise ApiError(502, "the outer model kept calling the fusion tool", code="tool_loop_limit")
+        raise ServiceError(502, "the outer model kept calling the fusion tool", code="tool_loop_limit")
 
 
 def outer_forces_fusion(choice: Any) -> bool:
     return isinstance(choice, dict) and (choice.get("function") or {}).get("name") == FUSION_FUNCTION
-
-
-def completion_response(model: str, completion: Completion, run: ToolRun, cid: str, created: int) -> dict[str, Any]:
-    out = shapes.proxied_completion(completion, model=model, cid=cid, created=created)
-    out["usage"] = run.usage_dict()
-    if run.fusion_result is not None:
-        out["fusion"] = shapes.fusion_object(run.fusion_result)
-    return out

@@ -73,13 +73,18 @@ class RedisLimiter:
             window = int(now // 60)
             k = f"{self._prefix}:rpm:{key_id}:{window}"
             async with self._redis.pipeline(transaction=True) as pipe:
-                count, _ = await pipe.incr(k).expire(k, 120).execute()
+                # Queued commands: the pipeline's methods return it (redis-py types them as awaitables).
+                pipe.incr(k)
+                pipe.expire(k, 120)
+                count, _ = await pipe.execute()
             if count > rpm:
                 return Denied(f"rate limit: {rpm} requests per minute", retry_after=60 - (now % 60))
         if max_concurrent is not None:
             k = f"{self._prefix}:active:{key_id}"
             async with self._redis.pipeline(transaction=True) as pipe:
-                count, _ = await pipe.incr(k).expire(k, CONCURRENCY_TTL).execute()
+                pipe.incr(k)
+                pipe.expire(k, CONCURRENCY_TTL)
+                count, _ = await pipe.execute()
             if count > max_concurrent:
                 await self._redis.decr(k)
                 return Denied(f"rate limit: {max_concurrent} concurrent runs", retry_after=1.0)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from panelfuse.spec import MAX_MEMBERS
+from panelfuse.spec import MAX_MEMBERS, ModeSynonym, PublicMode
 
 
 class ContentPart(BaseModel):
@@ -45,7 +45,7 @@ class FusionPlugin(BaseModel):
     analysis_models: list[str | MemberObject] | None = Field(default=None, min_length=1, max_length=MAX_MEMBERS)
     model: str | None = None
     synthesizer: str | None = None
-    mode: Literal["synthesize", "judge-writes", "best-of", "single", "full", "fast"] | None = None
+    mode: PublicMode | ModeSynonym | None = None
     max_tool_calls: int | None = Field(default=None, ge=0, le=16)
     tools: list[str] | None = None
     judge_tools: list[str] | None = None
@@ -141,7 +141,7 @@ class ResynthesizeRequest(BaseModel):
 
     model: str | None = Field(default=None, description="the judge's model")
     synthesizer: str | None = None
-    mode: Literal["synthesize", "judge-writes", "best-of", "full"] | None = None
+    mode: PublicMode | ModeSynonym | None = Field(default=None, description="a mode with a judge (not `single`)")
     criteria: str | None = None
     dimensions: list[str] | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)

@@ -12,26 +12,29 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from panelfuse.pipeline.events import Event
+from panelfuse.pipeline.events import TERMINAL, Event
+from panelfuse.pipeline.plan import RunPlan
 from panelfuse.pipeline.prompts import PROMPT_VERSION
-from panelfuse.pipeline.result import FusionResult, MemberResult
-from panelfuse.pipeline.run import Fusion
-from panelfuse.server import metrics
+from panelfuse.pipeline.result import FusionResult
+from panelfuse.pipeline.run import Fusion, FusionStream
+from panelfuse.service import metrics
 from panelfuse.store import RunStore
 
 log = logging.getLogger("panelfuse.server")
 
 FLUSH_INTERVAL = 0.25  # seconds between event batches written to the store
 HEARTBEAT_INTERVAL = 10.0  # a running run's updated_at is refreshed this often
-TERMINAL = ("run.completed", "run.failed", "run.cancelled")
 
 
 @dataclass
 class ActiveRun:
+    """A run this process drives. Its events are the pipeline's own log; `visible` of them are
+    published (the terminal event only once the outcome is stored, so readers never race it)."""
+
     run_id: str
-    fusion: Fusion
+    stream: FusionStream
     background: bool
-    events: list[Event] = field(default_factory=list)
+    visible: int = 0
     subscribers: set[asyncio.Queue[Event | None]] = field(default_factory=set)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -40,13 +43,20 @@ class ActiveRun:
     on_finish: Callable[[FusionResult | None], Awaitable[None]] | None = None
 
     @property
-    def result(self) -> FusionResult | None:
-        return self.fusion.result
+    def result(self) -> FusionResult:
+        return self.stream.result
 
-    def publish(self, ev: Event) -> None:
-        self.events.append(ev)
-        for q in self.subscribers:
-            q.put_nowait(ev)
+    @property
+    def events(self) -> list[Event]:
+        return self.stream.log.events[: self.visible]
+
+    def publish_through(self, seq: int) -> None:
+        """Publish every event up to `seq` (events are numbered from 1, in log order)."""
+        log = self.stream.log.events
+        for ev in log[self.visible : seq]:
+            for q in self.subscribers:
+                q.put_nowait(ev)
+        self.visible = max(self.visible, seq)
 
     async def follow(self, after: int = 0) -> AsyncIterator[Event]:
         """Every event after `after`, then the live ones, until the run ends."""
@@ -60,12 +70,12 @@ class ActiveRun:
             if self.done.is_set():
                 return
             while True:
-                ev = await queue.get()
-                if ev is None:
+                live = await queue.get()
+                if live is None:
                     return
-                if ev.seq > after:
-                    yield ev
-                    after = ev.seq
+                if live.seq > after:
+                    yield live
+                    after = live.seq
         finally:
             self.subscribers.discard(queue)
 
@@ -95,7 +105,7 @@ class RunManager:
     async def start(
         self,
         fusion: Fusion,
-        messages: list[dict[str, Any]],
+        plan: RunPlan,
         *,
         run_id: str,
         request: dict[str, Any],
@@ -103,10 +113,9 @@ class RunManager:
         background: bool,
         key_id: str | None = None,
         parent_run_id: str | None = None,
-        reuse_panel: list[MemberResult] | None = None,
         on_finish: Callable[[FusionResult | None], Awaitable[None]] | None = None,
     ) -> ActiveRun:
-        spec = fusion.spec
+        spec = plan.spec
         # The row exists before any upstream call: a crash from here on leaves a findable run.
         await self.store.create_run(
             run_id,
@@ -122,29 +131,27 @@ class RunManager:
         )
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.create_task(self._beat(), name="run-heartbeat")
-        run = ActiveRun(run_id, fusion, background, on_finish=on_finish)
+        run = ActiveRun(run_id, fusion.stream(plan, run_id=run_id), background, on_finish=on_finish)
         self.active[run_id] = run
-        run.task = asyncio.create_task(self._drive(run, messages, reuse_panel), name=f"run-{run_id}")
+        run.task = asyncio.create_task(self._drive(run), name=f"run-{run_id}")
         metrics.RUNS_ACTIVE.inc()
         return run
 
-    async def _drive(
-        self, run: ActiveRun, messages: list[dict[str, Any]], reuse_panel: list[MemberResult] | None
-    ) -> None:
+    async def _drive(self, run: ActiveRun) -> None:
         flushed = 0
         last_flush = time.monotonic()
         started = time.monotonic()
         try:
-            async for ev in run.fusion.stream(messages, run_id=run.run_id, reuse_panel=reuse_panel):
+            async for ev in run.stream:
                 metrics.observe_event(ev)
                 if ev.type in TERMINAL:
                     continue  # published by _record once the outcome is stored: readers never race it
-                run.publish(ev)
+                run.publish_through(ev.seq)
                 now = time.monotonic()
                 is_delta = ev.type in ("panel.delta", "final.delta")
                 if not is_delta or now - last_flush > FLUSH_INTERVAL:
                     await self.store.append_events(run.run_id, run.events[flushed:])
-                    flushed, last_flush = len(run.events), now
+                    flushed, last_flush = run.visible, now
         except asyncio.CancelledError:
             # The fusion already emitted run.cancelled into its log; record it, shielded from a second cancel.
             pass
@@ -159,24 +166,10 @@ class RunManager:
     async def _record(self, run: ActiveRun, flushed: int, started: float) -> None:
         """Store the outcome, then publish the events not yet seen (the terminal one, or run.cancelled
         emitted after the consumer stopped reading): a client told "completed" finds the run stored."""
-        log_events = run.fusion.log.events if run.fusion.log else []
-        unpublished = log_events[len(run.events) :]
-        result = run.fusion.result
+        log_events = run.stream.log.events
+        result = run.stream.result
         try:
-            await self.store.append_events(run.run_id, run.events[flushed:] + unpublished)
-            if result is None:
-                await self.store.finish_run(
-                    run.run_id,
-                    status="cancelled",
-                    result=None,
-                    content="",
-                    usage=None,
-                    cost=None,
-                    degraded=True,
-                    error=run.cancel_reason or "cancelled",
-                    latency_ms=int((time.monotonic() - started) * 1000),
-                )
-                return
+            await self.store.append_events(run.run_id, log_events[flushed:])
             status = result.status if result.status != "running" else "cancelled"
             if status == "cancelled" and run.cancel_reason:
                 result.error = run.cancel_reason
@@ -200,8 +193,7 @@ class RunManager:
                     await run.on_finish(result)
                 except Exception:
                     log.exception("could not settle run %s", run.run_id)
-            for ev in unpublished:
-                run.publish(ev)
+            run.publish_through(len(log_events))
 
     async def shutdown(self, grace: float) -> None:
         """Let runs finish for `grace` seconds, then cancel the rest and record them."""

@@ -1,11 +1,11 @@
-"""The fusion plugin (and the alias's preset) → a FusionSpec. Pure: DESIGN.md's field table."""
+"""The fusion plugin (and the alias's preset) → a FusionSpec. Pure (docs/architecture.md, "The plugin")."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from panelfuse.server.schemas import ChatCompletionRequest, FusionPlugin, MemberObject
+from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin, MemberObject
 from panelfuse.spec import FusionSpec, spec_from_preset
 
 

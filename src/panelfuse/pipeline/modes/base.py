@@ -1,0 +1,40 @@
+"""What a mode is: the facts the plan and estimate read, and what runs after the panel."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from panelfuse.spec import FusionSpec
+
+if TYPE_CHECKING:
+    from panelfuse.pipeline.context import RunContext
+    from panelfuse.pipeline.result import MemberResult
+
+
+class ModeStrategy(abc.ABC):
+    """One mode of a fusion run. Subclasses set the class facts and implement `answer`."""
+
+    name: ClassVar[str]
+    first_member_only: ClassVar[bool] = False  # only the first member runs (its answer is the answer)
+    uses_judge: ClassVar[bool] = True
+    judge_gets_tools: ClassVar[bool] = True  # the spec's judge_tools are offered to the judge
+    judge_repair_retry: ClassVar[bool] = False  # an unreadable analysis gets one repair retry
+    uses_synthesizer: ClassVar[bool] = False
+    expects_analysis: ClassVar[bool] = False  # a run without the analysis is degraded
+
+    def judge_max_tokens(self, spec: FusionSpec) -> int:
+        return spec.max_tokens
+
+    def answer_model(self, spec: FusionSpec) -> str:
+        """The model expected to write the answer (for stream chunks sent before it is known)."""
+        return spec.judge.model
+
+    def quorum(self, spec: FusionSpec) -> int:
+        return spec.quorum if spec.quorum is not None else min(2, len(spec.members))
+
+    @abc.abstractmethod
+    async def answer(self, run: RunContext, ok: Sequence[MemberResult]) -> None:
+        """After the panel: fill `run.result` (content, model, analysis…) from the members that
+        answered, or raise RunFailure with the reason."""

@@ -1,0 +1,29 @@
+"""`judge-writes`: one judge call writes the analysis, then the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from panelfuse.pipeline.context import RunContext, RunFailure
+from panelfuse.pipeline.judge import run_judge_writes
+from panelfuse.pipeline.modes.base import ModeStrategy
+from panelfuse.pipeline.result import MemberResult
+from panelfuse.spec import FusionSpec
+
+
+class JudgeWrites(ModeStrategy):
+    name = "judge-writes"
+    expects_analysis = True
+
+    def judge_max_tokens(self, spec: FusionSpec) -> int:
+        return 2 * spec.max_tokens  # the analysis, then the answer, in one call
+
+    async def answer(self, run: RunContext, ok: Sequence[MemberResult]) -> None:
+        result = run.result
+        run.calls.guard.later_stages = 0.0
+        outcome = await run_judge_writes(run, ok, sources=result.citations(list(ok)))
+        result.judge, result.analysis, result.analysis_repaired = outcome.stage, outcome.analysis, outcome.repaired
+        if not outcome.answer:
+            raise RunFailure(f"the judge wrote no answer: {outcome.stage.error or 'empty output'}")
+        result.content, result.model = outcome.answer, outcome.stage.model
+        result.annotate(list(ok))

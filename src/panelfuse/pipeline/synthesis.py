@@ -1,0 +1,53 @@
+"""The synthesizer: the final answer, streamed, written from the panel's answers and the analysis."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from panelfuse.pipeline import prompts
+from panelfuse.pipeline.analysis import Analysis
+from panelfuse.pipeline.calls import call_model
+from panelfuse.pipeline.chain import run_chain
+from panelfuse.pipeline.context import RunContext
+from panelfuse.pipeline.events import FinalDelta
+from panelfuse.pipeline.judge import answers_of
+from panelfuse.pipeline.result import MemberResult, StageResult
+from panelfuse.pipeline.routes import ResolvedModel
+from panelfuse.providers.base import ChatRequest, Completion
+from panelfuse.tools.records import Citation
+
+
+async def run_synthesis(
+    run: RunContext, ok: Sequence[MemberResult], analysis: Analysis | None, sources: Sequence[Citation] = ()
+) -> StageResult:
+    """Stream the final answer. A fallback is tried only while nothing has streamed yet. `sources`: the
+    URLs the panel (and judge) used, which the synthesizer is asked to cite."""
+    spec = run.plan.spec
+    stage = StageResult(model=run.plan.synthesizer[0].model)
+    streamed = False
+
+    def emit(text: str) -> None:
+        nonlocal streamed
+        streamed = True
+        run.log.emit(FinalDelta(text=text))
+
+    req = ChatRequest(
+        model="",
+        messages=prompts.synthesizer_messages(
+            run.plan.messages, answers_of(ok), analysis.to_dict() if analysis else None, sources
+        ),
+        max_tokens=spec.max_tokens,
+        temperature=spec.temperature,
+        response_format=spec.response_format,
+    )
+
+    async def attempt(model: ResolvedModel) -> Completion:
+        stage.model = model.model
+        return await call_model(run.calls, model, req, stage.calls, on_text=emit)
+
+    chain = await run_chain("synthesis", run.plan.synthesizer, attempt, run.log, may_fall_back=lambda: not streamed)
+    if chain.value is None:
+        stage.error = str(chain.error)
+    else:
+        stage.content = chain.value.text
+    return stage

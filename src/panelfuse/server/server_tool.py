@@ -1,0 +1,147 @@
+"""A plain outer model given the fusion server tool (and possibly the caller's own tools): the route
+side. The session that sequences the outer calls and the one fusion is panelfuse.service.server_tool."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+from fastapi import Request
+
+from panelfuse.pipeline.events import Event
+from panelfuse.pipeline.result import FusionResult
+from panelfuse.providers.base import Completion, StreamEvent
+from panelfuse.providers.errors import ProviderError
+from panelfuse.server import shapes
+from panelfuse.server.errors import from_provider_error
+from panelfuse.server.proxy import proxy_request
+from panelfuse.server.sse import DONE, sse, sse_response
+from panelfuse.server.state import GatewayState
+from panelfuse.service.admission import Admission, admit
+from panelfuse.service.caller import Principal, providers_for
+from panelfuse.service.errors import ServiceError
+from panelfuse.service.fusion import FusionService, PlannedFusion
+from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin
+from panelfuse.service.server_tool import (
+    FUSION_FUNCTION_DEF,
+    FusionToolSession,
+    ToolRun,
+    outer_tool_choice,
+    outer_worst_case,
+)
+from panelfuse.service.specs import fusion_spec
+
+
+async def server_tool_completion(
+    state: GatewayState,
+    service: FusionService,
+    caller: Principal,
+    body: ChatCompletionRequest,
+    params: FusionPlugin,
+    own_tools: list[dict[str, Any]],
+    request: Request,
+) -> Any:
+    try:
+        provider, route = providers_for(caller, state.providers).for_model(body.model)
+    except ProviderError as exc:
+        raise from_provider_error(exc) from exc
+    caller.check_models([route.qualified])
+    spec = fusion_spec(
+        body.model_copy(update={"tools": None, "n": None}), params, None, state.default_preset(), state.presets
+    )
+    conversation = body.plain_messages()
+    # Planned once, on the caller's conversation; the fusion itself runs the same plan on the question
+    # the outer model asks. Its max_cost verdict is the fusion's own (a refused fusion is a tool error).
+    planned = service.plan(caller, spec.model_copy(update={"mode": "analyze"}), conversation, enforce_max_cost=False)
+    base = replace(
+        proxy_request(body, route.model),
+        tools=[*own_tools, FUSION_FUNCTION_DEF],
+        tool_choice=outer_tool_choice(body.tool_choice),
+    )
+    outer, unpriced = outer_worst_case(state.prices, route.qualified, base)
+    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    est = planned.plan.estimate
+    admission = await admit(state, caller, f"tool_{cid}", est.total + outer, est.unpriced + unpriced)
+
+    async def run_fusion(messages: list[dict[str, Any]]) -> AsyncIterator[Event | FusionResult]:
+        asked = PlannedFusion(planned.fusion, planned.plan.with_messages(messages))
+        run = await service.start(
+            caller,
+            asked,
+            request={"messages": messages, "server_tool": True, "outer_model": body.model},
+            request_model=body.model,
+            settle=False,  # this request's admission covers the fusion
+        )
+        try:
+            async for ev in run.follow():
+                yield ev
+            await run.done.wait()
+        finally:
+            run.cancel("the request ended")  # a no-op once done; stops the fusion if the caller left
+        yield run.result
+
+    session = FusionToolSession(provider, route, base, state.prices, run_fusion)
+    if body.stream:
+        return sse_response(tool_chunks(session, conversation, body.model, cid, created, admission))
+    final = None
+    try:
+        async for item in session.events(conversation):
+            if isinstance(item, Completion):
+                final = item
+    except ProviderError as exc:
+        raise from_provider_error(exc) from exc
+    finally:
+        await admission.release(session.state.usage_dict()["cost"])
+    assert final is not None
+    return completion_response(body.model, final, session.state, cid, created)
+
+
+def completion_response(model: str, completion: Completion, run: ToolRun, cid: str, created: int) -> dict[str, Any]:
+    out = shapes.proxied_completion(completion, model=model, cid=cid, created=created)
+    out["usage"] = run.usage_dict()
+    if run.fusion_result is not None:
+        out["fusion"] = shapes.fusion_object(run.fusion_result)
+    return out
+
+
+async def tool_chunks(
+    session: FusionToolSession,
+    conversation: list[dict[str, Any]],
+    model: str,
+    cid: str,
+    created: int,
+    admission: Admission,
+) -> AsyncIterator[str]:
+    yield sse(shapes.chunk(cid, model, created, delta={"role": "assistant", "content": ""}))
+    try:
+        async for item in session.events(conversation):
+            if isinstance(item, StreamEvent):
+                yield sse(shapes.chunk(cid, model, created, delta={"content": item.text}))
+            elif isinstance(item, Event):
+                yield sse(shapes.event_chunk(item, item.data, cid, model, created))
+            else:
+                if item.tool_calls:
+                    calls = [{"index": i, **t.to_openai()} for i, t in enumerate(item.tool_calls)]
+                    yield sse(shapes.chunk(cid, model, created, delta={"tool_calls": calls}))
+                finish = "tool_calls" if item.tool_calls else (item.finish_reason or "stop")
+                yield sse(shapes.chunk(cid, model, created, delta={}, finish_reason=finish))
+                result = session.state.fusion_result
+                yield sse(
+                    shapes.chunk(
+                        cid,
+                        model,
+                        created,
+                        usage=session.state.usage_dict(),
+                        fusion=shapes.fusion_object(result) if result else None,
+                    )
+                )
+    except (ProviderError, ServiceError) as exc:
+        err = from_provider_error(exc) if isinstance(exc, ProviderError) else exc
+        yield sse(shapes.error_chunk(err.message, err.status))
+    finally:
+        await admission.release(session.state.usage_dict()["cost"])
+    yield DONE

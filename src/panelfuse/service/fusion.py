@@ -1,0 +1,146 @@
+"""The fusion service: what every entry point calls to plan, admit, start and wait for a fusion.
+
+Routes (chat completions with an alias, the plugin or the server tool; resynthesize; the estimate)
+turn their request into a spec and messages, then call this object; it plans the run once (models
+resolved, allowlist and max_cost checked), admits it (rate limits, budget), starts it under the run
+manager and hands back the live run. Nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from panelfuse.pipeline.plan import PlanError, RunPlan
+from panelfuse.pipeline.result import FusionResult, MemberResult
+from panelfuse.pipeline.run import Fusion
+from panelfuse.providers.registry import Providers
+from panelfuse.service.admission import admit
+from panelfuse.service.caller import Principal, providers_for
+from panelfuse.service.errors import ServiceError
+from panelfuse.service.gateway import Gateway, with_depth_header
+from panelfuse.service.runs import ActiveRun
+from panelfuse.spec import FusionSpec
+
+DISCONNECT_POLL = 0.5  # seconds between checks that a waiting caller is still there
+
+
+def new_run_id() -> str:
+    return f"run_{uuid.uuid4().hex[:24]}"
+
+
+@dataclass(frozen=True)
+class PlannedFusion:
+    """A checked plan and the Fusion that will execute it (its providers are the caller's)."""
+
+    fusion: Fusion
+    plan: RunPlan
+
+
+class FusionService:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def providers_for(self, caller: Principal) -> Providers:
+        """The providers a fusion uses for this caller, each call carrying the depth header."""
+        if not caller.upstream_keys:
+            return self.gateway.fusion_providers
+        return with_depth_header(providers_for(caller, self.gateway.providers))
+
+    def plan(
+        self,
+        caller: Principal,
+        spec: FusionSpec,
+        messages: Sequence[dict[str, Any]],
+        *,
+        reuse_panel: Sequence[MemberResult] | None = None,
+        enforce_max_cost: bool = True,
+        max_cost_param: str = "plugins[0].max_cost",
+    ) -> PlannedFusion:
+        """Plan the run once; 400 when a model cannot be resolved or max_cost refuses it, 403 when the
+        caller's key may not use one of its models."""
+        fusion = Fusion(spec, providers=self.providers_for(caller), prices=self.gateway.prices)
+        try:
+            plan = fusion.plan(messages, reuse_panel)
+        except PlanError as exc:
+            raise ServiceError(400, f"cannot plan the fusion: {exc}", code="invalid_model") from exc
+        except ValueError as exc:
+            raise ServiceError(400, str(exc), param="messages", code="invalid_value") from exc
+        caller.check_models(plan.qualified_ids())
+        if enforce_max_cost and plan.refusal is not None:
+            raise ServiceError(
+                400,
+                plan.refusal,
+                param=max_cost_param,
+                code="max_cost_exceeded",
+                extra={"estimate": plan.estimate.total},
+            )
+        return PlannedFusion(fusion, plan)
+
+    async def start(
+        self,
+        caller: Principal,
+        planned: PlannedFusion,
+        *,
+        request: dict[str, Any],
+        request_model: str,
+        background: bool = False,
+        parent_run_id: str | None = None,
+        settle: bool = True,
+    ) -> ActiveRun:
+        """Admit the run (429/402 when the key's limits or budget refuse it) and start it. With
+        `settle=False` the caller holds its own admission (the server tool's request admits once for
+        the outer calls and the fusion together)."""
+        run_id = new_run_id()
+        admission = None
+        if settle:
+            est = planned.plan.estimate
+            admission = await admit(self.gateway, caller, run_id, est.total, est.unpriced)
+        try:
+            return await self.gateway.manager.start(
+                planned.fusion,
+                planned.plan,
+                run_id=run_id,
+                request=request,
+                request_model=request_model,
+                background=background,
+                key_id=caller.key_id,
+                parent_run_id=parent_run_id,
+                on_finish=admission.release_result if admission is not None else None,
+            )
+        except BaseException:
+            if admission is not None:
+                await admission.release(0.0)  # never started: nothing spent
+            raise
+
+    async def wait(self, run: ActiveRun, disconnected: Callable[[], Awaitable[bool]]) -> FusionResult:
+        """Wait for the run; a caller that goes away cancels it unless it runs in the background.
+
+        When the server cancels the wait (graceful shutdown ran out of time), the run is stopped and
+        recorded, and the caller gets a 503 rather than a bare connection drop."""
+        try:
+            while not run.done.is_set():
+                try:
+                    await asyncio.wait_for(run.done.wait(), timeout=DISCONNECT_POLL)
+                except TimeoutError:
+                    if await disconnected():
+                        if not run.background:
+                            run.cancel("the client disconnected")
+                            await run.done.wait()
+                        return run.result
+        except asyncio.CancelledError:
+            if not run.background:
+                run.cancel("the gateway shut down before the run finished")
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(run.done.wait()), timeout=10)
+            raise ServiceError(
+                503,
+                "the gateway is shutting down; the run was stopped and recorded",
+                code="shutting_down",
+                extra={"run_id": run.run_id},
+            ) from None
+        return run.result

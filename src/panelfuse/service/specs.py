@@ -1,0 +1,49 @@
+"""A chat-completions request (alias, plugin or server-tool parameters) → the FusionSpec it asks for."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from panelfuse.service.errors import ServiceError
+from panelfuse.service.plugin import spec_from_request
+from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin
+from panelfuse.spec import FusionSpec
+
+
+def validation_error(exc: ValidationError, prefix: str) -> ServiceError:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    param = f"{prefix}.{where}" if where else prefix
+    return ServiceError(400, f"{param}: {first.get('msg')}", param=param, code="invalid_value")
+
+
+def fusion_spec(
+    body: ChatCompletionRequest,
+    plugin: FusionPlugin | None,
+    alias_preset: str | None,
+    default_preset: str,
+    presets: Mapping[str, Mapping[str, Any]],
+) -> FusionSpec:
+    """The spec, or a 400 naming the field. A disabled plugin runs the first member alone."""
+    if body.n is not None and body.n > 1:
+        raise ServiceError(400, "n > 1 is not supported on a fusion model", param="n", code="unsupported_parameter")
+    if body.tools:
+        raise ServiceError(
+            400,
+            "client function tools are not supported on a fusion model; give them to a plain "
+            "model that calls the fusion server tool",
+            param="tools",
+            code="unsupported_parameter",
+        )
+    try:
+        spec = spec_from_request(body, plugin, alias_preset, default_preset, presets)
+    except KeyError as exc:
+        raise ServiceError(400, str(exc.args[0]), param="plugins[0].preset", code="unknown_preset") from exc
+    except ValidationError as exc:
+        raise validation_error(exc, "fusion") from exc
+    if plugin is not None and not plugin.enabled:
+        spec = spec.model_copy(update={"mode": "single"})
+    return spec
