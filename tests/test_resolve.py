@@ -1,4 +1,4 @@
-"""Model-id resolution (DESIGN.md "Model ids"): one test per row of the table, and the registry's use."""
+"""Model-id resolution (providers/resolve.py's table): one test per row of the table, and the registry's use."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ class JudgeSpec(BaseModel):
     model: str = Field(min_length=1)
     fallbacks: list[str] = Field(default_factory=list, max_length=4)
     criteria: str | None = Field(default=None, max_length=4000)
-    # Extra analysis dimensions beyond the six of DESIGN.md, e.g. ["risks", "open_questions"].
+    # Extra analysis dimensions beyond the six of pipeline/analysis.py, e.g. ["risks", "open_questions"].
     dimensions: list[str] = Field(default_factory=list, max_length=8)
 
     @field_validator("dimensions")

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from panelfuse.pipeline.modes import mode_for
 from panelfuse.providers.errors import ProviderError
 from panelfuse.providers.registry import Providers
 from panelfuse.providers.resolve import FusionRoute
@@ -41,7 +42,7 @@ class EvalConfig:
         assert self.spec is not None
         members = ", ".join(m.model for m in self.spec.members)
         synth = self.spec.synthesizer.model
-        tail = f"; synthesizer {synth}" if synth and self.spec.mode == "synthesize" else ""
+        tail = f"; synthesizer {synth}" if synth and mode_for(self.spec.mode).uses_synthesizer else ""
         return (
             f"fusion ({self.spec.preset or 'custom'}, {self.spec.mode}): {members}; judge {self.spec.judge.model}{tail}"
         )

@@ -10,7 +10,7 @@ from typing import Any
 from panelfuse.tools import untrusted
 from panelfuse.tools.records import Citation
 
-PROMPT_VERSION = "2026-12-02.1"
+PROMPT_VERSION = "2026-12-02.2"
 
 ANSWER_MARKER = "=== ANSWER ==="
 

@@ -1,4 +1,4 @@
-"""Typed results of a fusion run (the `fusion` object of DESIGN.md's response)."""
+"""Typed results of a fusion run (the `fusion` object of a response: server/shapes.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How a request's model string is resolved (DESIGN.md, "Model ids"). Pure functions.
+"""How a request's model string is resolved (docs/architecture.md, "Contracts"). Pure functions.
 
 | the string                                               | goes to                                   |
 | `panelfuse/fusion`, `panelfuse/fusion-<preset>`, `openrouter/fusion` | the fusion pipeline             |
