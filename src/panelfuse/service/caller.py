@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from panelfuse.config import ProviderConfig
 from panelfuse.providers.registry import Providers
@@ -38,15 +39,25 @@ class Principal:
             raise ServiceError(403, f"this key may not use: {', '.join(refused)}", code="model_not_allowed")
 
 
-def providers_for(principal: Principal, providers: Providers) -> Providers:
-    """The providers a request uses: the gateway's own, or — with passthrough — the same providers
-    using the caller's key for the provider it belongs to (the default provider when unknown)."""
-    if not principal.upstream_keys:
+def providers_for(
+    principal: Principal, providers: Providers, *, extra_headers: Mapping[str, str] | None = None
+) -> Providers:
+    """The providers a request uses: the gateway's own, or (passthrough) the same providers using the
+    caller's key for the provider it belongs to (the default provider when unknown), each also sending
+    `extra_headers`. Built with one copy of the config, only when something differs."""
+    keys = {
+        (providers.config.default_provider if name == "*" else name): token
+        for name, token in principal.upstream_keys.items()
+    }
+    if not keys and not extra_headers:
         return providers
     config = providers.config.model_copy(deep=True)
-    for name, token in principal.upstream_keys.items():
-        target = providers.config.default_provider if name == "*" else name
-        pc = providers.configs.get(target)
-        if pc is not None:
-            config.providers[target] = ProviderConfig.model_validate(pc.model_dump() | {"api_key": token})
+    for name, pc in providers.configs.items():
+        update: dict[str, Any] = {}
+        if extra_headers:
+            update["headers"] = {**pc.headers, **extra_headers}
+        if name in keys:
+            update["api_key"] = keys[name]
+        if update:
+            config.providers[name] = ProviderConfig.model_validate(pc.model_dump() | update)
     return Providers(config, providers.env)

@@ -22,7 +22,7 @@ from panelfuse.providers.registry import Providers
 from panelfuse.service.admission import admit
 from panelfuse.service.caller import Principal, providers_for
 from panelfuse.service.errors import ServiceError
-from panelfuse.service.gateway import Gateway, with_depth_header
+from panelfuse.service.gateway import FUSION_HEADERS, Gateway
 from panelfuse.service.runs import ActiveRun
 from panelfuse.spec import FusionSpec
 
@@ -49,7 +49,7 @@ class FusionService:
         """The providers a fusion uses for this caller, each call carrying the depth header."""
         if not caller.upstream_keys:
             return self.gateway.fusion_providers
-        return with_depth_header(providers_for(caller, self.gateway.providers))
+        return providers_for(caller, self.gateway.providers, extra_headers=FUSION_HEADERS)
 
     def plan(
         self,

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from panelfuse.config import Config, ProviderConfig
+from panelfuse.config import Config
 from panelfuse.pricing import PriceTable
 from panelfuse.providers.registry import Providers
+from panelfuse.service.caller import Principal, providers_for
 from panelfuse.service.ratelimit import Limiter
 from panelfuse.service.runs import RunManager
 from panelfuse.store import RunStore
@@ -16,15 +17,7 @@ from panelfuse.store import RunStore
 DEPTH_HEADER = "X-Panelfuse-Fusion-Depth"
 
 
-def with_depth_header(providers: Providers, depth: int = 1) -> Providers:
-    """The same providers, each sending the fusion depth header on every call: a gateway refuses to
-    start a fusion for a request that carries it, so a fusion can never call a fusion."""
-    config = providers.config.model_copy(deep=True)
-    for name, pc in providers.configs.items():
-        config.providers[name] = ProviderConfig.model_validate(
-            pc.model_dump() | {"headers": {**pc.headers, DEPTH_HEADER: str(depth)}}
-        )
-    return Providers(config, providers.env)
+FUSION_HEADERS = {DEPTH_HEADER: "1"}  # every call made for a fusion says so (the recursion guard)
 
 
 @dataclass
@@ -40,7 +33,7 @@ class Gateway:
 
     def __post_init__(self) -> None:
         # Every call made for a fusion carries the depth header; built once, not per request.
-        self.fusion_providers = with_depth_header(self.providers)
+        self.fusion_providers = providers_for(Principal(), self.providers, extra_headers=FUSION_HEADERS)
 
     def default_preset(self) -> str:
         return self.providers.default_preset()

@@ -36,7 +36,8 @@ class MemberObject(BaseModel):
 
 
 class FusionPlugin(BaseModel):
-    """`plugins: [{"id": "fusion", ...}]` — each field sets a FusionSpec field (service/plugin.py). Unknown fields are a 400."""
+    """`plugins: [{"id": "fusion", ...}]`: each field sets a FusionSpec field (service/plugin.py).
+    Unknown fields are a 400."""
 
     model_config = ConfigDict(extra="forbid")
 
