@@ -233,14 +233,15 @@ class Event:
     payload: Payload
     stage: Stage
     ts: float = field(default_factory=time.time)
+    # The payload's wire form, computed once: the stream, the store and the metrics all read it.
+    data: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", self.payload.to_dict())
 
     @property
     def type(self) -> str:
         return self.payload.TYPE
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return self.payload.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "seq": self.seq, "type": self.type, "stage": self.stage, **self.data}

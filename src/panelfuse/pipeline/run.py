@@ -119,8 +119,10 @@ class FusionStream:
         self._reuse_panel = reuse_panel
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self.log = EventLog(run_id, listener=self._queue.put_nowait)
-        spec = messages.spec if isinstance(messages, RunPlan) else fusion.spec
-        self.result = FusionResult(run_id=run_id, preset=spec.preset, mode=spec.mode, prompt_version=PROMPT_VERSION)
+        self.spec = messages.spec if isinstance(messages, RunPlan) else fusion.spec
+        self.result = FusionResult(
+            run_id=run_id, preset=self.spec.preset, mode=self.spec.mode, prompt_version=PROMPT_VERSION
+        )
 
     @property
     def run_id(self) -> str:
@@ -152,7 +154,7 @@ class FusionStream:
     async def _execute(self) -> None:
         result, log = self.result, self.log
         started = time.monotonic()
-        log.emit(RunStarted(spec=result_spec(self), prompt_version=PROMPT_VERSION))
+        log.emit(RunStarted(spec=self.spec.model_dump(mode="json"), prompt_version=PROMPT_VERSION))
         try:
             await self._stages()
         except (RunFailure, Exception) as exc:
@@ -196,9 +198,3 @@ class FusionStream:
             except QuorumError as exc:
                 raise RunFailure(str(exc)) from exc
         await plan.mode.answer(run, [m for m in result.panel if m.status == "ok"])
-
-
-def result_spec(stream: FusionStream) -> dict[str, Any]:
-    request = stream._request
-    spec = request.spec if isinstance(request, RunPlan) else stream.fusion.spec
-    return spec.model_dump(mode="json")

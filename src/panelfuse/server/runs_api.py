@@ -17,7 +17,7 @@ from panelfuse.providers.resolve import FUSION_ALIASES, FUSION_PRESET_PREFIX, Fu
 from panelfuse.server import responses, shapes
 from panelfuse.server.deps import Caller, Service
 from panelfuse.server.errors import ApiError
-from panelfuse.server.sse import KEEPALIVE, sse, sse_response
+from panelfuse.server.sse import sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service.caller import Principal
 from panelfuse.service.requests import ChatCompletionRequest, EstimateRequest, FeedbackRequest, ResynthesizeRequest
@@ -94,13 +94,13 @@ async def run_events(
     await _run_or_404(state, run_id, principal)
     if last_event_id and last_event_id.isdigit():
         after = max(after, int(last_event_id))
-    return sse_response(_tail(state, run_id, after))
+    return sse_response(_tail(state, run_id, after), keepalive=state.keepalive_s)
 
 
 async def _tail(state: GatewayState, run_id: str, after: int) -> AsyncIterator[str]:
     """Stored events first; then, if this process drives the run, its live feed; otherwise poll the
-    store (the run may live in another worker or replica) until the run ends."""
-    last_ping = time.monotonic()
+    store (the run may live in another worker or replica) until the run ends. Keep-alives come from
+    the SSE writer."""
     while True:
         for rec in await state.store.events_after(run_id, after):
             yield _sse_event(rec.to_dict())
@@ -115,9 +115,6 @@ async def _tail(state: GatewayState, run_id: str, after: int) -> AsyncIterator[s
             for rec in await state.store.events_after(run_id, after):
                 yield _sse_event(rec.to_dict())
             return
-        if time.monotonic() - last_ping > state.keepalive_s:
-            yield KEEPALIVE
-            last_ping = time.monotonic()
         await asyncio.sleep(POLL_INTERVAL)
 
 

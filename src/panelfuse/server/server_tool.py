@@ -86,7 +86,10 @@ async def server_tool_completion(
 
     session = FusionToolSession(provider, route, base, state.prices, run_fusion)
     if body.stream:
-        return sse_response(tool_chunks(session, conversation, body.model, cid, created, admission))
+        # keep-alives while the fusion runs between the outer model's calls
+        return sse_response(
+            tool_chunks(session, conversation, body.model, cid, created, admission), keepalive=state.keepalive_s
+        )
     final = None
     try:
         async for item in session.events(conversation):

@@ -17,7 +17,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from panelfuse.pipeline.events import Event
+from panelfuse.pipeline.events import Event, PanelCompleted, PanelFailed
 from panelfuse.pipeline.result import FusionResult
 
 REQUESTS = Counter("panelfuse_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -34,10 +34,11 @@ COST = Counter("panelfuse_cost_usd_total", "USD spent upstream", ["stage"])
 
 
 def observe_event(ev: Event) -> None:
-    if ev.type == "panel.failed":
-        UPSTREAM_ERRORS.labels(ev.data.get("model", "?"), ev.data.get("status", "failed")).inc()
-    elif ev.type == "panel.completed" and ev.data.get("latency_ms") is not None:
-        STAGE_LATENCY.labels("member").observe(ev.data["latency_ms"] / 1000)
+    payload = ev.payload
+    if isinstance(payload, PanelFailed):
+        UPSTREAM_ERRORS.labels(payload.model or "?", payload.status or "failed").inc()
+    elif isinstance(payload, PanelCompleted):
+        STAGE_LATENCY.labels("member").observe(payload.latency_ms / 1000)
 
 
 def observe_result(result: FusionResult, status: str) -> None:
