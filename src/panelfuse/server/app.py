@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,6 +20,7 @@ from panelfuse.config import Config, load_config
 from panelfuse.providers.http import close_shared_client
 from panelfuse.providers.registry import Providers
 from panelfuse.server import chat, chatroom, runs_api
+from panelfuse.server.deps import State
 from panelfuse.server.errors import (
     ApiError,
     ServiceError,
@@ -155,8 +156,7 @@ def create_app(
     app.include_router(chatroom.router)
 
     @app.get("/healthz", summary="Liveness and store check")
-    async def healthz(request: Request) -> JSONResponse:
-        state: GatewayState = request.app.state.gateway
+    async def healthz(state: State) -> JSONResponse:
         try:
             await state.store.list_runs(limit=1)
         except Exception as exc:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from panelfuse.pipeline.result import MemberResult
 from panelfuse.providers.resolve import FUSION_ALIASES, FUSION_PRESET_PREFIX, FusionRoute, UnknownModelError
 from panelfuse.server import responses, shapes
-from panelfuse.server.deps import Caller, Service
+from panelfuse.server.deps import Caller, Service, State
 from panelfuse.server.errors import ApiError
 from panelfuse.server.sse import sse, sse_response
 from panelfuse.server.state import GatewayState
@@ -30,10 +30,6 @@ TERMINAL_STATUSES = ("completed", "failed", "cancelled", "interrupted")
 POLL_INTERVAL = 0.5  # live tail of a run served by another process: how often to read the store
 
 
-def _state(request: Request) -> GatewayState:
-    return request.app.state.gateway
-
-
 async def _run_or_404(state: GatewayState, run_id: str, principal: Principal) -> Any:
     # Another key's run is indistinguishable from a missing one: no probing for ids.
     run = await state.store.get_run(run_id, key_id=principal.scope)
@@ -44,7 +40,7 @@ async def _run_or_404(state: GatewayState, run_id: str, principal: Principal) ->
 
 @router.get("/v1/fusion/runs", summary="List runs, newest first", response_model=responses.RunList)
 async def list_runs(
-    request: Request,
+    state: State,
     principal: Caller,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     before: str | None = None,
@@ -54,7 +50,7 @@ async def list_runs(
     degraded: bool | None = None,
 ) -> dict[str, Any]:
     try:
-        page = await _state(request).store.list_runs(
+        page = await state.store.list_runs(
             limit=limit,
             before=before,
             status=status,
@@ -74,8 +70,8 @@ async def list_runs(
 
 
 @router.get("/v1/fusion/runs/{run_id}", summary="One run with its result", response_model=responses.Run)
-async def get_run(run_id: str, request: Request, principal: Caller) -> dict[str, Any]:
-    return (await _run_or_404(_state(request), run_id, principal)).to_dict()
+async def get_run(run_id: str, state: State, principal: Caller) -> dict[str, Any]:
+    return (await _run_or_404(state, run_id, principal)).to_dict()
 
 
 def _sse_event(ev: dict[str, Any]) -> str:
@@ -85,12 +81,11 @@ def _sse_event(ev: dict[str, Any]) -> str:
 @router.get("/v1/fusion/runs/{run_id}/events", summary="The run's events after `after` (SSE), then its live tail")
 async def run_events(
     run_id: str,
-    request: Request,
+    state: State,
     principal: Caller,
     after: Annotated[int, Query(ge=0)] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    state = _state(request)
     await _run_or_404(state, run_id, principal)
     if last_event_id and last_event_id.isdigit():
         after = max(after, int(last_event_id))
@@ -123,8 +118,7 @@ async def _tail(state: GatewayState, run_id: str, after: int) -> AsyncIterator[s
     summary="Delete a run (cancelling it if it is running)",
     response_model=responses.Deleted,
 )
-async def delete_run(run_id: str, request: Request, principal: Caller) -> dict[str, Any]:
-    state = _state(request)
+async def delete_run(run_id: str, state: State, principal: Caller) -> dict[str, Any]:
     await _run_or_404(state, run_id, principal)
     active = state.manager.active.get(run_id)
     if active is not None:
@@ -140,8 +134,8 @@ async def delete_run(run_id: str, request: Request, principal: Caller) -> dict[s
     summary="Score a run (-1 … 1) with an optional comment",
     response_model=responses.Feedback,
 )
-async def feedback(run_id: str, body: FeedbackRequest, request: Request, principal: Caller) -> dict[str, Any]:
-    if not await _state(request).store.set_feedback(run_id, body.score, body.comment, key_id=principal.scope):
+async def feedback(run_id: str, body: FeedbackRequest, state: State, principal: Caller) -> dict[str, Any]:
+    if not await state.store.set_feedback(run_id, body.score, body.comment, key_id=principal.scope):
         raise ApiError(404, f"no run '{run_id}'", param="run_id", code="run_not_found")
     return {"id": run_id, "object": "fusion.feedback", "score": body.score, "comment": body.comment}
 
@@ -152,9 +146,8 @@ async def feedback(run_id: str, body: FeedbackRequest, request: Request, princip
     response_model=responses.ChatCompletion,
 )
 async def resynthesize(
-    run_id: str, body: ResynthesizeRequest, request: Request, principal: Caller, service: Service
+    run_id: str, body: ResynthesizeRequest, request: Request, state: State, principal: Caller, service: Service
 ) -> Any:
-    state = _state(request)
     source = await _run_or_404(state, run_id, principal)
     if source.result is None or not source.result.get("panel"):
         raise ApiError(409, f"run '{run_id}' has no stored panel answers", code="nothing_to_resynthesize")
@@ -181,8 +174,7 @@ async def resynthesize(
     summary="The worst-case cost of a fusion request, before running it",
     response_model=responses.Estimate,
 )
-async def estimate(body: EstimateRequest, request: Request, principal: Caller, service: Service) -> dict[str, Any]:
-    state = _state(request)
+async def estimate(body: EstimateRequest, state: State, principal: Caller, service: Service) -> dict[str, Any]:
     try:
         chat = ChatCompletionRequest(
             model=body.model,
@@ -220,8 +212,7 @@ async def estimate(body: EstimateRequest, request: Request, principal: Caller, s
 @router.get(
     "/v1/models", summary="Fusion aliases and configured models (OpenAI shape)", response_model=responses.ModelList
 )
-async def list_models(request: Request, principal: Caller) -> dict[str, Any]:
-    state = _state(request)
+async def list_models(state: State, principal: Caller) -> dict[str, Any]:
     created = int(time.time())
     ids = list(FUSION_ALIASES) + [f"{FUSION_PRESET_PREFIX}{name}" for name in state.presets]
     ids.append("local/smollm2")
