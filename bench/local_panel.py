@@ -57,7 +57,8 @@ async def one_run(question: str, max_tokens: int | None) -> RunTimes:
         elif s.start is None:
             s.start = now
 
-    async for ev in fusion.stream(question):
+    stream = fusion.stream(question)
+    async for ev in stream:
         head = ev.type
         if head == "panel.started":
             mark("panel", end=False)
@@ -71,8 +72,8 @@ async def one_run(question: str, max_tokens: int | None) -> RunTimes:
         elif head == "final.completed":
             mark("synthesis", end=True)
     times.total = time.monotonic() - t0
-    result = fusion.result
-    assert result is not None and result.status == "completed", result and result.error
+    result = stream.result
+    assert result.status == "completed", result.error
     times.stages["panel"].tokens = sum(c.usage.completion_tokens for m in result.panel for c in m.calls)
     times.stages["analysis"].tokens = sum(c.usage.completion_tokens for c in result.judge.calls)
     times.stages["synthesis"].tokens = sum(c.usage.completion_tokens for c in result.synthesizer.calls)
