@@ -78,7 +78,7 @@ async def test_resume_after_interruption_grades_nothing_twice(
     requirement = {(t.id, c.id): c.requirement for t in tasks for c in t.criteria}
     configs = [parse_config("single:fake/m1", providers), parse_config("single:fake/m2", providers)]
     total_grades = len(configs) * 2 * CRITERIA_TOTAL  # two passes
-    evals = EvalStore(store.engine)
+    evals = EvalStore(store.database)
 
     async def stored() -> tuple[dict, set]:
         answers = {k: a.content for k, a in (await evals.answers("e1")).items()}

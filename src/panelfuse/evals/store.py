@@ -1,22 +1,17 @@
 """Eval answers and grades in the run store's database (tables `eval_answers`, `eval_grades`,
 migration 0003). Every row is written as soon as it exists, so an interrupted eval resumes where it
-stopped. Open the database with `RunStore.open(url)` and pass `store.engine`."""
+stopped. Open the database with `RunStore.open(url)` and pass `store.database` (or open a `Database`)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from panelfuse.store.engine import SQLITE_BEGIN_OPTION
+from panelfuse.store.database import Database
 from panelfuse.store.schema import eval_answers, eval_grades
 
 AnswerKey = tuple[str, str, int]  # (config label, task id, pass)
@@ -71,22 +66,12 @@ def _clean(value: str | None) -> str | None:
 
 
 class EvalStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._sqlite = engine.dialect.name == "sqlite"
-
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.connect() as conn:
-            if self._sqlite:  # take the write lock up front so busy_timeout queues writers
-                await conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
-            async with conn.begin():
-                yield conn
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
     def _upsert(self, table: sa.Table, values: dict[str, Any]) -> Any:
-        insert = sqlite_insert if self._sqlite else pg_insert
         keys = [c.name for c in table.primary_key.columns]
-        stmt = insert(table).values(**values)
+        stmt = self._db.insert(table).values(**values)
         return stmt.on_conflict_do_update(index_elements=keys, set_={k: v for k, v in values.items() if k not in keys})
 
     async def put_answer(self, eval_name: str, row: AnswerRow) -> None:
@@ -95,7 +80,7 @@ class EvalStore:
         values = dataclasses.asdict(row) | {"eval_name": eval_name, "created_at": datetime.now(UTC)}
         values["content"] = _clean(values["content"]) or ""
         values["error"] = _clean(values["error"])
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await conn.execute(
                 eval_grades.delete().where(
                     eval_grades.c.eval_name == eval_name,
@@ -110,13 +95,13 @@ class EvalStore:
         values = dataclasses.asdict(row) | {"eval_name": eval_name, "created_at": datetime.now(UTC)}
         values["explanation"] = _clean(values["explanation"]) or ""
         values["error"] = _clean(values["error"])
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await conn.execute(self._upsert(eval_grades, values))
 
     async def answers(self, eval_name: str) -> dict[AnswerKey, AnswerRow]:
         fields = [f.name for f in dataclasses.fields(AnswerRow)]
         query = sa.select(*(eval_answers.c[f] for f in fields)).where(eval_answers.c.eval_name == eval_name)
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         out = [AnswerRow(**r._mapping) for r in rows]
         return {a.key: a for a in out}
@@ -124,7 +109,7 @@ class EvalStore:
     async def grades(self, eval_name: str) -> dict[GradeKey, GradeRow]:
         fields = [f.name for f in dataclasses.fields(GradeRow)]
         query = sa.select(*(eval_grades.c[f] for f in fields)).where(eval_grades.c.eval_name == eval_name)
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         out = [GradeRow(**r._mapping) for r in rows]
         return {g.key: g for g in out}

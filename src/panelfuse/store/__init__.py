@@ -1,9 +1,12 @@
 """Persistence of fusion runs and their events (SQLite by default, PostgreSQL by URL).
 
-The server writes here; the store knows nothing of HTTP. Schema changes are Alembic migrations in
-`panelfuse/store/migrations/versions`, applied automatically by `RunStore.open`.
+The server writes here; the store knows nothing of HTTP nor of the pipeline. `Database` owns the engine
+and the write rule; `RunStore`, `KeyStore` (and the evals' `EvalStore`) take one. Schema changes are
+Alembic migrations in `panelfuse/store/migrations/versions`, applied by `Database.open` (which
+`RunStore.open` calls).
 """
 
+from panelfuse.store.database import Database
 from panelfuse.store.errors import (
     DuplicateRunError,
     InvalidCursorError,
@@ -20,6 +23,7 @@ from panelfuse.store.url import mask_url, normalize_url
 
 __all__ = [
     "ApiKey",
+    "Database",
     "DuplicateRunError",
     "EventRecord",
     "InvalidCursorError",

@@ -11,14 +11,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
+from panelfuse.store.database import Database
 from panelfuse.store.schema import api_keys, budget_reservations
-
-if TYPE_CHECKING:
-    from panelfuse.store.runs import RunStore
 
 KEY_PREFIX = "pf-"
 EPSILON = 1e-12  # float slack so a reservation that exactly fits is not refused
@@ -79,7 +77,7 @@ class NewKey:
     secret: str  # shown once, at creation
 
 
-def _row_to_key(row: Mapping[str, Any]) -> ApiKey:
+def _row_to_key(row: Mapping[Any, Any]) -> ApiKey:
     """A key from its table row (a fetched row's mapping, or the dict just inserted)."""
     models = row["models"]
     return ApiKey(
@@ -99,9 +97,10 @@ def _row_to_key(row: Mapping[str, Any]) -> ApiKey:
 
 
 class KeyStore:
-    def __init__(self, store: RunStore) -> None:
-        self._store = store
-        self._engine = store.engine
+    """API keys and budgets in `database` (the run store's: `RunStore.keys`)."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
     async def create(
         self,
@@ -129,23 +128,23 @@ class KeyStore:
             "max_concurrent": max_concurrent,
             "models": models,
         }
-        async with self._store._write() as conn:
+        async with self._db.write() as conn:
             await conn.execute(api_keys.insert().values(**row))
         return NewKey(_row_to_key(row), secret)
 
     async def list(self) -> list[ApiKey]:
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             rows = (await conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at))).all()
         return [_row_to_key(r._mapping) for r in rows]
 
     async def get(self, key_id: str) -> ApiKey | None:
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).first()
         return _row_to_key(row._mapping) if row else None
 
     async def revoke(self, id_or_name: str) -> int:
         """Revoke by id, or every active key with that name. Returns how many were revoked."""
-        async with self._store._write() as conn:
+        async with self._db.write() as conn:
             res = await conn.execute(
                 api_keys.update()
                 .where(sa.or_(api_keys.c.id == id_or_name, api_keys.c.name == id_or_name))
@@ -155,7 +154,7 @@ class KeyStore:
         return res.rowcount or 0
 
     async def count_active(self) -> int:
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             return int(
                 await conn.scalar(
                     sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
@@ -167,7 +166,7 @@ class KeyStore:
         """The active key with this secret, or None. The lookup is by hash; the final comparison is
         constant-time so timing says nothing about how much of a guess was right."""
         digest = hash_secret(secret)
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             row = (await conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == digest))).first()
         if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
             return None
@@ -176,7 +175,7 @@ class KeyStore:
     async def reserve(self, key_id: str, run_id: str, amount_usd: float) -> bool:
         """Hold `amount_usd` against the key's budget, atomically: one conditional UPDATE, so two
         processes can never both take the last dollars. False when it does not fit."""
-        async with self._store._write() as conn:
+        async with self._db.write() as conn:
             res = await conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
@@ -203,11 +202,11 @@ class KeyStore:
     async def settle(self, run_id: str, actual_usd: float | None) -> None:
         """Release the run's reservation and charge what it really cost (the reservation itself when
         the cost is unknown). Settling twice does nothing."""
-        async with self._store._write() as conn:
+        async with self._db.write() as conn:
             query = sa.select(budget_reservations).where(
                 budget_reservations.c.run_id == run_id, budget_reservations.c.settled_at.is_(None)
             )
-            if not self._store._sqlite:
+            if not self._db.is_sqlite:  # SQLite has no FOR UPDATE; its write lock is already held
                 query = query.with_for_update()
             res = (await conn.execute(query)).first()
             if res is None:

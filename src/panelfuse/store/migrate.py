@@ -11,9 +11,8 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from panelfuse.store.engine import SQLITE_BEGIN_OPTION
 from panelfuse.store.errors import StoreMigrationError
 from panelfuse.store.schema import VERSION_TABLE
 
@@ -52,17 +51,13 @@ def _upgrade(connection: Connection) -> None:
         raise StoreMigrationError(f"cannot migrate the run store from {current} to {head_revision()!r}: {exc}") from exc
 
 
-async def migrate(engine: AsyncEngine, *, schema: str | None = None) -> None:
-    """Upgrade to head in one transaction that also holds the cross-process migration lock:
-    PostgreSQL — a transaction-scoped advisory lock; SQLite — BEGIN IMMEDIATE (the write lock;
-    other openers wait on busy_timeout). The second opener then finds the schema at head."""
-    dialect = engine.dialect.name
-    async with engine.connect() as conn:
-        if dialect == "sqlite":
-            await conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
-        async with conn.begin():
-            if dialect == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
-                if schema is not None:  # validated as an identifier by build_engine
-                    await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-            await conn.run_sync(_upgrade)
+async def migrate(conn: AsyncConnection, *, schema: str | None = None) -> None:
+    """Upgrade to head inside the caller's write transaction (`Database.write()`), which is also the
+    cross-process migration lock: SQLite — BEGIN IMMEDIATE (the write lock; other openers wait on
+    busy_timeout); PostgreSQL — a transaction-scoped advisory lock taken here. The second opener
+    then finds the schema at head."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        if schema is not None:  # validated as an identifier by build_engine
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    await conn.run_sync(_upgrade)

@@ -10,35 +10,24 @@ import dataclasses
 import math
 import os
 import socket
-import time
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
 import platformdirs
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from panelfuse.pipeline.events import stage_of
-from panelfuse.store.engine import SQLITE_BEGIN_OPTION, build_engine
-from panelfuse.store.errors import (
-    DuplicateRunError,
-    InvalidCursorError,
-    RunNotFoundError,
-    StoreConnectError,
-    StoreError,
-)
+from panelfuse.store.database import Database
+from panelfuse.store.errors import DuplicateRunError, InvalidCursorError, RunNotFoundError
+from panelfuse.store.events import StoredEvent, event_row
 from panelfuse.store.keys import KeyStore
-from panelfuse.store.migrate import migrate
 from panelfuse.store.records import EventRecord, RunPage, RunRecord, decode_cursor, encode_cursor
 from panelfuse.store.schema import FINAL_STATUSES, RUN_STATUSES, run_events, runs
-from panelfuse.store.url import mask_url, normalize_url, sqlite_file
+from panelfuse.store.url import mask_url
 
 # Columns update_run may touch (id and the timestamps are the store's own).
 UPDATABLE = frozenset(c.name for c in runs.columns) - {"id", "created_at", "updated_at"}
@@ -63,10 +52,8 @@ def _record(row: sa.Row[Any]) -> RunRecord:
 class RunStore:
     """Async run store. Open with `await RunStore.open(url)`; close with `await store.close()`."""
 
-    def __init__(self, engine: AsyncEngine, url: URL) -> None:
-        self._engine = engine
-        self._url = url
-        self._sqlite = engine.dialect.name == "sqlite"
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -92,30 +79,13 @@ class RunStore:
         Raises StoreURLError (bad URL), StoreConnectError (unreachable, auth, missing driver),
         StoreMigrationError; messages never contain the password.
         """
-        parsed = normalize_url(url if url is not None else cls.default_url())
-        masked = mask_url(parsed)
-        path = sqlite_file(parsed)
-        if path is not None:
-            path.expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = build_engine(parsed, schema=schema, connect_args=connect_args, echo=echo)
-        try:
-            await migrate(engine, schema=schema)
-        except StoreError:
-            await engine.dispose()
-            raise
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            await engine.dispose()
-            detail = str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
-            if parsed.password:
-                detail = detail.replace(parsed.password, "***")
-            raise StoreConnectError(f"could not open the run store at {masked}: {detail}", url=masked) from None
-        except BaseException:
-            await engine.dispose()
-            raise
-        return cls(engine, parsed)
+        database = await Database.open(
+            url if url is not None else cls.default_url(), schema=schema, connect_args=connect_args, echo=echo
+        )
+        return cls(database)
 
     async def close(self) -> None:
-        await self._engine.dispose()
+        await self._db.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -126,26 +96,22 @@ class RunStore:
     @property
     def url(self) -> str:
         """The database URL with the password masked."""
-        return mask_url(self._url)
+        return mask_url(self._db.url)
 
     @property
     def keys(self) -> KeyStore:
         """API keys and budgets, in the same database."""
-        return KeyStore(self)
+        return KeyStore(self._db)
+
+    @property
+    def database(self) -> Database:
+        """The database this store (and `keys`) writes to; an EvalStore can share it."""
+        return self._db
 
     @property
     def engine(self) -> AsyncEngine:
         """The underlying engine (for tests and admin tooling; the API above is the contract)."""
-        return self._engine
-
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
-        async with self._engine.connect() as conn:
-            if self._sqlite:
-                await conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
-            async with conn.begin():
-                yield conn
+        return self._db.engine
 
     # ---- runs ------------------------------------------------------------------------------
 
@@ -195,7 +161,7 @@ class RunStore:
         )
         values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
         try:
-            async with self._write() as conn:
+            async with self._db.write() as conn:
                 await conn.execute(runs.insert().values(**values))
         except IntegrityError:
             if await self._exists(run_id):
@@ -215,7 +181,7 @@ class RunStore:
                 fields[key] = _text(fields[key])
         if fields.get("content", "") is None:
             fields["content"] = ""
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             res = await conn.execute(runs.update().where(runs.c.id == run_id).values(updated_at=_now(), **fields))
         if res.rowcount == 0:
             raise RunNotFoundError(run_id)
@@ -253,7 +219,7 @@ class RunStore:
         query = sa.select(runs).where(runs.c.id == run_id)
         if key_id is not None:
             query = query.where(runs.c.key_id == key_id)
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             row = (await conn.execute(query)).first()
         return _record(row) if row is not None else None
 
@@ -287,7 +253,7 @@ class RunStore:
                 query = query.where(runs.c[column] == value)
         if since is not None:
             query = query.where(runs.c.created_at >= since)
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             if before is not None:
                 at, after_id = await self._resolve_cursor(conn, before, key_id)
                 query = query.where(
@@ -315,7 +281,7 @@ class RunStore:
         stmt = runs.delete().where(runs.c.id == run_id)
         if key_id is not None:
             stmt = stmt.where(runs.c.key_id == key_id)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             res = await conn.execute(stmt)
         return res.rowcount > 0
 
@@ -327,7 +293,7 @@ class RunStore:
         if key_id is not None:
             stmt = stmt.where(runs.c.key_id == key_id)
         stmt = stmt.values(feedback_score=float(score), feedback_comment=_text(comment), updated_at=_now())
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             res = await conn.execute(stmt)
         return res.rowcount > 0
 
@@ -347,7 +313,7 @@ class RunStore:
         stmt = stmt.values(
             status="interrupted", updated_at=_now(), error=sa.func.coalesce(runs.c.error, INTERRUPTED_ERROR)
         )
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             res = await conn.execute(stmt)
         return res.rowcount
 
@@ -355,7 +321,7 @@ class RunStore:
         """Retention: for finished runs created before `older_than`, blank request, result, content and
         event data; the row, its usage/cost/status and the event skeleton stay. Returns runs purged."""
         doomed = (runs.c.created_at < older_than) & (runs.c.status != "running") & runs.c.purged_at.is_(None)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await conn.execute(
                 run_events.update().where(run_events.c.run_id.in_(sa.select(runs.c.id).where(doomed))).values(data={})
             )
@@ -365,25 +331,25 @@ class RunStore:
         return res.rowcount
 
     async def _exists(self, run_id: str) -> bool:
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             return (await conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id))).first() is not None
 
     # ---- events ----------------------------------------------------------------------------
 
-    async def append_events(self, run_id: str, events: Iterable[Any]) -> None:
-        """Batch insert. Events are pipeline `Event`s, `EventRecord`s or mappings with seq/type[/stage/data/ts].
-        A (run_id, seq) already stored is skipped, so replaying a batch is harmless."""
+    async def append_events(self, run_id: str, events: Iterable[StoredEvent | Mapping[str, Any]]) -> None:
+        """Batch insert. Events are pipeline `Event`s, `EventRecord`s (anything with the StoredEvent fields)
+        or mappings with seq/type[/stage/data/ts]. A (run_id, seq) already stored is skipped, so
+        replaying a batch is harmless."""
         rows: dict[int, dict[str, Any]] = {}
         for ev in events:
-            row = _event_row(run_id, ev)
+            row = event_row(run_id, ev)
             rows.setdefault(row["seq"], row)  # first wins, as in the database
         if not rows:
             return
-        insert = sqlite_insert if self._sqlite else pg_insert
-        stmt = insert(run_events).on_conflict_do_nothing(index_elements=["run_id", "seq"])
+        stmt = self._db.insert(run_events).on_conflict_do_nothing(index_elements=["run_id", "seq"])
         batch = list(rows.values())
         try:
-            async with self._write() as conn:
+            async with self._db.write() as conn:
                 for i in range(0, len(batch), _EVENT_CHUNK):
                     await conn.execute(stmt, batch[i : i + _EVENT_CHUNK])
         except IntegrityError:
@@ -401,26 +367,6 @@ class RunStore:
         )
         if key_id is not None:
             query = query.where(sa.exists().where(runs.c.id == run_id, runs.c.key_id == key_id))
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [EventRecord(**r._mapping) for r in rows]
-
-
-def _event_row(run_id: str, ev: Any) -> dict[str, Any]:
-    get = ev.get if isinstance(ev, Mapping) else (lambda k, d=None: getattr(ev, k, d))
-    ev_run = get("run_id")
-    if ev_run is not None and ev_run != run_id:
-        raise ValueError(f"event for run {ev_run!r} appended to run {run_id!r}")
-    etype = get("type")
-    seq = get("seq")
-    if not isinstance(etype, str) or not isinstance(seq, int):
-        raise ValueError(f"event needs an int seq and a str type, got seq={seq!r} type={etype!r}")
-    ts = get("ts")
-    return {
-        "run_id": run_id,
-        "seq": seq,
-        "type": etype,
-        "stage": get("stage") or stage_of(etype),
-        "data": dict(get("data") or {}),
-        "ts": float(ts) if ts is not None else time.time(),
-    }

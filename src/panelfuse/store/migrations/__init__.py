@@ -1,1 +1,1 @@
-"""Alembic migrations of the run store; applied by `RunStore.open` (see panelfuse.store.migrate)."""
+"""Alembic migrations of the run store; applied by `Database.open` (see panelfuse.store.migrate)."""

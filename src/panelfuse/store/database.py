@@ -1,0 +1,117 @@
+"""Database: one engine, its URL and dialect, shared by the run, key and eval stores.
+
+Every write in the store goes through `Database.write()`, the one place that knows SQLite's rule:
+a writer must take the write lock when its transaction begins (see `write`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Self
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from panelfuse.store.engine import SQLITE_BEGIN_OPTION, build_engine
+from panelfuse.store.errors import StoreConnectError, StoreError
+from panelfuse.store.migrate import migrate
+from panelfuse.store.url import mask_url, normalize_url, sqlite_file
+
+
+class Database:
+    """An open database. Build with `await Database.open(url)`; close with `await db.close()`."""
+
+    def __init__(self, engine: AsyncEngine, url: URL) -> None:
+        self._engine = engine
+        self._url = url
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | URL,
+        *,
+        schema: str | None = None,
+        connect_args: dict[str, Any] | None = None,
+        echo: bool = False,
+    ) -> Self:
+        """Connect and migrate to the latest schema (safe when several processes open at once).
+
+        `url`: sqlite[+aiosqlite]:///path.db or postgresql[+asyncpg]://... (plain forms are normalized).
+        `schema` (PostgreSQL only): tables live in that schema (created if missing) via the connection's
+        search_path. `connect_args` go to the driver's connect(). Raises StoreURLError (bad URL),
+        StoreConnectError (unreachable, auth, missing driver), StoreMigrationError; messages never
+        contain the password.
+        """
+        parsed = normalize_url(url)
+        path = sqlite_file(parsed)
+        if path is not None:
+            path.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        db = cls(build_engine(parsed, schema=schema, connect_args=connect_args, echo=echo), parsed)
+        try:
+            # The write transaction is also the cross-process migration lock on SQLite.
+            async with db.write() as conn:
+                await migrate(conn, schema=schema)
+        except BaseException as exc:
+            await db.close()
+            if isinstance(exc, SQLAlchemyError | OSError | TimeoutError) and not isinstance(exc, StoreError):
+                raise _connect_error(parsed, exc) from None
+            raise
+        return db
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def url(self) -> URL:
+        """The normalized URL. It holds the password: show `mask_url(db.url)` instead."""
+        return self._url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self._engine.dialect.name == "sqlite"
+
+    def read(self) -> AsyncConnection:
+        """`async with db.read() as conn:` a connection for reads (its implicit transaction is rolled
+        back on exit)."""
+        return self._engine.connect()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """`async with db.write() as conn:` one transaction, committed on exit, rolled back on error.
+
+        On SQLite it begins with BEGIN IMMEDIATE: taking the write lock up front lets busy_timeout
+        queue concurrent writers, where a deferred BEGIN that upgrades to a write later fails at once
+        with SQLITE_BUSY (or finds its snapshot stale under WAL).
+        """
+        async with self._engine.connect() as conn:
+            if self.is_sqlite:
+                await conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+            async with conn.begin():
+                yield conn
+
+    def insert(self, table: sa.Table) -> sqlite.Insert | postgresql.Insert:
+        """An INSERT in this dialect: both spell upserts `on_conflict_do_nothing/do_update`, which
+        the generic insert lacks."""
+        return sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
+
+
+def _connect_error(url: URL, exc: BaseException) -> StoreConnectError:
+    masked = mask_url(url)
+    detail = str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
+    if url.password:
+        detail = detail.replace(url.password, "***")
+    return StoreConnectError(f"could not open the run store at {masked}: {detail}", url=masked)

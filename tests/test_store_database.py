@@ -1,0 +1,208 @@
+"""panelfuse.store.database: the shared Database layer, its SQLite write rule, and the stores built on it."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from conftest import require_service
+from panelfuse.evals.store import AnswerRow, EvalStore, GradeRow
+from panelfuse.store import Database, KeyStore, RunStore, StoreConnectError
+
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+counter = sa.Table(
+    "test_counter",
+    sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("value", sa.Integer, nullable=False),
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request, tmp_path):
+    """An open, migrated Database: a SQLite file, or a random PG schema dropped afterwards."""
+    if request.param == "sqlite":
+        async with await Database.open(f"sqlite:///{tmp_path / 'sub' / 'runs.db'}") as database:
+            yield database
+        return
+    require_service(5432, "PostgreSQL")
+    schema = f"pf_test_{uuid.uuid4().hex[:12]}"
+    async with await Database.open(PG_URL, schema=schema) as database:
+        yield database
+    engine = create_async_engine(PG_URL)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        await engine.dispose()
+
+
+# ---- the SQLite write rule ---------------------------------------------------------------------
+
+
+async def test_write_takes_the_sqlite_write_lock_before_any_statement(tmp_path):
+    path = tmp_path / "runs.db"
+    async with await Database.open(f"sqlite:///{path}") as db:
+        assert db.is_sqlite
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            async with db.read() as conn:
+                await conn.execute(sa.select(1))
+                other.execute("BEGIN IMMEDIATE")  # a reader holds no write lock
+                other.execute("ROLLBACK")
+            async with db.write():
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")
+            other.execute("BEGIN IMMEDIATE")  # released at commit
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+
+
+async def test_concurrent_writers_on_one_sqlite_file_all_succeed(tmp_path):
+    """Read-modify-write transactions from two Database objects (two pools, as two processes would
+    have): each queues for the write lock, so none fails with SQLITE_BUSY and no update is lost."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with await Database.open(url) as first, await Database.open(url) as second:
+        async with first.write() as conn:
+            await conn.run_sync(counter.metadata.create_all)
+            await conn.execute(counter.insert().values(id=1, value=0))
+
+        async def increment(db: Database) -> None:
+            async with db.write() as conn:
+                value = (await conn.execute(sa.select(counter.c.value).where(counter.c.id == 1))).scalar_one()
+                await asyncio.sleep(0)  # let the other writers run in between
+                await conn.execute(counter.update().where(counter.c.id == 1).values(value=value + 1))
+
+        per_db = 15
+        await asyncio.gather(*(increment(db) for db in (first, second) for _ in range(per_db)))
+        async with second.read() as conn:
+            assert (await conn.execute(sa.select(counter.c.value))).scalar_one() == 2 * per_db
+
+
+async def test_write_rolls_back_on_error(db):
+    async with db.write() as conn:
+        await conn.run_sync(counter.metadata.create_all)
+    with pytest.raises(RuntimeError):
+        async with db.write() as conn:
+            await conn.execute(counter.insert().values(id=1, value=1))
+            raise RuntimeError("abort")
+    async with db.read() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(counter))).scalar_one() == 0
+
+
+async def test_insert_speaks_the_dialect_upsert(db):
+    async with db.write() as conn:
+        await conn.run_sync(counter.metadata.create_all)
+    for value in (1, 2):
+        stmt = db.insert(counter).values(id=1, value=value)
+        async with db.write() as conn:
+            await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={"value": value}))
+    async with db.write() as conn:
+        await conn.execute(db.insert(counter).values(id=1, value=9).on_conflict_do_nothing(index_elements=["id"]))
+    async with db.read() as conn:
+        assert (await conn.execute(sa.select(counter.c.value))).all() == [(2,)]
+
+
+async def test_open_unreachable_raises_connect_error_without_password():
+    with pytest.raises(StoreConnectError) as info:
+        await Database.open("postgresql://u:s3cretpw@127.0.0.1:1/x")
+    assert "s3cretpw" not in str(info.value)
+
+
+# ---- the stores on a Database ------------------------------------------------------------------
+
+
+async def test_key_store_on_a_database_alone(db):
+    keys = KeyStore(db)
+    new = await keys.create("team", budget_usd=1.0)
+    assert (await keys.authenticate(new.secret)).id == new.key.id
+    assert await keys.reserve(new.key.id, "run_1", 0.75) is True
+    assert await keys.reserve(new.key.id, "run_2", 0.5) is False  # over budget
+    await keys.settle("run_1", 0.25)
+    await keys.settle("run_1", 0.25)  # twice: no effect
+    got = await keys.get(new.key.id)
+    assert (got.spent_usd, got.reserved_usd) == (0.25, 0.0)
+    assert await keys.revoke("team") == 1
+    assert await keys.authenticate(new.secret) is None
+
+
+def _answer(content: str) -> AnswerRow:
+    return AnswerRow("cfg", "t1", 0, "h", "ok", content, None, 1, 2, 0.5, 10)
+
+
+def _grade(verdict: str) -> GradeRow:
+    return GradeRow("cfg", "t1", 0, "c1", verdict, "why", "grader", "v1", 1, None, 1, 1, None, 5)
+
+
+async def test_eval_store_on_a_database_alone(db):
+    evals = EvalStore(db)
+    await evals.put_answer("e1", _answer("first\x00"))
+    await evals.put_grade("e1", _grade("UNMET"))
+    await evals.put_grade("e1", _grade("MET"))  # upsert: replaces
+    assert (await evals.answers("e1"))[("cfg", "t1", 0)].content == "first\ufffd"
+    assert [g.verdict for g in (await evals.grades("e1")).values()] == ["MET"]
+    await evals.put_answer("e1", _answer("second"))  # a new answer drops the old grades
+    assert (await evals.answers("e1"))[("cfg", "t1", 0)].content == "second"
+    assert await evals.grades("e1") == {}
+    assert await evals.answers("other") == {}
+
+
+async def test_run_store_shares_its_database(tmp_path):
+    async with await RunStore.open(f"sqlite:///{tmp_path / 'runs.db'}") as store:
+        assert store.engine is store.database.engine
+        new = await store.keys.create("k")
+        assert (await KeyStore(store.database).get(new.key.id)) == new.key
+        await EvalStore(store.database).put_answer("e1", _answer("x"))
+        assert list(await EvalStore(store.database).answers("e1")) == [("cfg", "t1", 0)]
+
+
+async def test_append_events_reads_the_stage_from_the_event(tmp_path):
+    class Ev:  # any object with the StoredEvent fields; not the pipeline's Event
+        def __init__(self, seq: int, type_: str, stage: str) -> None:
+            self.run_id, self.seq, self.type, self.stage, self.data, self.ts = "run_s", seq, type_, stage, {"k": 1}, 5.0
+
+    async with await RunStore.open(f"sqlite:///{tmp_path / 'runs.db'}") as store:
+        await store.create_run(
+            "run_s", spec={}, request={}, request_model="m", preset=None, mode="synthesize", prompt_version="v1"
+        )
+        await store.append_events(
+            "run_s",
+            [Ev(1, "tool.called", "analysis"), {"seq": 2, "type": "final.delta"}, {"seq": 3, "type": "panel.cut"}],
+        )
+        got = await store.events_after("run_s")
+    assert [(e.seq, e.stage) for e in got] == [(1, "analysis"), (2, "synthesis"), (3, "panel")]
+    assert (got[0].data, got[0].ts) == ({"k": 1}, 5.0)
+
+
+# ---- import boundaries -------------------------------------------------------------------------
+
+_IMPORT_CHECK = """
+import sys, types
+# A bare parent package: panelfuse/__init__.py itself imports the pipeline (the public Fusion API),
+# and what is checked here is the store's own imports.
+pkg = types.ModuleType("panelfuse")
+pkg.__path__ = [{src!r} + "/panelfuse"]
+sys.modules["panelfuse"] = pkg
+import panelfuse.store, panelfuse.store.database, panelfuse.store.events, panelfuse.store.keys
+import panelfuse.store.runs, panelfuse.store.migrate
+forbidden = ("panelfuse.pipeline", "panelfuse.service", "panelfuse.server", "panelfuse.cli", "panelfuse.evals")
+print(sorted(m for m in sys.modules if m.startswith(forbidden)))
+"""
+
+
+def test_the_store_imports_no_pipeline_service_server_cli_or_evals():
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CHECK.format(src=str(SRC))], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
