@@ -106,6 +106,7 @@ def test_plain_model_is_proxied(fake, client):
     assert r.model == "fake/plain"
     assert r.usage.model_extra["cost"] == 0.01
     assert fake.requests_for("plain")[0].body["seed"] == 3
+    assert "fusion" not in r.model_extra  # the response model adds no fields a plain completion lacks
     stream = client.chat.completions.create(
         model="fake/plain", messages=[{"role": "user", "content": "hi"}], stream=True
     )

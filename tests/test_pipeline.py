@@ -318,6 +318,8 @@ def test_spec_validation_names_the_field():
     with pytest.raises(ValidationError, match="colour"):
         spec(colour="blue")
     assert spec(mode="full").mode == "synthesize"
+    with pytest.raises(ValidationError, match="one of the analysis's own keys"):
+        spec(judge={"model": "fake/judge", "dimensions": ["anomalies"]})
     assert mode_for("synthesize").quorum(spec()) == 2 and mode_for("single").quorum(spec(mode="single")) == 1
 
 
@@ -479,3 +481,19 @@ def test_the_mode_registry_and_the_spec_agree():
 
     assert set(MODES) == set(get_args(Mode))
     assert all(name == mode.name for name, mode in MODES.items())
+
+
+def test_a_plan_for_another_conversation_has_that_conversations_estimate_and_verdict(fake):
+    # The server tool plans once on the caller's conversation and runs the fusion on the outer model's
+    # question: the verdict must be the question's, with nothing resolved again.
+    long = [
+        {"role": "user", "content": "Summarise the report."},
+        {"role": "assistant", "content": "Reading it.", "name": "reader"},
+        {"role": "user", "content": "lorem ipsum " * 20000},
+    ]
+    plan = fusion(fake, spec(max_cost=0.05)).plan(long)
+    assert plan.refusal is not None and "exceeds max_cost" in plan.refusal
+    asked = plan.with_messages("Is the plan sound?")
+    assert asked.refusal is None and asked.estimate.total < plan.estimate.total
+    assert asked.members == plan.members and asked.judge == plan.judge  # the same resolved calls
+    assert asked.panel_messages == [{"role": "user", "content": "Is the plan sound?"}]

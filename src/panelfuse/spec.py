@@ -33,6 +33,10 @@ class MemberSpec(BaseModel):
     fallbacks: list[str] = Field(default_factory=list, max_length=4)
 
 
+# The analysis's own keys (pipeline/analysis.py): an extra dimension may not reuse one.
+ANALYSIS_KEYS = ("consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots", "anomalies")
+
+
 class JudgeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +52,8 @@ class JudgeSpec(BaseModel):
         for d in v:
             if not d.isidentifier():
                 raise ValueError(f"dimension '{d}' must be a plain identifier (letters, digits, _)")
+            if d in ANALYSIS_KEYS:
+                raise ValueError(f"dimension '{d}' is one of the analysis's own keys")
         return v
 
 

@@ -13,9 +13,11 @@ from typing import Any
 
 import json_repair
 import jsonschema
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-REQUIRED_KEYS = ("consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots")
+from panelfuse.spec import ANALYSIS_KEYS
+
+REQUIRED_KEYS = ANALYSIS_KEYS[:5]  # anomalies and extra dimensions may be missing (read as empty)
 MAX_ITEMS = 5
 MAX_TEXT = 240
 
@@ -186,7 +188,10 @@ def map_labels(analysis: Mapping[str, Any], label_models: Mapping[str, str]) -> 
             return [convert(v) for v in value]
         return value
 
-    return Analysis.model_validate(convert(dict(analysis)))
+    try:
+        return Analysis.model_validate(convert(dict(analysis)))
+    except ValidationError as exc:  # an analysis the schema let through must still be readable
+        raise AnalysisError(f"analysis unreadable: {exc.errors()[0].get('msg')}") from exc
 
 
 def split_judge_writes(text: str, marker: str) -> tuple[str, str | None]:

@@ -40,6 +40,7 @@ def estimate_run(
     messages: Sequence[dict[str, Any]],
     panel_prompt: Sequence[dict[str, Any]],
     members: Sequence[MemberChain],
+    answers: int,
     judge: Sequence[ResolvedModel],
     synthesizer: Sequence[ResolvedModel],
     prices: PriceTable,
@@ -47,6 +48,8 @@ def estimate_run(
     search_price: float = 0.0,
     pre_retrieval: bool = False,
 ) -> Estimate:
+    """`members`: the chains to call (none for a re-synthesis); `answers`: how many answers the judge
+    will read."""
     est = Estimate()
     panel_tokens = messages_tokens(panel_prompt)
     retrieval_used = False
@@ -64,7 +67,7 @@ def estimate_run(
         add_searches(est, "panel", "retrieval", 1, search_price)
     if not judge:
         return est
-    judge_prompt = messages_tokens(messages) + len(members) * spec.max_tokens + PROMPT_OVERHEAD_TOKENS
+    judge_prompt = messages_tokens(messages) + answers * spec.max_tokens + PROMPT_OVERHEAD_TOKENS
     out = mode.judge_max_tokens(spec)
     for model in judge:
         rounds = spec.max_tool_calls if model.tools else 0

@@ -222,12 +222,12 @@ async def run_judge_writes(run: RunContext, ok: Sequence[MemberResult], sources:
     outcome.stage.content = text
     try:
         parsed = parse_analysis(head, labels, spec.judge.dimensions)
+        outcome.analysis = map_labels(parsed.analysis, {m.member: m.model for m in ok})
     except AnalysisError as exc:
         # The answer is written (and streamed): no fallback, the analysis is reported missing.
         outcome.stage.error = f"analysis unreadable: {exc}"
         run.log.emit(AnalysisFailed(error=outcome.stage.error, model=outcome.stage.model, status="failed"))
         return outcome
-    outcome.analysis = map_labels(parsed.analysis, {m.member: m.model for m in ok})
     outcome.repaired = parsed.repaired
     _completed(run, outcome)
     return outcome

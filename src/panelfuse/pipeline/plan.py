@@ -44,13 +44,29 @@ class RunPlan:
     pre_retrieval: bool  # members without function calling get the question's search results
     estimate: Estimate
     refusal: str | None  # why max_cost refuses the run before it starts, or None
+    prices: PriceTable
+    search_price: float  # USD per search request of the toolbox's backend
     reuse_panel: tuple[MemberResult, ...] | None = None  # a re-synthesis: earlier answers, not re-run
 
     def with_messages(self, messages: str | Sequence[dict[str, Any]]) -> RunPlan:
-        """The same calls for another conversation (the server tool's question): nothing re-resolved;
-        the estimate stays the one the caller was admitted with."""
+        """The same calls for another conversation (the server tool's question): nothing is resolved
+        again; the estimate and the max_cost verdict are those of the new conversation."""
         msgs = normalize_messages(messages)
-        return replace(self, messages=msgs, panel_messages=panel_messages(msgs, self.spec.panel_sees))
+        seen = panel_messages(msgs, self.spec.panel_sees)
+        est = estimate_run(
+            self.spec,
+            self.mode,
+            msgs,
+            seen,
+            self.members,
+            len(self.members),
+            self.judge,
+            self.synthesizer,
+            self.prices,
+            search_price=self.search_price,
+            pre_retrieval=self.pre_retrieval,
+        )
+        return replace(self, messages=msgs, panel_messages=seen, estimate=est, refusal=max_cost_refusal(self.spec, est))
 
     def models(self) -> list[ResolvedModel]:
         return [*(m for c in self.members for m in c.chain), *self.judge, *self.synthesizer]
@@ -108,11 +124,18 @@ class Planner:
         msgs = normalize_messages(messages)
         seen = panel_messages(msgs, spec.panel_sees)
         chosen = spec.labelled_members()[:1] if mode.first_member_only else spec.labelled_members()
-        members = tuple(
-            MemberChain(
-                label, m, tuple(self.resolve(x, spec.panel_tools, spec.max_tool_calls) for x in (m.model, *m.fallbacks))
+        # A re-synthesis reuses earlier answers: its members are neither called nor resolved.
+        members = (
+            tuple(
+                MemberChain(
+                    label,
+                    m,
+                    tuple(self.resolve(x, spec.panel_tools, spec.max_tool_calls) for x in (m.model, *m.fallbacks)),
+                )
+                for label, m in chosen
             )
-            for label, m in chosen
+            if reuse_panel is None
+            else ()
         )
         judge_tools = spec.judge_tools if mode.judge_gets_tools else []
         judge = (
@@ -126,24 +149,25 @@ class Planner:
             else ()
         )
         pre_retrieval = SharedRetrieval.wanted(self.toolbox, spec.panel_tools)
+        search_price = self.toolbox.search_price if self.toolbox else 0.0
+        answers = len(chosen) if reuse_panel is None else len(reuse_panel)
         est = estimate_run(
             spec,
             mode,
             msgs,
             seen,
             members,
+            answers,
             judge,
             synthesizer,
             self.prices,
-            search_price=self.toolbox.search_price if self.toolbox else 0.0,
+            search_price=search_price,
             pre_retrieval=pre_retrieval,
         )
         reused = None
         if reuse_panel is not None:
             # Earlier answers, unbilled here: their cost belongs to the run that made them.
             reused = tuple(replace(m, calls=[], tools=ToolUsage()) for m in reuse_panel)
-            est = est.without_stage("panel")
-            members = ()
         return RunPlan(
             spec=spec,
             mode=mode,
@@ -152,9 +176,11 @@ class Planner:
             members=members,
             judge=judge,
             synthesizer=synthesizer,
-            quorum=1 if mode.first_member_only else mode.quorum(spec),
+            quorum=mode.quorum(spec),
             pre_retrieval=pre_retrieval,
             estimate=est,
             refusal=max_cost_refusal(spec, est),
+            prices=self.prices,
+            search_price=search_price,
             reuse_panel=reused,
         )

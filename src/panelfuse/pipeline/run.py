@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from panelfuse.config import Config
@@ -26,6 +26,7 @@ from panelfuse.pipeline.events import (
     RunFailed,
     RunStarted,
 )
+from panelfuse.pipeline.modes import mode_for
 from panelfuse.pipeline.panel import QuorumError, run_panel
 from panelfuse.pipeline.plan import PlanError, Planner, RunPlan, normalize_messages
 from panelfuse.pipeline.prompts import PROMPT_VERSION
@@ -97,7 +98,9 @@ class Fusion:
         reuse_panel: Sequence[MemberResult] | None = None,
     ) -> FusionStream:
         """One run: iterate the returned stream for its events as they happen; its `result` is the
-        outcome. Leaving the loop early cancels the run and every in-flight upstream call.
+        outcome. Closing the stream (`await stream.aclose()`, or leaving `async with stream:`) cancels
+        the run and every in-flight upstream call; a loop left early without closing it cancels the
+        run when the iterator is garbage-collected.
 
         `messages` may be a plan already made (by an entry point that checked it); `reuse_panel`:
         answers from an earlier run, not called again (nor billed again): a re-synthesis."""
@@ -105,7 +108,8 @@ class Fusion:
 
 
 class FusionStream:
-    """The events of one run (`async for`), then its `result`. `log` holds every event emitted."""
+    """The events of one run (`async for`, once), then its `result`. `log` holds every event emitted.
+    Usable as an async context manager that closes it (and so cancels an unfinished run) on exit."""
 
     def __init__(
         self,
@@ -121,14 +125,35 @@ class FusionStream:
         self.log = EventLog(run_id, listener=self._queue.put_nowait)
         self.spec = messages.spec if isinstance(messages, RunPlan) else fusion.spec
         self.result = FusionResult(
-            run_id=run_id, preset=self.spec.preset, mode=self.spec.mode, prompt_version=PROMPT_VERSION
+            run_id=run_id,
+            preset=self.spec.preset,
+            mode=self.spec.mode,
+            prompt_version=PROMPT_VERSION,
+            expects_analysis=mode_for(self.spec.mode).expects_analysis,
         )
+        self._events: AsyncGenerator[Event, None] | None = None
 
     @property
     def run_id(self) -> str:
         return self.log.run_id
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
+    def __aiter__(self) -> AsyncGenerator[Event, None]:
+        if self._events is not None:
+            raise RuntimeError("a FusionStream is iterated once (it is one run)")
+        self._events = self._run()
+        return self._events
+
+    async def aclose(self) -> None:
+        if self._events is not None:
+            await self._events.aclose()
+
+    async def __aenter__(self) -> FusionStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _run(self) -> AsyncGenerator[Event, None]:
         task = asyncio.create_task(self._execute(), name=f"fusion-{self.run_id}")
         try:
             while True:
@@ -177,7 +202,6 @@ class FusionStream:
         plan = self._plan()
         result = self.result
         result.estimate = plan.estimate.total
-        result.expects_analysis = plan.mode.expects_analysis
         if plan.refusal is not None:
             raise RunFailure(plan.refusal)
         by_stage = plan.estimate.by_stage()

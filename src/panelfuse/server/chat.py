@@ -31,6 +31,7 @@ router = APIRouter()
     "/v1/chat/completions",
     summary="OpenAI-compatible chat completions, with fusion",
     response_model=responses.ChatCompletion,
+    response_model_exclude_unset=True,
     responses=responses.SSE_OR_JSON,
 )
 async def chat_completions(
@@ -71,7 +72,7 @@ async def chat_completions(
                 param="plugins",
                 code="fusion_plugin_on_plain_model",
             )
-        return await proxy_completion(state, caller, body, request)
+        return await proxy_completion(state, service, caller, body, request)
 
     spec = fusion_spec(body, plugin, alias_preset, state.default_preset(), state.presets)
     planned = service.plan(caller, spec, body.plain_messages())

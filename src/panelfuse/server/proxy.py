@@ -17,8 +17,9 @@ from panelfuse.server import shapes
 from panelfuse.server.errors import ApiError, from_provider_error
 from panelfuse.server.sse import DONE, sse, sse_response
 from panelfuse.server.state import GatewayState
-from panelfuse.service.admission import Admission, admit
+from panelfuse.service.admission import Admission
 from panelfuse.service.caller import Principal, providers_for
+from panelfuse.service.fusion import FusionService
 from panelfuse.service.requests import ChatCompletionRequest
 
 PROXY_DEFAULT_MAX_TOKENS = 4096  # the worst case of a proxied call that sets no max_tokens
@@ -41,7 +42,7 @@ def proxy_request(body: ChatCompletionRequest, model: str) -> ChatRequest:
 
 
 async def proxy_completion(
-    state: GatewayState, principal: Principal, body: ChatCompletionRequest, request: Request
+    state: GatewayState, service: FusionService, principal: Principal, body: ChatCompletionRequest, request: Request
 ) -> Any:
     try:
         provider, route = providers_for(principal, state.providers).for_model(body.model)
@@ -55,7 +56,7 @@ async def proxy_completion(
     worst = (
         token_cost(messages_tokens(req.messages), req.max_tokens or PROXY_DEFAULT_MAX_TOKENS, price) if price else 0.0
     )
-    admission = await admit(state, principal, f"proxy_{cid}", worst, [] if price else [route.qualified])
+    admission = await service.admit(principal, f"proxy_{cid}", worst, [] if price else [route.qualified])
     upstream = provider.stream(req)
     if not body.stream:
         task = asyncio.ensure_future(fold_stream(route.model, upstream, raise_refusal=False))
@@ -71,7 +72,7 @@ async def proxy_completion(
             raise from_provider_error(exc) from exc
         except BaseException:
             task.cancel()
-            await admission.release(None)
+            await admission.release_shielded(None)
             raise
         await admission.release(call_cost(completion.usage, price))
         return shapes.proxied_completion(completion, model=body.model, cid=cid, created=created)
@@ -123,5 +124,5 @@ async def proxy_chunks(
         aclose = getattr(upstream, "aclose", None)
         if aclose is not None:
             await aclose()
-        await admission.release(cost)
+        await admission.release_shielded(cost)
     yield DONE

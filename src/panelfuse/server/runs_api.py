@@ -38,7 +38,12 @@ async def _run_or_404(state: GatewayState, run_id: str, principal: Principal) ->
     return run
 
 
-@router.get("/v1/fusion/runs", summary="List runs, newest first", response_model=responses.RunList)
+@router.get(
+    "/v1/fusion/runs",
+    summary="List runs, newest first",
+    response_model=responses.RunList,
+    response_model_exclude_unset=True,
+)
 async def list_runs(
     state: State,
     principal: Caller,
@@ -69,7 +74,12 @@ async def list_runs(
     }
 
 
-@router.get("/v1/fusion/runs/{run_id}", summary="One run with its result", response_model=responses.Run)
+@router.get(
+    "/v1/fusion/runs/{run_id}",
+    summary="One run with its result",
+    response_model=responses.Run,
+    response_model_exclude_unset=True,
+)
 async def get_run(run_id: str, state: State, principal: Caller) -> dict[str, Any]:
     return (await _run_or_404(state, run_id, principal)).to_dict()
 
@@ -117,6 +127,7 @@ async def _tail(state: GatewayState, run_id: str, after: int) -> AsyncIterator[s
     "/v1/fusion/runs/{run_id}",
     summary="Delete a run (cancelling it if it is running)",
     response_model=responses.Deleted,
+    response_model_exclude_unset=True,
 )
 async def delete_run(run_id: str, state: State, principal: Caller) -> dict[str, Any]:
     await _run_or_404(state, run_id, principal)
@@ -133,6 +144,7 @@ async def delete_run(run_id: str, state: State, principal: Caller) -> dict[str, 
     "/v1/fusion/runs/{run_id}/feedback",
     summary="Score a run (-1 … 1) with an optional comment",
     response_model=responses.Feedback,
+    response_model_exclude_unset=True,
 )
 async def feedback(run_id: str, body: FeedbackRequest, state: State, principal: Caller) -> dict[str, Any]:
     if not await state.store.set_feedback(run_id, body.score, body.comment, key_id=principal.scope):
@@ -144,6 +156,7 @@ async def feedback(run_id: str, body: FeedbackRequest, state: State, principal: 
     "/v1/fusion/runs/{run_id}/resynthesize",
     summary="A new judge/synthesizer/mode over the stored panel answers; billed for the new calls only",
     response_model=responses.ChatCompletion,
+    response_model_exclude_unset=True,
 )
 async def resynthesize(
     run_id: str, body: ResynthesizeRequest, request: Request, state: State, principal: Caller, service: Service
@@ -173,6 +186,7 @@ async def resynthesize(
     "/v1/fusion/estimate",
     summary="The worst-case cost of a fusion request, before running it",
     response_model=responses.Estimate,
+    response_model_exclude_unset=True,
 )
 async def estimate(body: EstimateRequest, state: State, principal: Caller, service: Service) -> dict[str, Any]:
     try:
@@ -210,7 +224,10 @@ async def estimate(body: EstimateRequest, state: State, principal: Caller, servi
 
 
 @router.get(
-    "/v1/models", summary="Fusion aliases and configured models (OpenAI shape)", response_model=responses.ModelList
+    "/v1/models",
+    summary="Fusion aliases and configured models (OpenAI shape)",
+    response_model=responses.ModelList,
+    response_model_exclude_unset=True,
 )
 async def list_models(state: State, principal: Caller) -> dict[str, Any]:
     created = int(time.time())

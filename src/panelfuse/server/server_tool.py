@@ -20,7 +20,7 @@ from panelfuse.server.errors import from_provider_error
 from panelfuse.server.proxy import proxy_request
 from panelfuse.server.sse import DONE, sse, sse_response
 from panelfuse.server.state import GatewayState
-from panelfuse.service.admission import Admission, admit
+from panelfuse.service.admission import Admission
 from panelfuse.service.caller import Principal, providers_for
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.fusion import FusionService, PlannedFusion
@@ -65,7 +65,7 @@ async def server_tool_completion(
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     est = planned.plan.estimate
-    admission = await admit(state, caller, f"tool_{cid}", est.total + outer, est.unpriced + unpriced)
+    admission = await service.admit(caller, f"tool_{cid}", est.total + outer, est.unpriced + unpriced)
 
     async def run_fusion(messages: list[dict[str, Any]]) -> AsyncIterator[Event | FusionResult]:
         asked = PlannedFusion(planned.fusion, planned.plan.with_messages(messages))
@@ -82,6 +82,7 @@ async def server_tool_completion(
             await run.done.wait()
         finally:
             run.cancel("the request ended")  # a no-op once done; stops the fusion if the caller left
+            session.state.fusion_result = run.result  # its cost counts, also when the caller left
         yield run.result
 
     session = FusionToolSession(provider, route, base, state.prices, run_fusion)
@@ -98,7 +99,7 @@ async def server_tool_completion(
     except ProviderError as exc:
         raise from_provider_error(exc) from exc
     finally:
-        await admission.release(session.state.usage_dict()["cost"])
+        await admission.release_shielded(session.state.usage_dict()["cost"])
     assert final is not None
     return completion_response(body.model, final, session.state, cid, created)
 
@@ -146,5 +147,5 @@ async def tool_chunks(
         err = from_provider_error(exc) if isinstance(exc, ProviderError) else exc
         yield sse(shapes.error_chunk(err.message, err.status))
     finally:
-        await admission.release(session.state.usage_dict()["cost"])
+        await admission.release_shielded(session.state.usage_dict()["cost"])
     yield DONE

@@ -19,7 +19,7 @@ from panelfuse.pipeline.plan import PlanError, RunPlan
 from panelfuse.pipeline.result import FusionResult, MemberResult
 from panelfuse.pipeline.run import Fusion
 from panelfuse.providers.registry import Providers
-from panelfuse.service.admission import admit
+from panelfuse.service.admission import Admission, admit
 from panelfuse.service.caller import Principal, providers_for
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.gateway import FUSION_HEADERS, Gateway
@@ -80,6 +80,11 @@ class FusionService:
                 extra={"estimate": plan.estimate.total},
             )
         return PlannedFusion(fusion, plan)
+
+    async def admit(self, caller: Principal, admission_id: str, worst_case: float, unpriced: list[str]) -> Admission:
+        """Admit a request that is not one fusion run (a proxied call, a server-tool request): the
+        key's rate limits, then its worst case reserved against the budget (429 / 402)."""
+        return await admit(self.gateway, caller, admission_id, worst_case, unpriced)
 
     async def start(
         self,

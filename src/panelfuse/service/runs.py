@@ -142,16 +142,19 @@ class RunManager:
         last_flush = time.monotonic()
         started = time.monotonic()
         try:
-            async for ev in run.stream:
-                metrics.observe_event(ev)
-                if ev.type in TERMINAL:
-                    continue  # published by _record once the outcome is stored: readers never race it
-                run.publish_through(ev.seq)
-                now = time.monotonic()
-                is_delta = ev.type in ("panel.delta", "final.delta")
-                if not is_delta or now - last_flush > FLUSH_INTERVAL:
-                    await self.store.append_events(run.run_id, run.events[flushed:])
-                    flushed, last_flush = run.visible, now
+            # Closed on the way out whatever happens: a cancel landing outside the stream (during a
+            # store write) still cancels the pipeline's task and records its run.cancelled event.
+            async with run.stream:
+                async for ev in run.stream:
+                    metrics.observe_event(ev)
+                    if ev.type in TERMINAL:
+                        continue  # published by _record once the outcome is stored: readers never race it
+                    run.publish_through(ev.seq)
+                    now = time.monotonic()
+                    is_delta = ev.type in ("panel.delta", "final.delta")
+                    if not is_delta or now - last_flush > FLUSH_INTERVAL:
+                        await self.store.append_events(run.run_id, run.events[flushed:])
+                        flushed, last_flush = run.visible, now
         except asyncio.CancelledError:
             # The fusion already emitted run.cancelled into its log; record it, shielded from a second cancel.
             pass
