@@ -55,9 +55,9 @@ def test_keys_are_required_once_one_exists(fake, keyed):
     gw, keys = keyed
     script_panel(fake)
     missing = call(gw, None)
-    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
+    assert missing.status_code == 401 and missing.json()["error"]["metadata"]["error_code"] == "missing_api_key"
     bad = call(gw, "pf-not-a-real-key")
-    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
+    assert bad.status_code == 401 and bad.json()["error"]["metadata"]["error_code"] == "invalid_api_key"
     assert "pf-not-a-real-key" not in bad.text
     assert call(gw, keys["a"]).status_code == 200
 
@@ -156,7 +156,7 @@ def test_budget_refuses_with_402_when_the_worst_case_does_not_fit(fake, db):
         r = call(gw, key.secret)
         assert r.status_code == 402
         err = r.json()["error"]
-        assert err["code"] == "insufficient_budget" and err["type"] == "insufficient_quota"
+        assert err["metadata"]["error_code"] == "insufficient_budget" and err["type"] == "insufficient_quota"
         assert fake.requests == []
     finally:
         gw.stop()
@@ -172,7 +172,7 @@ def test_in_process_rate_limit_gives_429_with_retry_after(fake, db):
         assert codes == [200, 200, 429]
         limited = call(gw, key.secret, body)
         assert int(limited.headers["retry-after"]) >= 1
-        assert limited.json()["error"]["code"] == "rate_limited"
+        assert limited.json()["error"]["metadata"]["error_code"] == "rate_limited"
     finally:
         gw.stop()
 

@@ -81,7 +81,7 @@ def test_recursion_guard(fake, gateway):
         {"model": "fake/outer", "messages": [{"role": "user", "content": "q"}], "tools": [FUSION_TOOL]},
     ):
         r = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers={"X-Panelfuse-Fusion-Depth": "1"})
-        assert r.status_code == 400 and r.json()["error"]["code"] == "fusion_recursion"
+        assert r.status_code == 400 and r.json()["error"]["metadata"]["error_code"] == "fusion_recursion"
 
 
 def test_mixed_with_a_client_function_tool(fake, client):

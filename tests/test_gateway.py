@@ -129,7 +129,7 @@ def test_upstream_404_passes_through(fake, client):
     fake.script("gone", Script(failure=Failure.HTTP, status_code=404))
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="fake/gone", messages=[{"role": "user", "content": "hi"}])
-    assert info.value.body["code"] == "model_not_found"
+    assert info.value.body["metadata"]["error_code"] == "model_not_found" and str(info.value.code) == "404"
 
 
 # --- errors: OpenAI's shape, the right status, never a 500 ------------------------------------------
@@ -194,7 +194,8 @@ def test_bad_requests_get_openai_errors(gateway, body, status, needle):
     r = post(gateway, body)
     assert r.status_code == status, r.text
     err = r.json()["error"]
-    assert set(err) >= {"message", "type", "param", "code"}
+    assert set(err) >= {"message", "type", "param", "code", "metadata"}
+    assert err["code"] == status  # OpenRouter's integer code (its SDK requires it), OpenAI's type beside
     assert needle in err["message"]
 
 
@@ -205,7 +206,7 @@ def test_malformed_json_is_a_400(gateway):
         headers={"content-type": "application/json"},
     )
     assert r.status_code == 400
-    assert r.json()["error"]["code"] == "invalid_json"
+    assert r.json()["error"]["metadata"]["error_code"] == "invalid_json"
 
 
 def test_oversize_body_is_a_413(fake, tmp_path):
@@ -213,7 +214,7 @@ def test_oversize_body_is_a_413(fake, tmp_path):
     try:
         r = post(gw, {"model": "fake/plain", "messages": [{"role": "user", "content": "x" * 5000}]})
         assert r.status_code == 413
-        assert r.json()["error"]["code"] == "body_too_large"
+        assert r.json()["error"]["metadata"]["error_code"] == "body_too_large"
     finally:
         gw.stop()
 
@@ -229,8 +230,8 @@ def test_every_member_failing_is_a_502_naming_each(fake, gateway):
     assert r.status_code == 502
     err = r.json()["error"]
     assert all(f"({m})" in err["message"] for m in ("fake/m1", "fake/m2", "fake/m3"))
-    assert {f["model"] for f in err["failed_models"]} == {"fake/m1", "fake/m2", "fake/m3"}
-    run = httpx.get(f"{gateway.url}/v1/fusion/runs/{err['run_id']}").json()
+    assert {f["model"] for f in err["metadata"]["failed_models"]} == {"fake/m1", "fake/m2", "fake/m3"}
+    run = httpx.get(f"{gateway.url}/v1/fusion/runs/{err['metadata']['run_id']}").json()
     assert run["status"] == "failed"
 
 
@@ -266,7 +267,7 @@ def test_runs_are_stored_listed_replayed_and_deleted(fake, gateway, client):
 
     assert httpx.delete(f"{gateway.url}/v1/fusion/runs/{run_id}").json()["deleted"] is True
     gone = httpx.get(f"{gateway.url}/v1/fusion/runs/{run_id}")
-    assert gone.status_code == 404 and gone.json()["error"]["code"] == "run_not_found"
+    assert gone.status_code == 404 and gone.json()["error"]["metadata"]["error_code"] == "run_not_found"
 
 
 def test_resynthesize_bills_only_the_new_calls(fake, gateway, client):

@@ -60,7 +60,7 @@ def test_graceful_shutdown_records_the_run(tmp_path, fake):
             json={"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}]},
         )
         assert r.status_code == 503
-        assert r.json()["error"]["code"] == "shutting_down"
+        assert r.json()["error"]["metadata"]["error_code"] == "shutting_down"
         proc.wait(timeout=30)
     finally:
         stop(proc)

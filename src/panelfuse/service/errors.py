@@ -50,14 +50,19 @@ class ServiceError(Exception):
         self.extra = extra or {}
 
     def body(self) -> dict[str, Any]:
-        err = {
+        """One shape that both the OpenAI and the OpenRouter SDKs parse as a typed error: OpenRouter's
+        integer `code` (the HTTP status) and `metadata`, with OpenAI's `type` and `param` beside them.
+        Our own reason (`model_not_found`, …) and any details (run id, failed models) are metadata."""
+        return {"error": self.error_object()}
+
+    def error_object(self) -> dict[str, Any]:
+        return {
             "message": self.message,
+            "code": self.status,
             "type": ERROR_TYPES.get(self.status, "api_error"),
             "param": self.param,
-            "code": self.code,
-            **self.extra,
+            "metadata": {"error_code": self.code, **self.extra},
         }
-        return {"error": err}
 
 
 def from_provider_error(exc: ProviderError) -> ServiceError:
