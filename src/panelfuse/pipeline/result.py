@@ -172,6 +172,7 @@ class FusionResult:
     status: RunStatus = "running"
     content: str = ""
     model: str = ""  # the concrete model that wrote the final answer
+    finish_reason: str = "stop"  # why the answer ended: "stop", or "length" when it was cut by max_tokens
     panel: list[MemberResult] = field(default_factory=list)
     analysis: Analysis | None = None
     analysis_repaired: bool = False
