@@ -16,6 +16,7 @@ from panelfuse.store.errors import (
     StoreMigrationError,
     StoreURLError,
 )
+from panelfuse.store.generations import GenerationRecord, GenerationStore
 from panelfuse.store.keys import ApiKey, KeyStore, NewKey, looks_like_panelfuse_key
 from panelfuse.store.records import EventRecord, RunPage, RunRecord
 from panelfuse.store.runs import RunStore
@@ -26,6 +27,8 @@ __all__ = [
     "Database",
     "DuplicateRunError",
     "EventRecord",
+    "GenerationRecord",
+    "GenerationStore",
     "InvalidCursorError",
     "KeyStore",
     "NewKey",
