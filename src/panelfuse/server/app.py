@@ -19,7 +19,7 @@ from panelfuse import __version__
 from panelfuse.config import Config, load_config
 from panelfuse.providers.http import close_shared_client
 from panelfuse.providers.registry import Providers
-from panelfuse.server import chat, chatroom, runs_api
+from panelfuse.server import chat, chatroom, responses_api, runs_api
 from panelfuse.server.deps import State
 from panelfuse.server.errors import (
     ApiError,
@@ -152,6 +152,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CountRequests)
     app.include_router(chat.router)
+    app.include_router(responses_api.router)
     app.include_router(runs_api.router)
     app.include_router(chatroom.router)
 

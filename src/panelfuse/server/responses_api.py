@@ -1,0 +1,434 @@
+"""POST /v1/responses: OpenAI's Responses API, with OpenRouter's fusion output item and events.
+
+The same three paths as chat completions (a fusion model, a plain model with the fusion server tool, a
+plain model proxied), reached by translating the request into a chat-completions request
+(`service/responses.py`) and running it through the fusion service; the answer is a `response` object
+or its stream events. Each response is recorded as a generation so `previous_response_id` can continue
+it (`service/generations.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from panelfuse.pipeline.events import Event
+from panelfuse.pipeline.modes import mode_for
+from panelfuse.pipeline.result import FusionResult
+from panelfuse.pricing import messages_tokens, token_cost
+from panelfuse.providers.base import StreamEvent
+from panelfuse.providers.errors import ProviderError
+from panelfuse.providers.resolve import FusionRoute, UnknownModelError
+from panelfuse.server.deps import Caller, Service, State
+from panelfuse.server.errors import ApiError, from_provider_error
+from panelfuse.server.proxy import PROXY_DEFAULT_MAX_TOKENS, proxy_request
+from panelfuse.server.responses import SSE_OR_JSON
+from panelfuse.server.sse import sse, sse_response
+from panelfuse.server.state import GatewayState
+from panelfuse.service import generations
+from panelfuse.service.caller import Principal, providers_for
+from panelfuse.service.errors import ServiceError
+from panelfuse.service.fusion import DISCONNECT_POLL, FusionService, PlannedFusion
+from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin
+from panelfuse.service.responses import (
+    TERMINAL_EVENTS,
+    ResponseBuilder,
+    chat_request,
+    fusion_failure,
+    fusion_result_events,
+    fusion_run_events,
+    input_items,
+    items_to_messages,
+    new_id,
+    proxy_events,
+    replayed_items,
+    response_id_for_run,
+    tool_session_events,
+)
+from panelfuse.service.responses_requests import ResponsesRequest
+from panelfuse.service.runs import ActiveRun
+from panelfuse.service.server_tool import (
+    FUSION_FUNCTION_DEF,
+    FusionToolSession,
+    fusion_depth,
+    outer_tool_choice,
+    outer_worst_case,
+    split_tools,
+    without_fusion,
+)
+from panelfuse.service.specs import fusion_spec, validation_error, with_tool_parameters
+
+router = APIRouter()
+
+
+class ResponseUsage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost: float | None = None
+
+
+class ResponseObject(BaseModel):
+    """OpenAI's `response` object; a fusion adds its `openrouter:fusion` output item before the message."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Literal["completed", "failed", "in_progress", "incomplete", "cancelled", "queued"]
+    model: str
+    output: list[dict[str, Any]]
+    error: dict[str, Any] | None = None
+    usage: ResponseUsage | None = None
+
+
+@dataclass
+class Exchange:
+    """One request's facts that every path needs to answer and to record it."""
+
+    body: ResponsesRequest
+    chat: ChatCompletionRequest
+    items: list[dict[str, Any]]  # the whole conversation's input items (replayed ones first)
+    caller: Principal
+    state: GatewayState
+    request: Request
+    started: float
+
+    async def remember(self, builder: ResponseBuilder, run_id: str | None = None) -> None:
+        """Record the response as a generation: its stats always, its conversation unless `store` is
+        false (a later `previous_response_id` needs it). Never raises."""
+        response = builder.response()
+        usage = response.get("usage") or {}
+        keep = self.body.stored
+        await generations.record(
+            self.state.store,
+            generations.Generation(
+                id=builder.id,
+                kind="responses",
+                model=builder.model,
+                key_id=self.caller.key_id,
+                created_at=datetime.fromtimestamp(builder.created_at, UTC),
+                latency_ms=int((time.monotonic() - self.started) * 1000),
+                prompt_tokens=int(usage.get("input_tokens") or 0),
+                completion_tokens=int(usage.get("output_tokens") or 0),
+                cost=usage.get("cost"),
+                finish_reason=builder.finish_reason,
+                streamed=self.body.stream,
+                run_id=run_id,
+                request={"input": self.items} if keep else None,
+                response=response if keep else None,
+            ),
+        )
+
+
+@router.post(
+    "/v1/responses",
+    summary="OpenAI-compatible Responses API, with fusion",
+    response_model=ResponseObject,
+    response_model_exclude_unset=True,
+    responses=SSE_OR_JSON,
+)
+async def create_response(
+    body: ResponsesRequest, request: Request, state: State, service: Service, caller: Caller
+) -> Any:
+    started = time.monotonic()
+    replayed: list[dict[str, Any]] = []
+    if body.previous_response_id is not None:
+        previous = await generations.get(state.store, body.previous_response_id, key_id=caller.scope)
+        if previous is None or previous.kind != "responses" or previous.request is None:
+            raise ApiError(
+                404,
+                f"no stored response '{body.previous_response_id}'",
+                param="previous_response_id",
+                code="response_not_found",
+            )
+        replayed = replayed_items(previous.request, previous.response)
+    own = input_items(body)
+    messages = [
+        *items_to_messages(replayed, body.instructions, index_base=-len(replayed)),
+        *items_to_messages(own),
+    ]
+    chat = chat_request(body, messages)
+    ex = Exchange(body, chat, [*replayed, *own], caller, state, request, started)
+    try:
+        plugin = chat.fusion_plugin()
+    except ValidationError as exc:
+        raise validation_error(exc, "plugins[0]") from exc
+    tool_params, own_tools = split_tools(chat.tools)
+    if tool_params is not None:
+        # As on chat completions: the plugin fills the tool's parameters; the tool's own fields win.
+        tool_params = with_tool_parameters(plugin, tool_params)
+    try:
+        route = state.providers.route(body.model, list(state.presets))
+    except UnknownModelError as exc:
+        raise ApiError(404, str(exc), param="model", code="model_not_found") from exc
+    is_fusion = isinstance(route, FusionRoute)
+    alias_preset = route.preset if isinstance(route, FusionRoute) else None
+    wants_fusion = is_fusion or tool_params is not None or (plugin is not None and plugin.enabled)
+    if wants_fusion and fusion_depth(request.headers):
+        # Made on behalf of a fusion: served without one, as chat completions does (the outer model
+        # without the fusion tool, a fusion alias as its answer model, the plugin ignored).
+        model = body.model
+        if is_fusion:
+            bare = chat.model_copy(update={"tools": None, "n": None})
+            spec = fusion_spec(bare, tool_params or plugin, alias_preset, state.default_preset(), state.presets)
+            model = mode_for(spec.mode).answer_model(spec)
+        tools, choice = without_fusion(own_tools, chat.tool_choice)
+        ex.chat = chat.model_copy(update={"model": model, "tools": tools, "tool_choice": choice})
+        return await proxy_response(ex, service)
+    if tool_params is not None and not is_fusion:
+        return await tool_response(ex, service, tool_params, own_tools)
+    if not is_fusion:
+        if plugin is not None and plugin.enabled:
+            raise ApiError(
+                400,
+                f"the fusion plugin needs a fusion model (panelfuse/fusion); '{body.model}' is a plain model",
+                param="plugins",
+                code="fusion_plugin_on_plain_model",
+            )
+        return await proxy_response(ex, service)
+    if tool_params is not None:
+        # The fusion server tool on a fusion alias configures the alias's fusion (as on chat completions).
+        plugin = tool_params
+        ex.chat = chat.model_copy(update={"tools": own_tools or None})
+    return await fusion_response(ex, service, plugin, alias_preset)
+
+
+# ---- the three paths -----------------------------------------------------------------------------
+
+
+async def fusion_response(
+    ex: Exchange, service: FusionService, plugin: FusionPlugin | None, alias_preset: str | None
+) -> Any:
+    state, caller, chat = ex.state, ex.caller, ex.chat
+    spec = fusion_spec(chat, plugin, alias_preset, state.default_preset(), state.presets)
+    planned = service.plan(caller, spec, chat.plain_messages())
+    run = await service.start(
+        caller,
+        planned,
+        request={**chat.model_dump(mode="json", exclude_none=True), "api": "responses"},
+        request_model=ex.body.model,
+        background=bool(plugin and plugin.background),
+    )
+    include_panel = plugin.include_panel if plugin else True
+    builder = ResponseBuilder(
+        response_id_for_run(run.run_id),
+        planned.plan.mode.answer_model(spec),
+        ex.body,
+        include_panel=include_panel,
+    )
+    headers = {"X-Panelfuse-Run-Id": run.run_id}
+    if ex.body.stream:
+
+        async def leave() -> None:
+            if not run.done.is_set() and not run.background:
+                run.cancel("the client disconnected")
+
+        events = fusion_run_events(run, builder)
+        return sse_response(
+            frames(events, lambda: ex.remember(builder, run.run_id), leave),
+            keepalive=state.keepalive_s,
+            headers=headers,
+        )
+    result = await service.wait(run, ex.request.is_disconnected)
+    builder.model = result.model or builder.model
+    if result.status != "completed":
+        failure = fusion_failure(result, run.run_id)
+        failure.extra["response_id"] = builder.id
+        builder.open_fusion()
+        builder.close_fusion(result)
+        builder.fail(failure)
+        await ex.remember(builder, run.run_id)
+        raise failure
+    fusion_result_events(builder, result)
+    await ex.remember(builder, run.run_id)
+    return JSONResponse(builder.response(), headers=headers)
+
+
+async def tool_response(
+    ex: Exchange, service: FusionService, params: FusionPlugin, own_tools: list[dict[str, Any]]
+) -> Any:
+    """A plain outer model with the fusion server tool: the session of service/server_tool.py, admitted
+    and planned as chat completions' server tool is (server/server_tool.py)."""
+    state, caller, chat = ex.state, ex.caller, ex.chat
+    try:
+        provider, route = providers_for(caller, state.providers).for_model(chat.model)
+    except ProviderError as exc:
+        raise from_provider_error(exc) from exc
+    caller.check_models([route.qualified])
+    if params.model is None:
+        params = params.model_copy(update={"model": chat.model})  # the judge: the model handling the request
+    # The request's own settings (max tokens, temperature, text format, …) are the outer model's.
+    bare = ChatCompletionRequest(model=chat.model, messages=chat.messages)
+    spec = fusion_spec(bare, params, None, state.default_preset(), state.presets)
+    conversation = chat.plain_messages()
+    mode = "single" if spec.mode == "single" else "analyze"  # `fast` hands back one answer; else panel + analysis
+    planned = service.plan(caller, spec.model_copy(update={"mode": mode}), conversation, enforce_max_cost=False)
+    base = replace(
+        proxy_request(chat, route.model),
+        tools=[*own_tools, FUSION_FUNCTION_DEF],
+        tool_choice=outer_tool_choice(chat.tool_choice),
+    )
+    outer, unpriced = outer_worst_case(state.prices, route.qualified, base)
+    builder = ResponseBuilder(new_id("resp"), ex.body.model, ex.body)
+    est = planned.plan.estimate
+    admission = await service.admit(caller, f"tool_{builder.id}", est.total + outer, est.unpriced + unpriced)
+    runs: list[ActiveRun] = []
+
+    async def run_fusion(messages: list[dict[str, Any]]) -> AsyncIterator[Event | FusionResult]:
+        asked = PlannedFusion(planned.fusion, planned.plan.with_messages(messages))
+        run = await service.start(
+            caller,
+            asked,
+            request={"messages": messages, "server_tool": True, "outer_model": chat.model, "api": "responses"},
+            request_model=chat.model,
+            settle=False,  # this request's admission covers the fusion
+        )
+        runs.append(run)
+        try:
+            async for ev in run.follow():
+                yield ev
+            await run.done.wait()
+        finally:
+            run.cancel("the request ended")  # a no-op once done; stops the fusion if the caller left
+            session.state.fusion_result = run.result  # its cost counts, also when the caller left
+        yield run.result
+
+    session = FusionToolSession(provider, route, base, state.prices, run_fusion)
+    events = tool_session_events(
+        session.events(conversation),
+        builder,
+        lambda: runs[-1].result if runs else None,
+        session.state.usage_dict,
+        session.state.annotations,
+        raise_errors=not ex.body.stream,
+    )
+
+    def run_id() -> str | None:
+        return runs[-1].run_id if runs else None
+
+    async def settle() -> None:
+        await admission.release_shielded(session.state.usage_dict()["cost"])
+
+    if ex.body.stream:
+        return sse_response(frames(events, lambda: ex.remember(builder, run_id()), settle), keepalive=state.keepalive_s)
+    try:
+        await drain(events, ex.request)
+    finally:
+        await settle()
+    await ex.remember(builder, run_id())
+    return JSONResponse(builder.response())
+
+
+async def proxy_response(ex: Exchange, service: FusionService) -> Any:
+    """A plain model proxied: a chat request to its provider, admitted and billed as the chat proxy is
+    (server/proxy.py); the completion comes back as a response."""
+    state, caller, chat = ex.state, ex.caller, ex.chat
+    try:
+        provider, route = providers_for(caller, state.providers).for_model(chat.model)
+    except ProviderError as exc:
+        raise from_provider_error(exc) from exc
+    caller.check_models([route.qualified])
+    req = proxy_request(chat, route.model)
+    builder = ResponseBuilder(new_id("resp"), ex.body.model, ex.body)
+    price = state.prices.lookup(route.qualified)
+    worst = (
+        token_cost(messages_tokens(req.messages), req.max_tokens or PROXY_DEFAULT_MAX_TOKENS, price) if price else 0.0
+    )
+    admission = await service.admit(caller, f"proxy_{builder.id}", worst, [] if price else [route.qualified])
+    # The upstream is asked the way the caller asked (as the chat proxy does): streamed or not.
+    upstream = provider.stream(req) if ex.body.stream else provider.complete_events(req)
+
+    def cost() -> float | None:
+        return (builder.usage or {}).get("cost")
+
+    if not ex.body.stream:
+        try:
+            await drain(proxy_events(upstream, builder, price, raise_errors=True), ex.request)
+        except ServiceError as exc:
+            if exc.status != 499:
+                await admission.release(0.0)  # the upstream refused or failed: nothing to charge
+            else:
+                await admission.release_shielded(None)
+            raise
+        except BaseException:
+            await admission.release_shielded(None)
+            raise
+        await admission.release(cost())
+        await ex.remember(builder)
+        return JSONResponse(builder.response())
+    # Read the first event before answering, so an upstream failure still gets a real HTTP status.
+    try:
+        first = await anext(upstream)
+    except StopAsyncIteration:
+        first = StreamEvent(finish_reason="stop")
+    except ProviderError as exc:
+        await admission.release(0.0)
+        raise from_provider_error(exc) from exc
+
+    async def all_events() -> AsyncIterator[StreamEvent]:
+        yield first
+        async for ev in upstream:
+            yield ev
+
+    async def settle() -> None:
+        aclose = getattr(upstream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await admission.release_shielded(cost())
+
+    events = proxy_events(all_events(), builder, price, raise_errors=False)
+    return sse_response(frames(events, lambda: ex.remember(builder), settle))
+
+
+# ---- framing -------------------------------------------------------------------------------------
+
+
+async def frames(
+    events: AsyncGenerator[dict[str, Any], None],
+    before_end: Callable[[], Awaitable[None]],
+    after: Callable[[], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """The events as SSE frames (`event:` and `data:` lines). `before_end` runs before the terminal
+    event goes out (the response is recorded before the client can continue from it); `after` runs
+    however the stream ends (a client that leaves included)."""
+    try:
+        async for ev in events:
+            if ev["type"] in TERMINAL_EVENTS:
+                await before_end()
+            yield sse(ev, event=ev["type"])
+    finally:
+        try:
+            await events.aclose()
+        finally:
+            await after()
+
+
+async def drain(events: AsyncIterator[dict[str, Any]], request: Request) -> None:
+    """Run a path to its end without streaming it; a caller that leaves stops it (499)."""
+
+    async def consume() -> None:
+        async for _ in events:
+            pass
+
+    task = asyncio.ensure_future(consume())
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()  # the caller is gone: stop the upstream calls too
+                raise ApiError(499, "the client disconnected", code="client_disconnected")
+        task.result()
+    except BaseException:
+        task.cancel()
+        raise
