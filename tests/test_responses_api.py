@@ -200,6 +200,41 @@ def test_a_failed_fusion(fake, client, gateway):
     assert all("400" in e.model_extra["message"] for e in panel_failed)
 
 
+async def test_a_client_that_leaves_cancels_the_run(fake, gateway):
+    script_panel(
+        fake,
+        m1=Script(text="slow " * 100, token_rate=5),
+        m2=Script(text="slow", latency=30),
+        m3=Script(text="slow", latency=30),
+    )
+    async with httpx.AsyncClient(timeout=30) as http:
+        async with http.stream(
+            "POST", f"{gateway.url}/v1/responses", json={"model": "panelfuse/fusion", "stream": True, "input": "q"}
+        ) as r:
+            run_id = r.headers["x-panelfuse-run-id"]
+            async for line in r.aiter_lines():
+                if "response.fusion_call.panel.delta" in line:
+                    break  # the client goes away mid-panel
+    assert await fake.wait_idle_async(10)
+    assert fake.disconnects == 3
+    async with httpx.AsyncClient() as http:
+        for _ in range(100):
+            run = (await http.get(f"{gateway.url}/v1/fusion/runs/{run_id}")).json()
+            if run["status"] != "running":
+                break
+            await asyncio.sleep(0.05)
+    assert run["status"] == "cancelled"
+
+
+def test_a_request_made_for_a_fusion_starts_none(fake, gateway):
+    """As on chat completions: at fusion depth a fusion alias is its answer model called directly."""
+    script_panel(fake)
+    r = post(gateway, {"model": "panelfuse/fusion", "input": "q"}, headers={"X-Panelfuse-Fusion-Depth": "1"})
+    assert r.status_code == 200
+    assert [item["type"] for item in r.json()["output"]] == ["message"]
+    assert fake.requests_for("synth") and not fake.requests_for("m1")
+
+
 # --- previous_response_id ----------------------------------------------------------------------------
 
 

@@ -64,6 +64,7 @@ from panelfuse.service.server_tool import (
     without_fusion,
 )
 from panelfuse.service.specs import fusion_spec, validation_error, with_tool_parameters
+from panelfuse.store import RunStore
 
 router = APIRouter()
 
@@ -110,7 +111,7 @@ class Exchange:
         response = builder.response()
         usage = response.get("usage") or {}
         keep = self.body.stored
-        await generations.record(
+        await carried_through(
             self.state.store,
             generations.Generation(
                 id=builder.id,
@@ -129,6 +130,21 @@ class Exchange:
                 response=response if keep else None,
             ),
         )
+
+
+_recording: set[asyncio.Future[None]] = set()
+
+
+async def carried_through(store: RunStore, gen: generations.Generation) -> None:
+    """Record `gen` in a task of its own, finished even when the client leaves meanwhile (a stream's
+    response task is cancelled at its next await)."""
+    task = asyncio.ensure_future(generations.record(store, gen))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        _recording.add(task)
+        task.add_done_callback(_recording.discard)
+        raise
 
 
 @router.post(
