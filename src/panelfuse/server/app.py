@@ -19,7 +19,7 @@ from panelfuse import __version__
 from panelfuse.config import Config, load_config
 from panelfuse.providers.http import close_shared_client
 from panelfuse.providers.registry import Providers
-from panelfuse.server import chat, chatroom, responses_api, runs_api
+from panelfuse.server import chat, chatroom, models_api, openrouter_api, responses_api, runs_api
 from panelfuse.server.deps import State
 from panelfuse.server.errors import (
     ApiError,
@@ -34,7 +34,7 @@ from panelfuse.server.state import GatewayState
 from panelfuse.service import metrics
 from panelfuse.service.fusion import FusionService
 from panelfuse.settings import ServerSettings
-from panelfuse.store import RunStore, StoreError
+from panelfuse.store import GenerationStore, RunStore, StoreError
 
 log = logging.getLogger("panelfuse.server")
 
@@ -68,6 +68,27 @@ class BodyLimit:
         await self.app(scope, counting_receive, send)
 
 
+class ApiPrefix:
+    """`/api/v1/...` is `/v1/...`: OpenRouter's users have `https://openrouter.ai/api/v1` as their base
+    URL, so changing only the host must work. The path is rewritten before routing, so every /v1 route,
+    including any added later, answers under both; only `/v1/...` is in the OpenAPI schema."""
+
+    PREFIX = "/api/v1/"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] in ("http", "websocket") and (path.startswith(self.PREFIX) or path == "/api/v1"):
+            scope = dict(scope)
+            scope["path"] = path.removeprefix("/api")
+            raw = scope.get("raw_path")
+            if isinstance(raw, bytes) and raw.startswith(b"/api/"):
+                scope["raw_path"] = raw.removeprefix(b"/api")
+        await self.app(scope, receive, send)
+
+
 class CountRequests:
     """Counts requests by route template and status. Pure ASGI (not BaseHTTPMiddleware, which hides
     client disconnects from the endpoints)."""
@@ -98,12 +119,17 @@ RETENTION_INTERVAL = 3600.0
 
 
 async def retain(store: RunStore, days: float) -> None:
-    """Blank the content of runs older than `days`, at start and every hour (costs and ids stay)."""
+    """Blank the content of runs, and the bodies kept with generations, older than `days`, at start
+    and every hour (costs and ids stay)."""
     while True:
         try:
-            purged = await store.purge_content(datetime.now(UTC) - timedelta(days=days))
+            cutoff = datetime.now(UTC) - timedelta(days=days)
+            purged = await store.purge_content(cutoff)
             if purged:
                 log.info("retention: purged the content of %d run(s)", purged)
+            blanked = await GenerationStore(store.database).purge_content(cutoff)
+            if blanked:
+                log.info("retention: blanked the kept bodies of %d generation(s)", blanked)
         except Exception:
             log.exception("retention pass failed")
         await asyncio.sleep(RETENTION_INTERVAL)
@@ -151,9 +177,12 @@ def create_app(
     app.add_exception_handler(Exception, unexpected_handler)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CountRequests)
+    app.add_middleware(ApiPrefix)  # outermost: everything inside sees the /v1 path
     app.include_router(chat.router)
     app.include_router(responses_api.router)
     app.include_router(runs_api.router)
+    app.include_router(models_api.router)
+    app.include_router(openrouter_api.router)
     app.include_router(chatroom.router)
 
     @app.get("/healthz", summary="Liveness and store check")

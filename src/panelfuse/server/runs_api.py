@@ -1,10 +1,9 @@
 """/v1/fusion/*: the runs (list, get, events replay + live tail, delete, resynthesize, feedback) and
-the estimate; /v1/models."""
+the estimate. (/v1/models is in models_api.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -13,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from panelfuse.pipeline.result import MemberResult
-from panelfuse.providers.resolve import FUSION_ALIASES, FUSION_PRESET_PREFIX, FusionRoute, UnknownModelError
+from panelfuse.providers.resolve import FusionRoute, UnknownModelError
 from panelfuse.server import responses, shapes
 from panelfuse.server.deps import Caller, Service, State
 from panelfuse.server.errors import ApiError
@@ -220,23 +219,4 @@ async def estimate(body: EstimateRequest, state: State, principal: Caller, servi
         "prices_as_of": state.prices.as_of,
         "calls": [c.__dict__ for c in est.calls],
         "formula": "sum over planned calls of prompt_tokens x input_price + max_tokens x output_price",
-    }
-
-
-@router.get(
-    "/v1/models",
-    summary="Fusion aliases and configured models (OpenAI shape)",
-    response_model=responses.ModelList,
-    response_model_exclude_unset=True,
-)
-async def list_models(state: State, principal: Caller) -> dict[str, Any]:
-    created = int(time.time())
-    ids = list(FUSION_ALIASES) + [f"{FUSION_PRESET_PREFIX}{name}" for name in state.presets]
-    ids.append("local/smollm2")
-    for name, pc in state.providers.configs.items():
-        ids += [f"{name}/{m}" for m in pc.models]
-    owned = {i: ("panelfuse" if i.startswith(("panelfuse/", "openrouter/fusion")) else i.split("/", 1)[0]) for i in ids}
-    return {
-        "object": "list",
-        "data": [{"id": i, "object": "model", "created": created, "owned_by": owned[i]} for i in dict.fromkeys(ids)],
     }

@@ -8,6 +8,7 @@ Rows are written once: recording an id that is already stored changes nothing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from panelfuse.store.database import Database
-from panelfuse.store.schema import UTCDateTime, metadata
+from panelfuse.store.schema import UTCDateTime, budget_reservations, metadata
 
 generations = sa.Table(
     "generations",
@@ -97,3 +98,24 @@ class GenerationStore:
         async with self._db.write() as conn:
             res = await conn.execute(generations.update().where(doomed).values(request=None, response=None))
         return res.rowcount or 0
+
+    async def charged_since(self, key_id: str, since: Sequence[datetime]) -> list[float]:
+        """What `key_id` was charged (its settled budget reservations: runs, proxied and server-tool
+        calls) since each instant of `since`, in one query: the windows of OpenRouter's key usage."""
+        if not since:
+            return []
+        columns = [
+            sa.func.coalesce(
+                sa.func.sum(
+                    sa.case((budget_reservations.c.settled_at >= at, budget_reservations.c.settled_usd), else_=0.0)
+                ),
+                0.0,
+            )
+            for at in since
+        ]
+        query = sa.select(*columns).where(
+            budget_reservations.c.key_id == key_id, budget_reservations.c.settled_at.is_not(None)
+        )
+        async with self._db.read() as conn:
+            row = (await conn.execute(query)).one()
+        return [float(v) for v in row]
