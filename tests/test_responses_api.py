@@ -11,9 +11,10 @@ import openai
 import pytest
 
 from gateway_helpers import Gateway
+from panelfuse.pipeline.prompts import ANSWER_MARKER
 from panelfuse.store import RunStore
 from panelfuse.testing import Failure, Script
-from pipeline_helpers import judge_script, script_panel
+from pipeline_helpers import analysis_for, judge_script, script_panel
 
 ANSWER = "The sky is blue because air scatters short wavelengths."
 FUSION_TOOL = {
@@ -169,6 +170,20 @@ def test_the_fusion_plugin_and_instructions_configure_the_run(fake, client):
     assert not fake.requests_for("m3")
     member = fake.requests_for("m1")[0].body
     assert member["messages"][0] == {"role": "system", "content": "Answer briefly."}
+
+
+def test_judge_writes_streams_the_answer_and_keeps_the_analysis(fake, client):
+    text = json.dumps(analysis_for(["A", "B", "C"])) + f"\n{ANSWER_MARKER}\nBlue light scatters most."
+    script_panel(fake, judge=Script(text=text))
+    with client.responses.stream(
+        model="panelfuse/fusion", input="q", extra_body={"plugins": [{"id": "fusion", "mode": "judge-writes"}]}
+    ) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas).strip() == "Blue light scatters most."
+    assert [o.type for o in final.output] == ["openrouter:fusion", "message"]
+    # the judge's analysis is read after the answer streamed: the final response still carries it
+    assert final.output[0].model_dump()["analysis"]["consensus"] == ["the sky scatters blue light"]
 
 
 def test_function_tools_on_a_fusion_alias_are_a_400(fake, client):
@@ -362,6 +377,25 @@ def test_a_conversation_given_as_items(fake, client):
     msgs = fake.requests_for("plain")[0].body["messages"]
     assert [m["role"] for m in msgs] == ["developer", "user", "assistant", "tool", "user"]
     assert msgs[2]["content"] == "c" and msgs[2]["tool_calls"][0]["function"]["name"] == "lookup"
+
+
+def test_text_format_is_the_chat_response_format(fake, client):
+    fake.script("plain", Script(text='{"colour": "blue"}'))
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}}}
+    r = client.responses.create(
+        model="fake/plain",
+        input="sky colour?",
+        text={"format": {"type": "json_schema", "name": "sky", "schema": schema, "strict": True}},
+        extra_body={"reasoning": {"effort": "low"}},
+    )
+    assert json.loads(r.output_text) == {"colour": "blue"}
+    assert r.text.format.type == "json_schema"
+    sent = fake.requests_for("plain")[0].body
+    assert sent["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "sky", "schema": schema, "strict": True},
+    }
+    assert sent["reasoning"] == {"effort": "low"}
 
 
 @pytest.mark.parametrize(

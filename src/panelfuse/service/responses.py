@@ -343,6 +343,7 @@ class ResponseBuilder:
         self.finish_reason: str | None = None
         self._message: int | None = None  # the open message item's index
         self._fusion: int | None = None  # the open fusion item's index
+        self._fusion_item: int | None = None  # the fusion item's index, open or done (one per response)
         self._members: dict[str, str] = {}  # member label → model (panel events name the label)
         self._analysis: dict[str, Any] | None = None
 
@@ -526,7 +527,7 @@ class ResponseBuilder:
         return self._fusion is not None
 
     def open_fusion(self) -> list[dict[str, Any]]:
-        if self._fusion is not None:
+        if self._fusion is not None or self._fusion_item is not None:
             return []
         events = self.close_message()
         item: dict[str, Any] = {
@@ -540,6 +541,7 @@ class ResponseBuilder:
             "error": None,
         }
         self._fusion, added = self._add(item)
+        self._fusion_item = self._fusion
         where = {"item_id": item["id"], "output_index": self._fusion}
         return [*events, added, self._ev("response.fusion_call.in_progress", **where)]
 
@@ -550,8 +552,13 @@ class ResponseBuilder:
         if kind in TERMINAL or kind.startswith(("final.", "synthesis.")):
             return []
         if self._fusion is None:
-            if self.output and self.output[-1]["type"] == FUSION_ITEM_TYPE:
-                return []  # the fusion call is over (the answer is being written)
+            if self._fusion_item is not None:
+                # The fusion call is over (the answer is being written). In `judge-writes` the analysis
+                # is read only after the answer streamed: it still fills the item of the final response.
+                item = self.output[self._fusion_item]
+                if kind == "analysis.completed" and item.get("analysis") is None:
+                    item.update(analysis=data["analysis"], error=None)
+                return []
             events = self.open_fusion()
         else:
             events = []
