@@ -43,7 +43,11 @@ def test_outer_model_calls_the_fusion_and_answers(fake, client):
     assert result["failed_models"] == []
     assert not fake.requests_for("m3") and not fake.requests_for("synth")  # panel + analysis only
     usage = r.usage.model_extra
-    assert usage["server_tool_use_details"] == {"fusion_requests": 1}
+    assert usage["server_tool_use_details"] == {
+        "tool_calls_requested": 1,
+        "tool_calls_executed": 1,
+        "web_search_requests": 0,
+    }
     assert usage["cost"] > 0.001  # the outer call's own cost plus the fusion's inner costs
     assert r.model_extra["fusion"]["mode"] == "analyze"
 
@@ -63,7 +67,8 @@ def test_a_second_fusion_call_is_capped(fake, client):
         "failure_reason": "fusion_invocation_capped",
     }
     assert len(fake.requests_for("judge")) == 1
-    assert r.usage.model_extra["server_tool_use_details"] == {"fusion_requests": 1}
+    details = r.usage.model_extra["server_tool_use_details"]
+    assert details["tool_calls_requested"] == 2 and details["tool_calls_executed"] == 1
 
 
 def test_recursion_guard(fake, gateway):
@@ -75,13 +80,14 @@ def test_recursion_guard(fake, gateway):
     assert fake.requests_for("m1")[0].headers["x-panelfuse-fusion-depth"] == "1"
     assert fake.requests_for("judge")[0].headers["x-panelfuse-fusion-depth"] == "1"
     assert "x-panelfuse-fusion-depth" not in fake.requests_for("outer")[0].headers
-    # ...and a gateway refuses any fusion on a request that carries it
-    for body in (
-        {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": "q"}]},
-        {"model": "fake/outer", "messages": [{"role": "user", "content": "q"}], "tools": [FUSION_TOOL]},
-    ):
-        r = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers={"X-Panelfuse-Fusion-Depth": "1"})
-        assert r.status_code == 400 and r.json()["error"]["metadata"]["error_code"] == "fusion_recursion"
+    # ...and a gateway starts no fusion on a request that carries it: as on OpenRouter, the outer model
+    # runs without the fusion tool (tests/test_openrouter_compat.py covers the alias and the plugin)
+    fake.script("outer", Script(text="alone"))
+    body = {"model": "fake/outer", "messages": [{"role": "user", "content": "q"}], "tools": [FUSION_TOOL]}
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers={"X-Panelfuse-Fusion-Depth": "1"})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "alone"
+    assert "tools" not in fake.requests_for("outer")[-1].body
+    assert len(fake.requests_for("m1")) == 1  # no second fusion
 
 
 def test_mixed_with_a_client_function_tool(fake, client):
@@ -135,7 +141,7 @@ def test_streaming_carries_the_fusion_progress(fake, client):
     ]
     assert text == "Streamed final answer."
     assert "panel.completed" in events and "analysis.completed" in events
-    assert chunks[-1].usage.model_extra["server_tool_use_details"] == {"fusion_requests": 1}
+    assert chunks[-1].usage.model_extra["server_tool_use_details"]["tool_calls_executed"] == 1
 
 
 def test_bad_fusion_tool_parameters_are_a_400(gateway):

@@ -64,6 +64,23 @@ class SynthesizerSpec(BaseModel):
     fallbacks: list[str] = Field(default_factory=list, max_length=4)
 
 
+class AnswerSpec(BaseModel):
+    """The caller's own settings for the answer: the request's `max_tokens`/`max_completion_tokens`,
+    `temperature`, `stop`, `seed` and `reasoning`, as OpenRouter applies them to the model that writes
+    the final answer. They go to the call that writes the answer (the synthesizer; the member in
+    `single`), never to the other members nor to the judge's analysis. In `judge-writes` only
+    `max_tokens` applies (the answer's part of the judge's one call); `best-of` returns a member's answer
+    verbatim, so none applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(default=None, ge=1, le=200_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    stop: list[str] | None = Field(default=None, max_length=4)
+    seed: int | None = None
+    reasoning: dict[str, Any] | None = None
+
+
 class FusionSpec(BaseModel):
     """A whole fusion run. Validated with messages that name the field."""
 
@@ -81,12 +98,16 @@ class FusionSpec(BaseModel):
     max_tool_calls: int = Field(default=8, ge=0, le=16)
     panel_tools: list[str] = Field(default_factory=lambda: ["web_search", "web_fetch"])
     judge_tools: list[str] = Field(default_factory=list)
+    # web_search results per search (OpenRouter's `openrouter:web_search` parameter `max_results`);
+    # None: the toolbox's own setting ([tools] max_results).
+    search_max_results: int | None = Field(default=None, ge=1, le=20)
     max_cost: float | None = Field(default=None, ge=0, description="USD")
     panel_sees: Literal["conversation", "last_turn"] = "conversation"
     temperature: float | None = Field(default=None, ge=0, le=2, description="member default")
     reasoning: dict[str, Any] | None = None
     # The caller's response_format: applies to the synthesizer (the answer), never to the judge.
     response_format: dict[str, Any] | None = None
+    answer: AnswerSpec = Field(default_factory=AnswerSpec)
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -98,6 +119,11 @@ class FusionSpec(BaseModel):
         if self.quorum is not None and self.quorum > len(self.members):
             raise ValueError(f"quorum {self.quorum} is larger than the panel ({len(self.members)} members)")
         return self
+
+    @property
+    def answer_max_tokens(self) -> int:
+        """The limit of the call that writes the answer: the caller's, else the per-call limit."""
+        return self.answer.max_tokens or self.max_tokens
 
     @property
     def synthesizer_model(self) -> str:

@@ -52,6 +52,7 @@ def estimate_run(
     will read."""
     est = Estimate()
     panel_tokens = messages_tokens(panel_prompt)
+    member_out = mode.member_max_tokens(spec)
     retrieval_used = False
     for member in members:
         for model in member.chain:
@@ -59,8 +60,8 @@ def estimate_run(
             prompt = panel_tokens
             if not model.tools and pre_retrieval:
                 prompt, retrieval_used = prompt + TOOL_RESULT_TOKENS, True
-            for tokens in member_call_tokens(prompt, spec.max_tokens, rounds):
-                est.add(prices, "panel", member.label, model.model, tokens, spec.max_tokens)
+            for tokens in member_call_tokens(prompt, member_out, rounds):
+                est.add(prices, "panel", member.label, model.model, tokens, member_out)
             if WEB_SEARCH in model.tools:
                 add_searches(est, "panel", member.label, rounds, search_price)
     if retrieval_used:
@@ -79,6 +80,6 @@ def estimate_run(
             # one repair retry: the same prompt plus the rejected output
             est.add(prices, "analysis", "judge", model.model, judge_prompt + out, out)
     synth_prompt = judge_prompt + spec.max_tokens
-    for model in synthesizer:
-        est.add(prices, "synthesis", "synthesizer", model.model, synth_prompt, spec.max_tokens)
+    for model in synthesizer:  # the answer: the caller's limit (FusionSpec.answer), else the per-call one
+        est.add(prices, "synthesis", "synthesizer", model.model, synth_prompt, spec.answer_max_tokens)
     return est

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from panelfuse.pipeline import prompts
 from panelfuse.pipeline.analysis import (
@@ -44,6 +45,12 @@ def answers_of(ok: Sequence[MemberResult]) -> dict[str, str]:
 def weights_of(ok: Sequence[MemberResult]) -> dict[str, float] | None:
     weights = {m.member: m.weight for m in ok if m.weight is not None}
     return weights or None
+
+
+def _reasoning(run: RunContext) -> dict[str, Any]:
+    """The spec's `reasoning` reaches the judge too (OpenRouter forwards it to panelists and analyst)."""
+    reasoning = run.plan.spec.reasoning
+    return {"reasoning": reasoning} if reasoning else {}
 
 
 def _start(run: RunContext) -> StageResult:
@@ -107,6 +114,7 @@ async def run_analysis(run: RunContext, ok: Sequence[MemberResult]) -> AnalysisO
         max_tokens=run.plan.mode.judge_max_tokens(spec),
         temperature=0.0,
         response_format=response_format(analysis_schema(labels, dims)),
+        extra_body=_reasoning(run),
     )
 
     async def attempt(model: ResolvedModel) -> tuple[Completion, bool, Analysis]:
@@ -193,6 +201,7 @@ async def run_judge_writes(run: RunContext, ok: Sequence[MemberResult], sources:
         ),
         max_tokens=run.plan.mode.judge_max_tokens(spec),
         temperature=0.0,
+        extra_body=_reasoning(run),
     )
     splitter = AnswerSplitter(run.log)
 
@@ -219,7 +228,7 @@ async def run_judge_writes(run: RunContext, ok: Sequence[MemberResult], sources:
         if answer:
             run.log.emit(FinalDelta(text=answer))
     outcome.answer = answer
-    outcome.stage.content = text
+    outcome.stage.content, outcome.stage.finish_reason = text, chain.value.finish_reason
     try:
         parsed = parse_analysis(head, labels, spec.judge.dimensions)
         outcome.analysis = map_labels(parsed.analysis, {m.member: m.model for m in ok})
@@ -244,6 +253,7 @@ async def run_best_of(run: RunContext, ok: Sequence[MemberResult]) -> tuple[Stag
         max_tokens=run.plan.mode.judge_max_tokens(spec),
         temperature=0.0,
         response_format=response_format(best_of_schema(labels), "best_of"),
+        extra_body=_reasoning(run),
     )
 
     async def attempt(model: ResolvedModel) -> tuple[Completion, str, str]:

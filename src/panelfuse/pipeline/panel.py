@@ -49,21 +49,14 @@ async def run_member(
 
     A model offered tools answers through the tool loop; one that cannot call tools gets the question's
     search results in its prompt (`retrieval`), when there is a search backend."""
-    spec, log = run.plan.spec, run.log
+    log = run.log
     answer = FinalStream(log) if run.plan.mode.first_member_only else None
     started = time.monotonic()
     log.emit(PanelStarted(member=member.label, model=member.chain[0].model))
 
     async def attempt(model: ResolvedModel) -> Completion:
         result.model = model.model
-        req = ChatRequest(
-            model=model.model,
-            messages=run.plan.panel_messages,
-            max_tokens=spec.max_tokens,
-            temperature=member.spec.temperature if member.spec.temperature is not None else spec.temperature,
-            seed=member.spec.seed,
-            extra_body={"reasoning": spec.reasoning} if spec.reasoning else {},
-        )
+        req = member_request(run, member, model)
         citations: list[Citation] = []
         try:
             completion = await _answer(run, member.label, model, req, result, citations, retrieval, answer)
@@ -87,6 +80,7 @@ async def run_member(
     if outcome.value is None:
         return result
     result.status, result.content, result.error, result.status_code = "ok", outcome.value.text, None, None
+    result.finish_reason = outcome.value.finish_reason
     log.emit(
         PanelCompleted(
             member=member.label,
@@ -98,6 +92,28 @@ async def run_member(
         )
     )
     return result
+
+
+def member_request(run: RunContext, member: MemberChain, model: ResolvedModel) -> ChatRequest:
+    """One member call. Where the member's answer is the answer (`single`), the caller's own settings
+    for the answer (FusionSpec.answer) apply to it; otherwise the member's and the spec's."""
+    spec = run.plan.spec
+    temperature = member.spec.temperature if member.spec.temperature is not None else spec.temperature
+    seed, stop, reasoning = member.spec.seed, None, spec.reasoning
+    if run.plan.mode.first_member_only:
+        answer = spec.answer
+        temperature = answer.temperature if answer.temperature is not None else temperature
+        seed = answer.seed if answer.seed is not None else seed
+        stop, reasoning = answer.stop, answer.reasoning or reasoning
+    return ChatRequest(
+        model=model.model,
+        messages=run.plan.panel_messages,
+        max_tokens=run.plan.mode.member_max_tokens(spec),
+        temperature=temperature,
+        seed=seed,
+        stop=stop,
+        extra_body={"reasoning": reasoning} if reasoning else {},
+    )
 
 
 class FinalStream:

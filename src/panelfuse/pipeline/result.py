@@ -54,6 +54,7 @@ class MemberResult(Billed):
     calls: list[CallRecord] = field(default_factory=list)
     tools: ToolUsage = field(default_factory=ToolUsage)  # every attempt's tool use (all of it is billed)
     citations: list[Citation] = field(default_factory=list)  # sources behind the answer that succeeded
+    finish_reason: str | None = None  # of the call that gave the answer (not part of the wire form)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemberResult:
@@ -96,6 +97,7 @@ class StageResult(Billed):
     calls: list[CallRecord] = field(default_factory=list)
     tools: ToolUsage = field(default_factory=ToolUsage)  # the judge's tool use (judge_tools)
     citations: list[Citation] = field(default_factory=list)
+    finish_reason: str | None = None  # of the call that succeeded (not part of the wire form)
 
     @property
     def latency_ms(self) -> int:
@@ -142,6 +144,12 @@ class BestOfChoice:
 
     def to_dict(self) -> dict[str, str]:
         return {"member": self.member, "model": self.model, "reason": self.reason}
+
+
+def answer_finish(reason: str | None) -> str:
+    """The finish_reason of a fusion's answer from the call that wrote it: "length" when max_tokens cut
+    it, "stop" otherwise (a completed answer: tool calls and the like stay inside the pipeline)."""
+    return "length" if reason in ("length", "max_tokens") else "stop"
 
 
 def sum_usage(usages: Any) -> Usage:

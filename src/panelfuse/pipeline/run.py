@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 import uuid
 from collections.abc import AsyncGenerator, Sequence
@@ -198,6 +199,16 @@ class FusionStream:
         log.emit(FinalCompleted(content=result.content, annotations=result.annotations))
         log.emit(RunCompleted(usage=result.usage_dict(), cost=result.cost, degraded=result.degraded))
 
+    def _toolbox(self, plan: RunPlan) -> Toolbox | None:
+        """The Fusion's toolbox, with this run's search_max_results when the spec sets one (a copy:
+        runs of one Fusion share the toolbox)."""
+        toolbox = self.fusion.toolbox
+        if toolbox is None or plan.spec.search_max_results is None:
+            return toolbox
+        own = copy.copy(toolbox)
+        own.max_results = plan.spec.search_max_results
+        return own
+
     async def _stages(self) -> None:
         plan = self._plan()
         result = self.result
@@ -209,7 +220,7 @@ class FusionStream:
             plan.spec.max_cost, later_stages=by_stage.get("analysis", 0.0) + by_stage.get("synthesis", 0.0)
         )
         calls = CallContext(
-            self.fusion.prices, guard, timeout=plan.spec.deadline_ms / 1000, toolbox=self.fusion.toolbox
+            self.fusion.prices, guard, timeout=plan.spec.deadline_ms / 1000, toolbox=self._toolbox(plan)
         )
         run = RunContext(plan, calls, self.log, result)
         if plan.reuse_panel is not None:

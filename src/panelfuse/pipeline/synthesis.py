@@ -36,9 +36,13 @@ async def run_synthesis(
         messages=prompts.synthesizer_messages(
             run.plan.messages, answers_of(ok), analysis.to_dict() if analysis else None, sources
         ),
-        max_tokens=spec.max_tokens,
-        temperature=spec.temperature,
+        # The answer: the caller's own limit and sampling (FusionSpec.answer), else the spec's.
+        max_tokens=spec.answer_max_tokens,
+        temperature=spec.answer.temperature if spec.answer.temperature is not None else spec.temperature,
+        stop=spec.answer.stop,
+        seed=spec.answer.seed,
         response_format=spec.response_format,
+        extra_body={"reasoning": spec.answer.reasoning} if spec.answer.reasoning else {},
     )
 
     async def attempt(model: ResolvedModel) -> Completion:
@@ -49,5 +53,5 @@ async def run_synthesis(
     if chain.value is None:
         stage.error = str(chain.error)
     else:
-        stage.content = chain.value.text
+        stage.content, stage.finish_reason = chain.value.text, chain.value.finish_reason
     return stage

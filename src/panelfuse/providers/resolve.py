@@ -1,9 +1,15 @@
 """How a request's model string is resolved (docs/architecture.md, "Contracts"). Pure functions.
 
 | the string                                               | goes to                                   |
-| `panelfuse/fusion`, `panelfuse/fusion-<preset>`, `openrouter/fusion` | the fusion pipeline             |
+| `panelfuse/fusion`, `panelfuse/fusion-<preset>`,          | the fusion pipeline                       |
+| `openrouter/fusion`, `openrouter/fusion-<preset>`         |                                           |
 | `<provider>/<rest>` with <provider> a configured provider | that provider, model id `<rest>`          |
 | anything else                                            | the default provider, unchanged           |
+
+`openrouter/fusion-<name>` is a fusion alias only when <name> is a preset (or a synonym: OpenRouter's
+`openrouter/fusion-flash` is its `general-fast` preset, our `fast`); any other `openrouter/fusion-…` id
+goes to the `openrouter` provider as before. OpenRouter's variant suffixes (`:nitro`, `:free`, …) on a
+fusion alias are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from dataclasses import dataclass
 
 FUSION_ALIASES = ("panelfuse/fusion", "openrouter/fusion")
 FUSION_PRESET_PREFIX = "panelfuse/fusion-"
-# OpenRouter's preset names are synonyms of ours.
-PRESET_SYNONYMS = {"general-high": "quality", "general-budget": "budget", "general-fast": "fast"}
+OPENROUTER_PRESET_PREFIX = "openrouter/fusion-"
+# OpenRouter's preset names are synonyms of ours; `flash` is its `openrouter/fusion-flash` model (general-fast).
+PRESET_SYNONYMS = {"general-high": "quality", "general-budget": "budget", "general-fast": "fast", "flash": "fast"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,15 @@ def canonical_preset(name: str) -> str:
     return PRESET_SYNONYMS.get(name, name)
 
 
+def _without_variant(model: str) -> str:
+    """A fusion alias with OpenRouter's variant suffix (`openrouter/fusion:nitro`) is the alias; any
+    other id keeps its suffix (it is the provider's business)."""
+    head, sep, _ = model.partition(":")
+    if sep and (head in FUSION_ALIASES or head.startswith((FUSION_PRESET_PREFIX, OPENROUTER_PRESET_PREFIX))):
+        return head
+    return model
+
+
 def resolve_model(
     model: str,
     providers: Collection[str],
@@ -49,13 +65,19 @@ def resolve_model(
     model = model.strip()
     if not model:
         raise ValueError("model id is empty")
-    if model in FUSION_ALIASES:
+    base = _without_variant(model)
+    if base in FUSION_ALIASES:
         return FusionRoute(preset=None)
-    if model.startswith(FUSION_PRESET_PREFIX):
-        preset = canonical_preset(model[len(FUSION_PRESET_PREFIX) :])
+    if base.startswith(FUSION_PRESET_PREFIX):
+        preset = canonical_preset(base[len(FUSION_PRESET_PREFIX) :])
         if presets is not None and preset not in presets:
             raise UnknownModelError(f"unknown fusion preset '{preset}' in model id '{model}'")
         return FusionRoute(preset=preset)
+    if base.startswith(OPENROUTER_PRESET_PREFIX):
+        name = base[len(OPENROUTER_PRESET_PREFIX) :]
+        preset = canonical_preset(name)
+        if (presets is not None and preset in presets) or (presets is None and name in PRESET_SYNONYMS):
+            return FusionRoute(preset=preset)
     head, sep, rest = model.partition("/")
     if sep and rest and head in providers:
         return ProviderRoute(provider=head, model=rest)

@@ -3,6 +3,9 @@ Retry-After, never past the call's deadline.
 
 Streams are retried only until their first event: once text has reached the caller, replaying it
 would duplicate output, so a later failure is raised as it is.
+
+A 402 (payment required: no credits left) is never retried, whatever the error's class says: asking
+again does not add credits, and each try may be billed or counted against a limit.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from panelfuse.providers.errors import DeadlineExceeded, ProviderError, RateLimi
 
 T = TypeVar("T")
 
+NEVER_RETRIED = frozenset({402})  # HTTP statuses that no retry can fix
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -25,6 +30,11 @@ class RetryPolicy:
     base_delay: float = 0.25
     max_delay: float = 8.0
     jitter: float = 0.5  # fraction of the delay drawn at random, so parallel callers do not retry in step
+
+
+def should_retry(error: ProviderError) -> bool:
+    """Whether one more try may help: the error's class says so, and its status is not a 402."""
+    return error.retryable and error.status_code not in NEVER_RETRIED
 
 
 def backoff_delay(policy: RetryPolicy, attempt: int, error: ProviderError, rng: random.Random) -> float:
@@ -69,7 +79,7 @@ async def retrying_stream(
                 started = True
                 yield ev
         except ProviderError as exc:
-            if started or not exc.retryable or attempt >= policy.attempts:
+            if started or not should_retry(exc) or attempt >= policy.attempts:
                 raise
             wait = backoff_delay(policy, attempt, exc, rng)
             if time.monotonic() + wait >= deadline:

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from panelfuse.pipeline.events import PanelCompleted
+from panelfuse.pipeline.modes import mode_for
 from panelfuse.providers.resolve import FusionRoute, UnknownModelError
 from panelfuse.server import responses, shapes
 from panelfuse.server.deps import Caller, Service, State
@@ -21,8 +22,8 @@ from panelfuse.server.server_tool import server_tool_completion
 from panelfuse.server.sse import DONE, sse, sse_response
 from panelfuse.service.requests import ChatCompletionRequest
 from panelfuse.service.runs import ActiveRun
-from panelfuse.service.server_tool import fusion_depth, split_tools
-from panelfuse.service.specs import fusion_spec, validation_error
+from panelfuse.service.server_tool import failure_reason, fusion_depth, split_tools, without_fusion
+from panelfuse.service.specs import fusion_spec, validation_error, with_tool_parameters
 
 router = APIRouter()
 
@@ -42,27 +43,30 @@ async def chat_completions(
     except ValidationError as exc:
         raise validation_error(exc, "plugins[0]") from exc
     tool_params, own_tools = split_tools(body.tools)
+    if tool_params is not None:
+        # As on OpenRouter: the plugin fills the tool's parameters; the tool's own fields win.
+        tool_params = with_tool_parameters(plugin, tool_params)
     try:
         route = state.providers.route(body.model, list(state.presets))
     except UnknownModelError as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from exc
     is_fusion = isinstance(route, FusionRoute)
     alias_preset = route.preset if isinstance(route, FusionRoute) else None
-    if (is_fusion or tool_params is not None or (plugin is not None and plugin.enabled)) and fusion_depth(
-        request.headers
-    ):
-        # This request was made on behalf of a fusion: a fusion may never start another one.
-        raise ApiError(
-            400, "a fusion cannot call a fusion (the request carries a fusion depth header)", code="fusion_recursion"
-        )
-    if tool_params is not None:
+    wants_fusion = is_fusion or tool_params is not None or (plugin is not None and plugin.enabled)
+    if wants_fusion and fusion_depth(request.headers):
+        # Made on behalf of a fusion (our depth header or OpenRouter's): no fusion starts here. As on
+        # OpenRouter, which then does not inject the fusion tool, the request is served without it: the
+        # outer model runs with the caller's own tools only, a fusion alias is its answer model called
+        # directly, and a fusion plugin is ignored.
+        model = body.model
         if is_fusion:
-            raise ApiError(
-                400,
-                "the fusion server tool goes on a plain model, not on a fusion model",
-                param="tools",
-                code="invalid_value",
-            )
+            bare = body.model_copy(update={"tools": None, "n": None})
+            spec = fusion_spec(bare, tool_params or plugin, alias_preset, state.default_preset(), state.presets)
+            model = mode_for(spec.mode).answer_model(spec)
+        tools, choice = without_fusion(own_tools, body.tool_choice)
+        plain = body.model_copy(update={"model": model, "tools": tools, "tool_choice": choice})
+        return await proxy_completion(state, service, caller, plain, request)
+    if tool_params is not None and not is_fusion:
         return await server_tool_completion(state, service, caller, body, tool_params, own_tools, request)
     if not is_fusion:
         if plugin is not None and plugin.enabled:
@@ -73,6 +77,11 @@ async def chat_completions(
                 code="fusion_plugin_on_plain_model",
             )
         return await proxy_completion(state, service, caller, body, request)
+    if tool_params is not None:
+        # The fusion server tool on a fusion alias configures the alias's fusion (OpenRouter's alias is
+        # a model given that tool): its parameters act as the plugin, field by field over it.
+        plugin = tool_params
+        body = body.model_copy(update={"tools": own_tools or None})
 
     spec = fusion_spec(body, plugin, alias_preset, state.default_preset(), state.presets)
     planned = service.plan(caller, spec, body.plain_messages())
@@ -96,7 +105,11 @@ async def chat_completions(
             499 if result.status == "cancelled" else 502,
             f"fusion failed: {result.error}",
             code="fusion_failed",
-            extra={"run_id": result.run_id, "failed_models": [f.to_dict() for f in result.failed_models]},
+            extra={
+                "run_id": result.run_id,
+                "failed_models": [f.to_dict() for f in result.failed_models],
+                "failure_reason": failure_reason(result),
+            },
         )
     return JSONResponse(shapes.chat_completion(result, include_panel=include_panel), headers=headers)
 

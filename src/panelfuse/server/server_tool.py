@@ -49,13 +49,20 @@ async def server_tool_completion(
     except ProviderError as exc:
         raise from_provider_error(exc) from exc
     caller.check_models([route.qualified])
-    spec = fusion_spec(
-        body.model_copy(update={"tools": None, "n": None}), params, None, state.default_preset(), state.presets
-    )
+    if params.model is None:
+        # As on OpenRouter: without `parameters.model` the judge is the model handling the request.
+        params = params.model_copy(update={"model": body.model})
+    # The request's own max_tokens, temperature, stop, seed, reasoning and response_format are the outer
+    # model's (it writes the answer): none of them reaches the fusion.
+    bare = ChatCompletionRequest(model=body.model, messages=body.messages)
+    spec = fusion_spec(bare, params, None, state.default_preset(), state.presets)
     conversation = body.plain_messages()
+    # `mode: "fast"` (single) runs the first member alone and its answer is the tool result; every other
+    # mode runs panel + analysis for the outer model to answer from.
+    mode = "single" if spec.mode == "single" else "analyze"
     # Planned once, on the caller's conversation; the fusion itself runs the same plan on the question
     # the outer model asks. Its max_cost verdict is the fusion's own (a refused fusion is a tool error).
-    planned = service.plan(caller, spec.model_copy(update={"mode": "analyze"}), conversation, enforce_max_cost=False)
+    planned = service.plan(caller, spec.model_copy(update={"mode": mode}), conversation, enforce_max_cost=False)
     base = replace(
         proxy_request(body, route.model),
         tools=[*own_tools, FUSION_FUNCTION_DEF],
@@ -101,7 +108,10 @@ async def server_tool_completion(
     finally:
         await admission.release_shielded(session.state.usage_dict()["cost"])
     assert final is not None
-    return completion_response(body.model, final, session.state, cid, created)
+    out = completion_response(body.model, final, session.state, cid, created)
+    # The panel's sources as url_citation annotations of the outer model's answer.
+    out["choices"][0]["message"]["annotations"] = session.state.annotations(final.text)
+    return out
 
 
 def completion_response(model: str, completion: Completion, run: ToolRun, cid: str, created: int) -> dict[str, Any]:

@@ -35,6 +35,16 @@ class MemberObject(BaseModel):
     fallbacks: list[str] = Field(default_factory=list, max_length=4)
 
 
+class ServerToolEntry(BaseModel):
+    """A panel tool in OpenRouter's shape: `{"type": "openrouter:web_search", "parameters": {...}}`
+    (service/plugin.py maps it onto the toolbox's tools)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1)
+    parameters: dict[str, Any] | None = None
+
+
 class FusionPlugin(BaseModel):
     """`plugins: [{"id": "fusion", ...}]`: each field sets a FusionSpec field (service/plugin.py).
     Unknown fields are a 400."""
@@ -48,8 +58,9 @@ class FusionPlugin(BaseModel):
     synthesizer: str | None = None
     mode: PublicMode | ModeSynonym | None = None
     max_tool_calls: int | None = Field(default=None, ge=0, le=16)
-    tools: list[str] | None = None
-    judge_tools: list[str] | None = None
+    # Plain names (`web_search`) or OpenRouter's `{type, parameters}` entries, mixed freely.
+    tools: list[str | ServerToolEntry] | None = None
+    judge_tools: list[str | ServerToolEntry] | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     reasoning: dict[str, Any] | None = None

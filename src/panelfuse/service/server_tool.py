@@ -1,10 +1,18 @@
 """Fusion as a server tool: `tools: [{"type": "panelfuse:fusion", "parameters": {...}}]` on any model.
 
 The outer model sees a function tool; when it calls it, the gateway runs panel + analysis (mode
-`analyze`), hands the result back in OpenRouter's tool-result shape, and calls the outer model again,
-until it answers or calls one of the caller's own tools (returned to the caller as usual). At most one
-fusion per request; every upstream call made for a fusion carries a depth header, and a gateway
-refuses fusion on a request that carries it, so a fusion can never call a fusion.
+`analyze`; `mode: "fast"`/`"single"` runs the first member alone and hands back its answer), hands the
+result back in OpenRouter's tool-result shape, and calls the outer model again, until it answers or
+calls one of the caller's own tools (returned to the caller as usual). At most one fusion per request.
+
+Recursion: every upstream call made for a fusion carries our depth header (`X-Panelfuse-Fusion-Depth`).
+A request that carries it, or OpenRouter's `X-OpenRouter-Fusion-Depth`, never starts a fusion; as on
+OpenRouter, where the tool is then simply not injected, it is served without one: the outer model runs
+without the fusion tool, a fusion alias is its answer model called directly, a fusion plugin is ignored.
+
+Failure reasons (OpenRouter's): when no member answered, `insufficient_credits` if every member that
+failed got a 402, `rate_limited` if every one got a 429, otherwise (a mix of those, or any other error)
+`all_panels_failed`; any other failure of the run is `unexpected_error`.
 """
 
 from __future__ import annotations
@@ -24,9 +32,11 @@ from panelfuse.providers.resolve import ProviderRoute
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.gateway import DEPTH_HEADER
 from panelfuse.service.requests import FusionPlugin
+from panelfuse.tools.records import url_annotations
 
 FUSION_TOOL_TYPES = ("panelfuse:fusion", "openrouter:fusion")
 FUSION_FUNCTION = "panelfuse_fusion"
+OPENROUTER_DEPTH_HEADER = "X-OpenRouter-Fusion-Depth"  # recognised on requests; ours is what we send
 MAX_OUTER_CALLS = 4  # the outer model: before the fusion, after it, and a little slack
 OUTER_DEFAULT_MAX_TOKENS = 4096
 
@@ -49,10 +59,17 @@ FUSION_FUNCTION_DEF = {
 
 
 def fusion_depth(headers: Any) -> int:
-    try:
-        return int(headers.get(DEPTH_HEADER.lower()) or headers.get(DEPTH_HEADER) or 0)
-    except (TypeError, ValueError):
-        return 1  # an unreadable depth is treated as nested: refusing is the safe side
+    """The request's fusion depth: the larger of ours and OpenRouter's header (0 when neither is set)."""
+    depth = 0
+    for name in (DEPTH_HEADER, OPENROUTER_DEPTH_HEADER):
+        value = headers.get(name.lower()) or headers.get(name)
+        if not value:
+            continue
+        try:
+            depth = max(depth, int(value))
+        except (TypeError, ValueError):
+            depth = max(depth, 1)  # an unreadable depth is treated as nested: the safe side
+    return depth
 
 
 def split_tools(tools: list[dict[str, Any]] | None) -> tuple[FusionPlugin | None, list[dict[str, Any]]]:
@@ -88,15 +105,43 @@ def outer_tool_choice(choice: Any) -> Any:
     return choice
 
 
-def tool_result(result: FusionResult | None, error: str | None = None, reason: str = "unexpected_error") -> dict:
-    """OpenRouter's tool-result shape. A judge failure keeps status ok without `analysis`."""
+def without_fusion(tools: list[dict[str, Any]], choice: Any) -> tuple[list[dict[str, Any]] | None, Any]:
+    """The caller's own tools and tool_choice once the fusion tool is left out (a request at fusion
+    depth): a choice that forced the fusion, or `required` with no tool left, is dropped."""
+    if not tools:
+        return None, None
+    if isinstance(choice, dict) and choice.get("type") in FUSION_TOOL_TYPES:
+        return tools, None
+    return tools, choice
+
+
+def failure_reason(result: FusionResult | None) -> str:
+    """OpenRouter's `failure_reason` for a run that failed (see the module's docstring)."""
+    if result is None or not result.panel or any(m.status == "ok" for m in result.panel):
+        return "unexpected_error"
+    failed = [m for m in result.panel if m.status not in ("cut", "cancelled")]
+    codes = {m.status_code for m in failed}
+    if failed and codes == {402}:
+        return "insufficient_credits"
+    if failed and codes == {429}:
+        return "rate_limited"
+    return "all_panels_failed"
+
+
+def tool_result(result: FusionResult | None, error: str | None = None) -> dict:
+    """OpenRouter's tool-result shape. A judge failure keeps status ok without `analysis`; in `single`
+    mode (`fast`) there is no analysis and `responses` holds the one answer."""
     if result is None or result.status != "completed":
-        all_failed = result is not None and not any(m.status == "ok" for m in result.panel)
-        return {
+        out_error: dict[str, Any] = {
             "status": "error",
             "error": error or (result.error if result else "fusion failed"),
-            "failure_reason": "all_panels_failed" if all_failed else reason,
+            "failure_reason": failure_reason(result),
         }
+        if result is not None and result.failed_models:
+            out_error["failed_models"] = [
+                {"model": f.model, "error": f.error, "status_code": f.status_code} for f in result.failed_models
+            ]
+        return out_error
     out: dict[str, Any] = {"status": "ok"}
     if result.analysis is not None:
         out["analysis"] = result.analysis.to_dict()
@@ -140,20 +185,43 @@ class ToolRun:
     outer_usage: Usage = field(default_factory=Usage)
     outer_cost: float = 0.0
     fusion_result: FusionResult | None = None
-    fusion_requests: int = 0
+    tool_calls_requested: int = 0  # fusion calls the outer model made (a capped second one included)
+    tool_calls_executed: int = 0  # fusions run (at most one)
 
     def usage_dict(self) -> dict[str, Any]:
+        """OpenAI's usage with the inner costs folded in: `cost` (USD), `cost_details` (the outer
+        model's calls as `outer`, then the fusion's stages as on the alias), `tools` (the fusion's tool
+        use) and OpenRouter's `server_tool_use_details` (`web_search_requests`: the fusion's searches)."""
         usage = Usage(self.outer_usage.prompt_tokens, self.outer_usage.completion_tokens)
         cost = self.outer_cost
-        if self.fusion_result is not None:
-            inner = self.fusion_result.usage
+        details: dict[str, Any] = {"outer": self.outer_cost}
+        searches = 0
+        result = self.fusion_result
+        if result is not None:
+            inner = result.usage
             usage.prompt_tokens += inner.prompt_tokens
             usage.completion_tokens += inner.completion_tokens
-            cost += self.fusion_result.cost or 0.0
+            cost += result.cost or 0.0
+            details.update(result.cost_details())
+            searches = result.tool_usage.search_requests
         out = usage.to_dict()
         out["cost"] = cost
-        out["server_tool_use_details"] = {"fusion_requests": self.fusion_requests}
+        out["cost_details"] = details
+        if result is not None:
+            out["tools"] = result.tool_usage.to_dict()
+        out["server_tool_use_details"] = {
+            "tool_calls_requested": self.tool_calls_requested,
+            "tool_calls_executed": self.tool_calls_executed,
+            "web_search_requests": searches,
+        }
         return out
+
+    def annotations(self, text: str) -> list[dict[str, Any]]:
+        """The fusion's sources as `url_citation` annotations of the outer model's answer `text`
+        (indices locate a URL the answer quotes, else 0): what `message.annotations` carries."""
+        if self.fusion_result is None:
+            return []
+        return url_annotations(text, self.fusion_result.citations())
 
 
 def outer_worst_case(prices: PriceTable, qualified: str, req: ChatRequest) -> tuple[float, list[str]]:
@@ -211,9 +279,10 @@ class FusionToolSession:
                 {"role": "assistant", "content": completion.text or None, "tool_calls": [c.to_openai() for c in ours]}
             )
             for call in ours:
-                content = capped() if self.state.fusion_requests else None
+                self.state.tool_calls_requested += 1
+                content = capped() if self.state.tool_calls_executed else None
                 if content is None:
-                    self.state.fusion_requests += 1
+                    self.state.tool_calls_executed += 1
                     async for item in self.run_fusion(fusion_messages(conversation, call)):
                         if isinstance(item, FusionResult):
                             self.state.fusion_result = item
@@ -228,4 +297,8 @@ class FusionToolSession:
 
 
 def outer_forces_fusion(choice: Any) -> bool:
+    """A tool_choice that forces a tool call: our function by name, or `required` (OpenRouter's way to
+    force fusion). Either applies to the first outer call only."""
+    if choice == "required":
+        return True
     return isinstance(choice, dict) and (choice.get("function") or {}).get("name") == FUSION_FUNCTION

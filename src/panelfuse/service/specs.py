@@ -20,6 +20,19 @@ def validation_error(exc: ValidationError, prefix: str) -> ServiceError:
     return ServiceError(400, f"{param}: {first.get('msg')}", param=param, code="invalid_value")
 
 
+def with_tool_parameters(plugin: FusionPlugin | None, params: FusionPlugin) -> FusionPlugin:
+    """The fusion server tool's configuration when the request also carries the fusion plugin: as on
+    OpenRouter, the plugin fills the tool's parameters and each field the tool's own parameters set
+    overrides it. A plugin with `enabled: false` adds nothing (the tool, declared explicitly, still runs)."""
+    if plugin is None or not plugin.enabled:
+        return params
+    merged = {**plugin.model_dump(exclude_unset=True), **params.model_dump(exclude_unset=True)}
+    try:
+        return FusionPlugin.model_validate(merged)
+    except ValidationError as exc:
+        raise validation_error(exc, "tools.parameters") from exc
+
+
 def fusion_spec(
     body: ChatCompletionRequest,
     plugin: FusionPlugin | None,

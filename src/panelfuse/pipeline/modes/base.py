@@ -27,12 +27,18 @@ class ModeStrategy(abc.ABC):
     def judge_max_tokens(self, spec: FusionSpec) -> int:
         return spec.max_tokens
 
+    def member_max_tokens(self, spec: FusionSpec) -> int:
+        """Each member call's limit (the answer's limit where a member's answer is the answer)."""
+        return spec.max_tokens
+
     def answer_model(self, spec: FusionSpec) -> str:
         """The model expected to write the answer (for stream chunks sent before it is known)."""
         return spec.judge.model
 
     def quorum(self, spec: FusionSpec) -> int:
-        return spec.quorum if spec.quorum is not None else min(2, len(spec.members))
+        """The members that must answer: the spec's `quorum`, else one (as on OpenRouter, where one
+        successful panelist is enough; a run with failed members is still `degraded`)."""
+        return spec.quorum if spec.quorum is not None else 1
 
     @abc.abstractmethod
     async def answer(self, run: RunContext, ok: Sequence[MemberResult]) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from panelfuse.pipeline.context import RunContext, RunFailure
 from panelfuse.pipeline.judge import run_judge_writes
 from panelfuse.pipeline.modes.base import ModeStrategy
-from panelfuse.pipeline.result import MemberResult
+from panelfuse.pipeline.result import MemberResult, answer_finish
 from panelfuse.spec import FusionSpec
 
 
@@ -16,7 +16,7 @@ class JudgeWrites(ModeStrategy):
     expects_analysis = True
 
     def judge_max_tokens(self, spec: FusionSpec) -> int:
-        return 2 * spec.max_tokens  # the analysis, then the answer, in one call
+        return spec.max_tokens + spec.answer_max_tokens  # the analysis, then the answer, in one call
 
     async def answer(self, run: RunContext, ok: Sequence[MemberResult]) -> None:
         result = run.result
@@ -26,4 +26,5 @@ class JudgeWrites(ModeStrategy):
         if not outcome.answer:
             raise RunFailure(f"the judge wrote no answer: {outcome.stage.error or 'empty output'}")
         result.content, result.model = outcome.answer, outcome.stage.model
+        result.finish_reason = answer_finish(outcome.stage.finish_reason)
         result.annotate(list(ok))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from panelfuse.pipeline.context import RunContext
 from panelfuse.pipeline.modes.base import ModeStrategy
-from panelfuse.pipeline.result import MemberResult
+from panelfuse.pipeline.result import MemberResult, answer_finish
 from panelfuse.spec import FusionSpec
 
 
@@ -22,7 +22,11 @@ class Single(ModeStrategy):
     def quorum(self, spec: FusionSpec) -> int:
         return 1
 
+    def member_max_tokens(self, spec: FusionSpec) -> int:
+        return spec.answer_max_tokens
+
     async def answer(self, run: RunContext, ok: Sequence[MemberResult]) -> None:
         # The member's text already streamed as the answer (see panel.run_member).
         run.result.content, run.result.model = ok[0].content, ok[0].model
+        run.result.finish_reason = answer_finish(ok[0].finish_reason)
         run.result.annotate(list(ok[:1]))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from panelfuse.pipeline.context import RunContext, RunFailure
 from panelfuse.pipeline.judge import run_analysis
 from panelfuse.pipeline.modes.base import ModeStrategy
-from panelfuse.pipeline.result import MemberResult
+from panelfuse.pipeline.result import MemberResult, answer_finish
 from panelfuse.pipeline.synthesis import run_synthesis
 from panelfuse.spec import FusionSpec
 
@@ -31,6 +31,7 @@ class Synthesize(ModeStrategy):
         result.synthesizer = synth
         if synth.error is None:
             result.content, result.model = synth.content, synth.model
+            result.finish_reason = answer_finish(synth.finish_reason)
             result.annotate(list(ok))
             return
         if synth.content or any(c.cost_estimated for c in synth.calls):
