@@ -70,17 +70,14 @@ def test_fusion_streaming_carries_progress_and_usage(fake, client):
         model="panelfuse/fusion", messages=[{"role": "user", "content": "q"}], stream=True
     )
     chunks = list(stream)
-    events = [
-        c.model_extra["fusion"]["event"]
-        for c in chunks
-        if c.model_extra.get("fusion") and not c.choices and "event" in c.model_extra["fusion"]
-    ]
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    events = [c.model_extra["fusion"]["event"] for c in chunks if "event" in (c.model_extra.get("fusion") or {})]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert text == "The sky is blue because air scatters short wavelengths."
     assert events[0] == "run.started" and "panel.completed" in events and "analysis.completed" in events
+    # the last chunk: finish_reason, usage and the final fusion object together
     assert chunks[-1].usage is not None and chunks[-1].usage.model_extra["cost"] > 0
-    assert chunks[-1].choices == []
-    assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert [c.choices[0].finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
 
 
 def test_streaming_sends_keepalives_while_the_panel_works(fake, gateway):
@@ -442,11 +439,7 @@ def test_preset_alias_and_include_usage_stream(fake, client):
     chunks = list(stream)
     assert chunks[-1].usage.total_tokens > 0
     # the SSE event order, as the SDK saw it
-    order = [
-        c.model_extra["fusion"]["event"]
-        for c in chunks
-        if not c.choices and "event" in (c.model_extra.get("fusion") or {})
-    ]
+    order = [c.model_extra["fusion"]["event"] for c in chunks if "event" in (c.model_extra.get("fusion") or {})]
     firsts = [
         order.index(e)
         for e in (

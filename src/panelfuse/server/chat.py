@@ -19,7 +19,7 @@ from panelfuse.server.deps import Caller, Service, State
 from panelfuse.server.errors import ApiError
 from panelfuse.server.proxy import proxy_completion
 from panelfuse.server.server_tool import server_tool_completion
-from panelfuse.server.sse import DONE, sse, sse_response
+from panelfuse.server.sse import DONE, ready_batches, sse, sse_response
 from panelfuse.service.requests import ChatCompletionRequest
 from panelfuse.service.runs import ActiveRun
 from panelfuse.service.server_tool import failure_reason, fusion_depth, split_tools, without_fusion
@@ -115,46 +115,45 @@ async def chat_completions(
 
 
 async def fusion_chunks(run: ActiveRun, answer_model: str, include_panel: bool) -> AsyncIterator[str]:
-    """The run as chat.completion.chunk frames: progress in the `fusion` extension, the answer as
-    content deltas, then finish, usage and [DONE]. A caller that leaves cancels the run (unless it
-    runs in the background)."""
+    """The run as chat.completion.chunk frames, each with `choices[0]` (safe for naive loops): the
+    role first, progress in the `fusion` field of chunks with an empty delta, the answer as content
+    deltas, then one last chunk (finish_reason, usage, the final `fusion` object) and [DONE]; or, for
+    a run that failed or was cancelled, OpenRouter's error chunk and nothing after it. Deltas that
+    piled up while the client was slower than the run go out merged, one chunk per member or answer
+    (the stored events stay one per delta). A caller that leaves cancels the run (unless it runs in
+    the background)."""
     cid = shapes.completion_id(run.run_id)
     created = int(time.time())
-    role_sent = False
+    yield sse(shapes.chunk(cid, answer_model, created, delta={"role": "assistant", "content": ""}))
+    batches = ready_batches(run.follow())
     try:
-        async for ev in run.follow():
-            if ev.type == "final.delta":
-                delta: dict[str, Any] = {"content": ev.data["text"]}
-                if not role_sent:
-                    delta["role"] = "assistant"
-                    role_sent = True
-                yield sse(shapes.chunk(cid, answer_model, created, delta=delta))
-                continue
-            data = ev.data
-            if isinstance(ev.payload, PanelCompleted) and not include_panel:
-                data = {k: v for k, v in data.items() if k != "content"}
-            yield sse(shapes.event_chunk(ev, data, cid, answer_model, created))
-            result = run.result
-            if ev.type == "run.completed":
-                yield sse(shapes.chunk(cid, result.model, created, delta={}, finish_reason="stop"))
-                yield sse(
-                    shapes.chunk(
+        async for batch in batches:
+            for ev in shapes.coalesce(batch):
+                if ev.type == "final.delta":
+                    yield sse(shapes.chunk(cid, answer_model, created, delta={"content": ev.data["text"]}))
+                    continue
+                data = ev.data
+                if isinstance(ev.payload, PanelCompleted) and not include_panel:
+                    data = {k: v for k, v in data.items() if k != "content"}
+                yield sse(shapes.event_chunk(ev, data, cid, answer_model, created))
+                result = run.result
+                if ev.type == "run.completed":
+                    final = shapes.final_chunk(
                         cid,
                         result.model,
                         created,
+                        finish_reason=result.finish_reason,
                         usage=result.usage_dict(),
                         fusion=shapes.fusion_object(result, include_panel),
                     )
-                )
-                yield DONE
-                return
-            if ev.type in ("run.failed", "run.cancelled"):
-                message = data.get("error") or data.get("reason") or "the fusion failed"
-                extra = {"run_id": run.run_id, "failed_models": data.get("failed_models", [])}
-                yield sse(shapes.error_chunk(f"fusion failed: {message}", 502, extra))
-                yield sse(shapes.chunk(cid, answer_model, created, usage=result.usage_dict()))
-                yield DONE
-                return
+                    yield sse(final)
+                    yield DONE
+                    return
+                if ev.type in ("run.failed", "run.cancelled"):
+                    err = shapes.fusion_error(result, cancelled=ev.type == "run.cancelled")
+                    yield sse(shapes.error_chunk(err, cid, answer_model, created, usage=result.usage_dict()))
+                    return
     finally:
         if not run.done.is_set() and not run.background:
             run.cancel("the client disconnected")
+        await batches.aclose()

@@ -118,8 +118,8 @@ async def proxy_chunks(
                 cost = call_cost(ev.usage, price)
                 yield sse(shapes.chunk(cid, model, created, usage=ev.usage.to_dict()))
     except ProviderError as exc:
-        err = from_provider_error(exc)
-        yield sse(shapes.error_chunk(err.message, err.status))
+        yield sse(shapes.error_chunk(from_provider_error(exc), cid, model, created))
+        return  # OpenRouter ends the stream with its error chunk: no [DONE]
     finally:
         aclose = getattr(upstream, "aclose", None)
         if aclose is not None:

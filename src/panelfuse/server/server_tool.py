@@ -18,7 +18,7 @@ from panelfuse.providers.errors import ProviderError
 from panelfuse.server import shapes
 from panelfuse.server.errors import from_provider_error
 from panelfuse.server.proxy import proxy_request
-from panelfuse.server.sse import DONE, sse, sse_response
+from panelfuse.server.sse import DONE, ready_batches, sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service.admission import Admission
 from panelfuse.service.caller import Principal, providers_for
@@ -130,32 +130,38 @@ async def tool_chunks(
     created: int,
     admission: Admission,
 ) -> AsyncIterator[str]:
+    """The outer model's stream, as fusion_chunks shapes the alias's: every chunk with `choices[0]`,
+    the fusion's progress in the `fusion` field of chunks with an empty delta (deltas that piled up
+    merged), the outer model's text as content deltas, then one last chunk (finish_reason, usage, the
+    fusion's `fusion` object) and [DONE]; a failure is OpenRouter's error chunk, with nothing after."""
     yield sse(shapes.chunk(cid, model, created, delta={"role": "assistant", "content": ""}))
+    items = ready_batches(session.events(conversation))
     try:
-        async for item in session.events(conversation):
-            if isinstance(item, StreamEvent):
-                yield sse(shapes.chunk(cid, model, created, delta={"content": item.text}))
-            elif isinstance(item, Event):
-                yield sse(shapes.event_chunk(item, item.data, cid, model, created))
-            else:
-                if item.tool_calls:
-                    calls = [{"index": i, **t.to_openai()} for i, t in enumerate(item.tool_calls)]
-                    yield sse(shapes.chunk(cid, model, created, delta={"tool_calls": calls}))
-                finish = "tool_calls" if item.tool_calls else (item.finish_reason or "stop")
-                yield sse(shapes.chunk(cid, model, created, delta={}, finish_reason=finish))
-                result = session.state.fusion_result
-                yield sse(
-                    shapes.chunk(
+        async for batch in items:
+            for item in shapes.coalesce(batch):
+                if isinstance(item, StreamEvent):
+                    yield sse(shapes.chunk(cid, model, created, delta={"content": item.text}))
+                elif isinstance(item, Event):
+                    yield sse(shapes.event_chunk(item, item.data, cid, model, created))
+                else:
+                    if item.tool_calls:
+                        calls = [{"index": i, **t.to_openai()} for i, t in enumerate(item.tool_calls)]
+                        yield sse(shapes.chunk(cid, model, created, delta={"tool_calls": calls}))
+                    result = session.state.fusion_result
+                    final = shapes.final_chunk(
                         cid,
                         model,
                         created,
+                        finish_reason="tool_calls" if item.tool_calls else (item.finish_reason or "stop"),
                         usage=session.state.usage_dict(),
                         fusion=shapes.fusion_object(result) if result else None,
                     )
-                )
+                    yield sse(final)
     except (ProviderError, ServiceError) as exc:
         err = from_provider_error(exc) if isinstance(exc, ProviderError) else exc
-        yield sse(shapes.error_chunk(err.message, err.status))
+        yield sse(shapes.error_chunk(err, cid, model, created, usage=session.state.usage_dict()))
+        return  # OpenRouter ends the stream with its error chunk: no [DONE]
     finally:
+        await items.aclose()  # stops the outer loop (and its fusion) when the caller left
         await admission.release_shielded(session.state.usage_dict()["cost"])
     yield DONE

@@ -1,18 +1,20 @@
-"""The one SSE writer: `data:` framing, keep-alive comments while the source is quiet, and the
-response headers every event stream gets."""
+"""The one SSE writer: `data:` framing, keep-alive comments while the source is quiet, the response
+headers every event stream gets, and ready batches (what piled up behind a slow reader, to merge)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any, Generic, TypeVar
 
 import orjson
 from fastapi.responses import StreamingResponse
 
 KEEPALIVE = ": keep-alive\n\n"
 DONE = "data: [DONE]\n\n"
+
+T = TypeVar("T")
 
 
 def sse(data: Mapping[str, Any] | str, *, event: str | None = None, event_id: int | None = None) -> str:
@@ -44,6 +46,54 @@ async def with_keepalive(source: AsyncIterator[str], every: float) -> AsyncItera
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class _End(Generic[T]):
+    """The source is exhausted (or failed with `error`)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+async def ready_batches(source: AsyncIterator[T]) -> AsyncGenerator[list[T], None]:
+    """`source`'s items in lists: each list is the next item and every item already waiting behind
+    it, taken without waiting for more. A consumer as fast as `source` gets lists of one; a slower one
+    gets what piled up meanwhile, in one list, so it can merge it (never delaying an item to do so).
+    `source` is read by a task of its own; closing this stops it and closes `source`."""
+    queue: asyncio.Queue[T | _End[T]] = asyncio.Queue()
+
+    async def pump() -> None:
+        end: _End[T] = _End()
+        try:
+            async for item in source:
+                queue.put_nowait(item)
+        except BaseException as exc:  # handed to the reader; a cancel of this task ends it as well
+            end = _End(exc)
+        finally:
+            queue.put_nowait(end)  # always: the reader must never wait on a pump that is gone
+
+    task = asyncio.ensure_future(pump())
+    try:
+        while True:
+            batch: list[T] = []
+            item = await queue.get()
+            while not isinstance(item, _End):
+                batch.append(item)
+                if queue.empty():
+                    break
+                item = queue.get_nowait()
+            if batch:
+                yield batch
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+    finally:
+        task.cancel()  # a no-op once done
+        await asyncio.wait({task})  # its exception, if any, was handed on above
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
             await aclose()

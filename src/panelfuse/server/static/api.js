@@ -103,7 +103,8 @@ function parseBlock(block) {
 }
 
 // POST /v1/chat/completions with stream: true. Calls onChunk(parsed JSON) for every data line until
-// [DONE]; a mid-stream {"error": …} becomes an ApiError.
+// [DONE]; a mid-stream error chunk (OpenRouter's: a top-level `error`, finish_reason "error", nothing
+// after it) becomes an ApiError.
 export async function streamChat(body, onChunk, signal) {
   const res = await send("POST", "v1/chat/completions", { ...body, stream: true }, signal);
   if (!res.ok) throw new ApiError(res.status, await res.json().catch(() => null));

@@ -124,6 +124,8 @@ async function runFusion(turn, body, signal) {
   let runId = null;
   try {
     const out = await streamChat(body, (chunk) => {
+      // Progress rides in `fusion` (chunks with an empty delta; merged deltas carry their last seq);
+      // the last chunk has the finish_reason, usage and the whole result in `fusion`.
       const fusion = chunk.fusion;
       if (fusion && fusion.event) turn.handleEvent(fusion);
       const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
