@@ -23,6 +23,10 @@ class Usage:
     completion_tokens: int = 0
     # What the provider itself reported as cost (OpenRouter's usage.cost), in USD; None when it said nothing.
     cost: float | None = None
+    # OpenAI's breakdowns as the upstream sent them ({"cached_tokens": …}, {"reasoning_tokens": …}); None
+    # when it sent none. Passed on by the proxy; sums of usages (a fusion's) leave them out.
+    prompt_tokens_details: dict[str, Any] | None = None
+    completion_tokens_details: dict[str, Any] | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -36,6 +40,10 @@ class Usage:
         }
         if self.cost is not None:
             out["cost"] = self.cost
+        if self.prompt_tokens_details is not None:
+            out["prompt_tokens_details"] = self.prompt_tokens_details
+        if self.completion_tokens_details is not None:
+            out["completion_tokens_details"] = self.completion_tokens_details
         return out
 
 
@@ -68,17 +76,27 @@ class ChatRequest:
     timeout: float | None = None
     # Provider-specific body fields passed through unchanged (e.g. OpenRouter's `provider`, `reasoning`).
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # Choices to generate (OpenAI's `n`); only adapters with `supports_n` send it. None: the upstream's default (1).
+    n: int | None = None
 
 
 @dataclass
 class StreamEvent:
-    """One piece of a streamed completion. Text arrives in pieces; tool calls arrive whole."""
+    """One piece of a streamed completion. Text arrives in pieces; tool calls arrive whole.
+
+    `index` is the choice the piece belongs to (always 0 unless the request asked for `n` > 1);
+    `logprobs` and `annotations` are OpenAI's, as the upstream sent them for this piece (the choice's
+    `{"content": [...], "refusal": [...]}` and the message's url_citation list). Folding into a
+    Completion (`StreamFold`) ignores all three: they are for the proxy, which passes them on."""
 
     text: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage | None = None
     refusal: str | None = None
+    index: int = 0
+    logprobs: dict[str, Any] | None = None
+    annotations: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -149,6 +167,8 @@ class Provider(abc.ABC):
     supports_tools: bool = True
     # OpenRouter's unified `reasoning` request field ({"effort": …} / {"max_tokens": …}).
     accepts_reasoning: bool = False
+    # Several choices in one call (OpenAI's `n`), reported with their `StreamEvent.index`.
+    supports_n: bool = False
 
     @abc.abstractmethod
     def _open_stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
@@ -165,11 +185,13 @@ class Provider(abc.ABC):
         """Yield the completion as it is produced, with retries before the first event."""
         return retrying_stream(lambda: self._open_stream(req), deadline=self._deadline(req), policy=self.retry_policy)
 
+    def complete_events(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """The non-streaming call (with its deadline and retries) as its events, unfolded: for a proxy
+        that passes every choice on as the upstream answered it."""
+        return retrying_stream(lambda: self._open_complete(req), deadline=self._deadline(req), policy=self.retry_policy)
+
     async def complete(self, req: ChatRequest) -> Completion:
-        events = retrying_stream(
-            lambda: self._open_complete(req), deadline=self._deadline(req), policy=self.retry_policy
-        )
-        return await fold_stream(req.model, events)
+        return await fold_stream(req.model, self.complete_events(req))
 
     async def list_models(self) -> list[str]:
         return []

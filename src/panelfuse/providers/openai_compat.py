@@ -101,15 +101,32 @@ def parse_usage(raw: dict[str, Any] | None) -> Usage | None:
     if not raw:
         return None
     cost = raw.get("cost")
+    prompt_details = raw.get("prompt_tokens_details")
+    completion_details = raw.get("completion_tokens_details")
     return Usage(
         prompt_tokens=int(raw.get("prompt_tokens") or 0),
         completion_tokens=int(raw.get("completion_tokens") or 0),
-        cost=float(cost) if isinstance(cost, int | float) else None,
+        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        prompt_tokens_details=prompt_details if isinstance(prompt_details, dict) else None,
+        completion_tokens_details=completion_details if isinstance(completion_details, dict) else None,
     )
+
+
+def _logprobs(choice: dict[str, Any]) -> dict[str, Any] | None:
+    value = choice.get("logprobs")
+    return value if isinstance(value, dict) and value else None
+
+
+def _annotations(holder: dict[str, Any]) -> list[dict[str, Any]] | None:
+    value = holder.get("annotations")
+    if not isinstance(value, list):
+        return None
+    return [a for a in value if isinstance(a, dict)] or None
 
 
 class OpenAICompatProvider(Provider):
     accepts_reasoning = True
+    supports_n = True
 
     def __init__(
         self,
@@ -149,6 +166,7 @@ class OpenAICompatProvider(Provider):
             "tools": req.tools,
             "tool_choice": req.tool_choice,
             "response_format": req.response_format,
+            "n": req.n,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         if stream:
@@ -160,7 +178,7 @@ class OpenAICompatProvider(Provider):
         return error_from_status(status, error_message(body), headers, provider=self.name, model=model)
 
     async def _open_stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
-        tools = ToolCallAccumulator()
+        tools: dict[int, ToolCallAccumulator] = {}  # one per choice (n > 1 interleaves their fragments)
         finished = False
         async with contextlib.aclosing(
             json_events(
@@ -176,9 +194,10 @@ class OpenAICompatProvider(Provider):
             async for _, chunk in events:
                 if chunk == DONE:
                     finished = True
-                    pending = tools.take()
-                    if pending:  # a server that ended without a finish_reason chunk
-                        yield StreamEvent(tool_calls=pending, finish_reason="tool_calls")
+                    for index, acc in sorted(tools.items()):
+                        pending = acc.take()
+                        if pending:  # a server that ended without a finish_reason chunk
+                            yield StreamEvent(tool_calls=pending, finish_reason="tool_calls", index=index)
                     break
                 assert isinstance(chunk, dict)
                 if "error" in chunk:  # OpenRouter reports mid-stream failures this way
@@ -191,19 +210,25 @@ class OpenAICompatProvider(Provider):
             raise UpstreamError("stream ended before the answer finished", provider=self.name, model=req.model)
 
     @staticmethod
-    def _chunk_events(chunk: dict[str, Any], tools: ToolCallAccumulator) -> list[StreamEvent]:
+    def _chunk_events(chunk: dict[str, Any], tools: dict[int, ToolCallAccumulator]) -> list[StreamEvent]:
         events: list[StreamEvent] = []
         for choice in chunk.get("choices") or []:
+            index = int(choice.get("index") or 0)
+            acc = tools.setdefault(index, ToolCallAccumulator())
             delta = choice.get("delta") or {}
             if delta.get("tool_calls"):
-                tools.add(delta["tool_calls"])
+                acc.add(delta["tool_calls"])
             text = delta.get("content") or ""
             refusal = delta.get("refusal") or None
+            logprobs = _logprobs(choice)
+            annotations = _annotations(delta)
             finish = choice.get("finish_reason")
-            if text or refusal:
-                events.append(StreamEvent(text=text, refusal=refusal))
+            if text or refusal or logprobs or annotations:
+                events.append(
+                    StreamEvent(text=text, refusal=refusal, index=index, logprobs=logprobs, annotations=annotations)
+                )
             if finish:
-                events.append(StreamEvent(finish_reason=finish, tool_calls=tools.take()))
+                events.append(StreamEvent(finish_reason=finish, tool_calls=acc.take(), index=index))
         usage = parse_usage(chunk.get("usage"))
         if usage is not None:
             events.append(StreamEvent(usage=usage))
@@ -219,24 +244,36 @@ class OpenAICompatProvider(Provider):
             raise self._error(resp.status_code, resp.content, resp.headers, req.model)
         try:
             data = resp.json()
-            choice = data["choices"][0]
-            message = choice.get("message") or {}
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            choices = sorted(data["choices"], key=lambda c: int(c.get("index") or 0))
+            events = [self._choice_event(choice) for choice in choices]
+            if not events:
+                raise IndexError("no choices")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise BadResponseError(
                 f"unreadable completion: {resp.text[:200]!r}", provider=self.name, model=req.model
             ) from exc
+        events[-1].usage = parse_usage(data.get("usage")) or Usage()
+        for ev in events:
+            yield ev
+
+    @staticmethod
+    def _choice_event(choice: dict[str, Any]) -> StreamEvent:
+        """One choice of a non-streamed completion as one event (raises on an unreadable shape)."""
+        message = choice.get("message") or {}
         calls = [
             ToolCall(
                 id=tc.get("id", ""), name=tc["function"]["name"], arguments=tc["function"].get("arguments") or "{}"
             )
             for tc in message.get("tool_calls") or []
         ]
-        yield StreamEvent(
+        return StreamEvent(
             text=message.get("content") or "",
             tool_calls=calls,
             finish_reason=choice.get("finish_reason") or "stop",
-            usage=parse_usage(data.get("usage")) or Usage(),
             refusal=message.get("refusal") or None,
+            index=int(choice.get("index") or 0),
+            logprobs=_logprobs(choice),
+            annotations=_annotations(message),
         )
 
     async def list_models(self) -> list[str]:

@@ -1,17 +1,25 @@
-"""A plain model proxied: the request passes through to its provider, admitted and billed like a run."""
+"""A plain model proxied: the request passes through to its provider, admitted and billed like a run.
+
+The caller gets what the upstream answered, as OpenAI shapes it: every choice (`n`) with its own
+index, logprobs, annotations and the usage breakdowns; `usage.cost` is the upstream's own when it
+reports one, else computed from the price table. Each answered completion is recorded as a
+generation (`X-Generation-Id` = the completion id)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from panelfuse.pricing import Price, call_cost, messages_tokens, token_cost
-from panelfuse.providers.base import ChatRequest, StreamEvent, fold_stream
+from panelfuse.providers.base import ChatRequest, StreamEvent, ToolCall, Usage
 from panelfuse.providers.errors import ProviderError
 from panelfuse.server import shapes
 from panelfuse.server.errors import ApiError, from_provider_error
@@ -20,12 +28,20 @@ from panelfuse.server.state import GatewayState
 from panelfuse.service.admission import Admission
 from panelfuse.service.caller import Principal, providers_for
 from panelfuse.service.fusion import FusionService
+from panelfuse.service.generations import Generation, record
 from panelfuse.service.requests import ChatCompletionRequest
 
 PROXY_DEFAULT_MAX_TOKENS = 4096  # the worst case of a proxied call that sets no max_tokens
+GENERATION_HEADER = "X-Generation-Id"
+
+# Called once a proxied stream has ended well: its usage, the first choice's finish reason, its cost.
+OnStreamDone = Callable[[Usage | None, str | None, float | None], Awaitable[None]]
+_background: set[asyncio.Future[None]] = set()
 
 
 def proxy_request(body: ChatCompletionRequest, model: str) -> ChatRequest:
+    extra = body.extra_body()
+    extra.pop("n", None)  # a field of its own: only adapters that support several choices send it
     return ChatRequest(
         model=model,
         messages=body.plain_messages(),
@@ -37,36 +53,68 @@ def proxy_request(body: ChatCompletionRequest, model: str) -> ChatRequest:
         tools=body.tools,
         tool_choice=body.tool_choice,
         response_format=body.response_format,
-        extra_body=body.extra_body(),
+        extra_body=extra,
+        n=body.n,
     )
 
 
 async def proxy_completion(
     state: GatewayState, service: FusionService, principal: Principal, body: ChatCompletionRequest, request: Request
 ) -> Any:
+    started = time.monotonic()
+    created_at = datetime.now(UTC)
     try:
         provider, route = providers_for(principal, state.providers).for_model(body.model)
     except ProviderError as exc:
         raise from_provider_error(exc) from exc
     principal.check_models([route.qualified])
+    n = body.n or 1
+    if n > 1 and not provider.supports_n:
+        raise ApiError(
+            400,
+            f"n > 1 is not supported for '{body.model}': its provider ({provider.name}) answers one choice per call",
+            param="n",
+            code="unsupported_parameter",
+        )
     req = proxy_request(body, route.model)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     price = state.prices.lookup(route.qualified)
     worst = (
-        token_cost(messages_tokens(req.messages), req.max_tokens or PROXY_DEFAULT_MAX_TOKENS, price) if price else 0.0
+        token_cost(messages_tokens(req.messages), (req.max_tokens or PROXY_DEFAULT_MAX_TOKENS) * n, price)
+        if price
+        else 0.0
     )
     admission = await service.admit(principal, f"proxy_{cid}", worst, [] if price else [route.qualified])
-    upstream = provider.stream(req)
+    headers = {GENERATION_HEADER: cid}
+
+    async def recorded(usage: Usage | None, finish_reason: str | None, cost: float | None) -> None:
+        usage = usage or Usage()
+        gen = Generation(
+            id=cid,
+            kind="chat",
+            model=body.model,
+            key_id=principal.key_id,
+            created_at=created_at,
+            latency_ms=int((time.monotonic() - started) * 1000),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost=cost,
+            finish_reason=finish_reason,
+            streamed=body.stream,
+        )
+        await _carried_through(record(state.store, gen))
+
     if not body.stream:
-        task = asyncio.ensure_future(fold_stream(route.model, upstream, raise_refusal=False))
+        # The upstream is asked the way the caller asked: a non-streamed call, every choice as it answers.
+        task = asyncio.ensure_future(_fold_choices(provider.complete_events(req)))
         try:
             while not task.done():
                 await asyncio.wait({task}, timeout=0.5)
                 if not task.done() and await request.is_disconnected():
                     task.cancel()  # the caller is gone: stop the upstream call too
                     raise ApiError(499, "the client disconnected", code="client_disconnected")
-            completion = task.result()
+            answer = task.result()
         except ProviderError as exc:
             await admission.release(0.0)
             raise from_provider_error(exc) from exc
@@ -74,8 +122,12 @@ async def proxy_completion(
             task.cancel()
             await admission.release_shielded(None)
             raise
-        await admission.release(call_cost(completion.usage, price))
-        return shapes.proxied_completion(completion, model=body.model, cid=cid, created=created)
+        cost = call_cost(answer.usage, price)
+        await admission.release(cost)
+        out = answer.completion(model=body.model, cid=cid, created=created, cost=cost)
+        await recorded(answer.usage, answer.finish_reason(), cost)
+        return JSONResponse(out, headers=headers)
+    upstream = provider.stream(req)
     # Read the first event before answering, so an upstream failure still gets a real HTTP status.
     try:
         first = await anext(upstream)
@@ -84,7 +136,126 @@ async def proxy_completion(
     except ProviderError as exc:
         await admission.release(0.0)
         raise from_provider_error(exc) from exc
-    return sse_response(proxy_chunks(first, upstream, body.model, cid, created, admission, price))
+    return sse_response(
+        proxy_chunks(first, upstream, body.model, cid, created, admission, price, n=n, on_done=recorded),
+        headers=headers,
+    )
+
+
+async def _carried_through(coro: Coroutine[Any, Any, None]) -> None:
+    """Await `coro` in its own task, finished even if the caller is cancelled meanwhile (a client that
+    leaves cancels the response's task at every await)."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        raise
+
+
+def usage_object(usage: Usage, cost: float | None) -> dict[str, Any]:
+    """OpenAI's usage object with OpenRouter's `cost`: the upstream's own, else the computed one."""
+    out = usage.to_dict()
+    if cost is not None:
+        out["cost"] = cost
+    return out
+
+
+def _chunk(
+    cid: str,
+    model: str,
+    created: int,
+    *,
+    index: int = 0,
+    delta: dict[str, Any] | None = None,
+    finish_reason: str | None = None,
+    logprobs: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A chat.completion.chunk for one choice (`index`), or with empty `choices` when it carries only usage."""
+    out = shapes.chunk(cid, model, created, usage=usage)
+    if delta is not None or finish_reason is not None:
+        out["choices"] = [{"index": index, "delta": delta or {}, "finish_reason": finish_reason, "logprobs": logprobs}]
+    return out
+
+
+@dataclass
+class _Choice:
+    """One choice of a non-streamed answer, folded from its events."""
+
+    index: int
+    parts: list[str] = field(default_factory=list)
+    refusal: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, ev: StreamEvent) -> None:
+        if ev.text:
+            self.parts.append(ev.text)
+        if ev.refusal:
+            self.refusal = (self.refusal or "") + ev.refusal
+        self.tool_calls.extend(ev.tool_calls)
+        if ev.finish_reason:
+            self.finish_reason = ev.finish_reason
+        if ev.annotations:
+            self.annotations.extend(ev.annotations)
+        if ev.logprobs:
+            merged = self.logprobs if self.logprobs is not None else {}
+            for key, value in ev.logprobs.items():
+                if isinstance(value, list) and isinstance(merged.get(key), list):
+                    merged[key] = [*merged[key], *value]
+                elif value is not None or key not in merged:
+                    merged[key] = value
+            self.logprobs = merged
+
+    def to_openai(self) -> dict[str, Any]:
+        text = "".join(self.parts)
+        message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": self.refusal}
+        if self.tool_calls:
+            message["tool_calls"] = [t.to_openai() for t in self.tool_calls]
+        if self.annotations:
+            message["annotations"] = self.annotations
+        return {
+            "index": self.index,
+            "message": message,
+            "finish_reason": self.finish_reason or "stop",
+            "logprobs": self.logprobs,
+        }
+
+
+@dataclass
+class _Answer:
+    choices: dict[int, _Choice] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+
+    def finish_reason(self) -> str | None:
+        first = self.choices.get(0)
+        return (first.finish_reason or "stop") if first is not None else None
+
+    def completion(self, *, model: str, cid: str, created: int, cost: float | None) -> dict[str, Any]:
+        choices = [self.choices[i].to_openai() for i in sorted(self.choices)] or [_Choice(0).to_openai()]
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": shapes.SYSTEM_FINGERPRINT,
+            "choices": choices,
+            "usage": usage_object(self.usage, cost),
+        }
+
+
+async def _fold_choices(events: AsyncIterator[StreamEvent]) -> _Answer:
+    answer = _Answer()
+    async for ev in events:
+        if ev.text or ev.refusal or ev.tool_calls or ev.finish_reason or ev.logprobs or ev.annotations:
+            answer.choices.setdefault(ev.index, _Choice(ev.index)).add(ev)
+        if ev.usage is not None:
+            answer.usage = ev.usage
+    return answer
 
 
 async def proxy_chunks(
@@ -95,9 +266,16 @@ async def proxy_chunks(
     created: int,
     admission: Admission,
     price: Price | None,
+    *,
+    n: int = 1,
+    on_done: OnStreamDone | None = None,
 ) -> AsyncIterator[str]:
     cost: float | None = None
-    yield sse(shapes.chunk(cid, model, created, delta={"role": "assistant", "content": ""}))
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    completed = False
+    for index in range(n):
+        yield sse(_chunk(cid, model, created, index=index, delta={"role": "assistant", "content": ""}))
 
     async def all_events() -> AsyncIterator[StreamEvent]:
         yield first
@@ -106,17 +284,28 @@ async def proxy_chunks(
 
     try:
         async for ev in all_events():
-            if ev.text or ev.refusal:
-                delta = {"content": ev.text} if ev.text else {"refusal": ev.refusal}
-                yield sse(shapes.chunk(cid, model, created, delta=delta))
+            i = ev.index
+            if ev.text or ev.refusal or ev.logprobs or ev.annotations:
+                delta: dict[str, Any] = {}
+                if ev.text:
+                    delta["content"] = ev.text
+                if ev.refusal:
+                    delta["refusal"] = ev.refusal
+                if ev.annotations:
+                    delta["annotations"] = ev.annotations
+                yield sse(_chunk(cid, model, created, index=i, delta=delta, logprobs=ev.logprobs))
             if ev.tool_calls:
-                calls = [{"index": i, **t.to_openai()} for i, t in enumerate(ev.tool_calls)]
-                yield sse(shapes.chunk(cid, model, created, delta={"tool_calls": calls}))
+                calls = [{"index": k, **t.to_openai()} for k, t in enumerate(ev.tool_calls)]
+                yield sse(_chunk(cid, model, created, index=i, delta={"tool_calls": calls}))
             if ev.finish_reason:
-                yield sse(shapes.chunk(cid, model, created, delta={}, finish_reason=ev.finish_reason))
+                if i == 0:
+                    finish_reason = ev.finish_reason
+                yield sse(_chunk(cid, model, created, index=i, delta={}, finish_reason=ev.finish_reason))
             if ev.usage is not None:
+                usage = ev.usage
                 cost = call_cost(ev.usage, price)
-                yield sse(shapes.chunk(cid, model, created, usage=ev.usage.to_dict()))
+                yield sse(_chunk(cid, model, created, usage=usage_object(ev.usage, cost)))
+        completed = True
     except ProviderError as exc:
         yield sse(shapes.error_chunk(from_provider_error(exc), cid, model, created))
         return  # OpenRouter ends the stream with its error chunk: no [DONE]
@@ -125,4 +314,6 @@ async def proxy_chunks(
         if aclose is not None:
             await aclose()
         await admission.release_shielded(cost)
+    if completed and on_done is not None:
+        await on_done(usage, finish_reason, cost)
     yield DONE

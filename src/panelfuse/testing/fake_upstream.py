@@ -284,6 +284,9 @@ class FakeUpstream:
             self.requests.append(rec)
             if not isinstance(body, dict):
                 return _error(w, 400, "request body must be a JSON object")
+            problem = wire_openai.request_problem(body) if wire == "openai" else None
+            if problem is not None:
+                return _error(w, 400, problem)
             try:
                 script = self._next_script(str(body.get("model") or ""), body)
             except Exception as exc:  # a broken test callable should be loud, not a hung request

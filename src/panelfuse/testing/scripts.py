@@ -14,7 +14,7 @@ import random
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 DEFAULT_TEXT = "Hello from the fake upstream."
@@ -36,6 +36,9 @@ class Failure(enum.StrEnum):
     REFUSAL = "refusal"  # OpenAI content_filter + refusal text; Anthropic stop_reason "refusal"
 
 
+MAX_CHOICES = 128
+
+
 @dataclass
 class Script:
     text: str = DEFAULT_TEXT
@@ -51,6 +54,14 @@ class Script:
     cost: float | None = None  # OpenAI wire reports usage.cost (OpenRouter style)
     finish_reason: str | None = None
     cut_after_tokens: int = 3
+    # OpenAI-wire extras (the Anthropic wire maps what it has: cached_tokens → cache_read_input_tokens).
+    # Per-token logprobs: None answers as the request asks (`logprobs: true`, `top_logprobs: k`); True/False force.
+    logprobs: bool | None = None
+    annotations: list[dict[str, Any]] | None = None  # message annotations, e.g. url_citation objects
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens
+    reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens
+    # Texts of the choices when the request asks for `n` > 1 (cycled); None: every choice says `text`.
+    choice_texts: list[str] | None = None
     # How many requests this object has failed so far (for fail_times); not part of equality or repr.
     _failures_served: int = field(default=0, init=False, repr=False, compare=False)
 
@@ -172,10 +183,40 @@ class Plan:
     finish: str  # OpenAI vocabulary; wires map it
     include_usage: bool = True
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
+    # One text per choice (`n`); the first is `text`. A wire without `n` (Anthropic) answers the first only.
+    choice_texts: list[str] = field(default_factory=list)
+    top_logprobs: int | None = None  # None: no logprobs; else the alternatives per token (0 = the token only)
 
     @property
     def refusal(self) -> bool:
         return self.failure is Failure.REFUSAL
+
+    @property
+    def n(self) -> int:
+        return max(1, len(self.choice_texts))
+
+    def choices(self) -> list[Plan]:
+        """This plan once per choice: each with its own text and tokens (tool calls and finish shared)."""
+        if self.n == 1:
+            return [self]
+        return [replace(self, text=t, tokens=tokenize(t), choice_texts=[t]) for t in self.choice_texts]
+
+    def logprobs(self) -> list[dict[str, Any]] | None:
+        """OpenAI's per-token logprob entries for this plan's tokens, or None when none were asked for."""
+        if self.top_logprobs is None:
+            return None
+        return [token_logprob(i, tok, self.top_logprobs) for i, tok in enumerate(self.tokens)]
+
+
+def token_logprob(i: int, token: str, top: int) -> dict[str, Any]:
+    """A deterministic logprob entry for the i-th token, with `top` alternatives (the token first)."""
+    logprob = -round(0.05 * (i % 7 + 1), 4)
+
+    def entry(tok: str, lp: float) -> dict[str, Any]:
+        return {"token": tok, "logprob": lp, "bytes": list(tok.encode())}
+
+    alternatives = [entry(token, logprob)] + [entry(f"alt{j}", logprob - j) for j in range(1, top)]
+    return {**entry(token, logprob), "top_logprobs": alternatives[:top]}
 
 
 def build_plan(script: Script, body: dict[str, Any], failure: Failure | None, id_prefix: str) -> Plan:
@@ -198,6 +239,14 @@ def build_plan(script: Script, body: dict[str, Any], failure: Failure | None, id
         # A tool-calling turn usually has no prose; only keep text the script set explicitly.
         if tool_calls and text == DEFAULT_TEXT:
             text = ""
+    n = body.get("n")
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    n = min(n, MAX_CHOICES)  # generated requests may ask for billions; OpenAI's own ceiling is 128
+    if script.choice_texts and failure not in (Failure.EMPTY, Failure.REFUSAL):
+        texts = [script.choice_texts[i % len(script.choice_texts)] for i in range(n)]
+        text = texts[0]
+    else:
+        texts = [text] * n
     tokens = tokenize(text)
     if failure is Failure.REFUSAL:
         finish = "content_filter"
@@ -205,7 +254,10 @@ def build_plan(script: Script, body: dict[str, Any], failure: Failure | None, id
         finish = openai_finish(script.finish_reason)
     else:
         finish = "tool_calls" if tool_calls else "stop"
-    streamed = len(tokens) + sum(len(tc.argument_pieces()) for tc in tool_calls)
+    pieces = sum(len(tc.argument_pieces()) for tc in tool_calls)
+    streamed = sum(len(tokenize(t)) + pieces for t in texts)
+    wants_logprobs = script.logprobs if script.logprobs is not None else body.get("logprobs") is True
+    top = body.get("top_logprobs")
     return Plan(
         model=str(body.get("model") or ""),
         stream=bool(body.get("stream")),
@@ -217,6 +269,8 @@ def build_plan(script: Script, body: dict[str, Any], failure: Failure | None, id
         prompt_tokens=script.prompt_tokens if script.prompt_tokens is not None else estimate_prompt_tokens(body),
         completion_tokens=script.completion_tokens if script.completion_tokens is not None else streamed,
         finish=finish,
+        choice_texts=texts,
+        top_logprobs=(top if isinstance(top, int) and top > 0 else 0) if wants_logprobs else None,
     )
 
 

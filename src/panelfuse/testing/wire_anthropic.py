@@ -44,7 +44,7 @@ def message_body(plan: Plan) -> dict[str, Any]:
             "input_tokens": plan.prompt_tokens,
             "output_tokens": plan.completion_tokens,
             "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_read_input_tokens": plan.script.cached_tokens or 0,
         },
     }
 
