@@ -194,11 +194,6 @@ def test_n_on_a_provider_that_cannot_is_a_400(fake, sdk):
 # --- 4. a conversation without a user turn ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ChatCompletionRequest._has_user_turn (service/requests.py) refuses it for every model; "
-    "the check belongs to the fusion paths only (remove this mark when it moves)",
-)
 @pytest.mark.parametrize(
     "messages",
     [
@@ -302,3 +297,14 @@ async def test_the_openai_adapter_keeps_each_choices_tool_calls_apart(fake, stre
         (tool,) = ev.tool_calls
         assert tool.name == "lookup" and tool.arguments == '{"q": "paris", "page": 2}'
         assert ev.finish_reason == "tool_calls"
+
+
+def test_the_plain_streaming_loop_reads_a_proxied_stream_to_the_end(fake, sdk):
+    # Without stream_options.include_usage the usage rides on a last chunk that keeps choices[0], as
+    # OpenRouter sends it: `chunk.choices[0]` is safe on every chunk.
+    fake.script("m1", Script(text=TEXT, prompt_tokens=1000, completion_tokens=500))
+    stream = sdk.chat.completions.create(model="fake/m1", messages=USER, stream=True)
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == TEXT
+    assert chunks[-1].usage is not None and chunks[-1].choices[0].finish_reason is None
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["stop"]

@@ -404,7 +404,6 @@ def test_text_format_is_the_chat_response_format(fake, client):
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
         ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
         ({"input": [{"role": "user", "content": [{"type": "input_audio"}]}]}, "input[0].content[0]"),
-        ({"input": [{"role": "assistant", "content": "only an answer"}]}, "input"),
         ({"input": "q", "background": True}, "background"),
     ],
 )
@@ -412,6 +411,15 @@ def test_unreadable_requests_are_400s_naming_the_field(fake, gateway, body, para
     r = post(gateway, {"model": "fake/plain", **body})
     assert r.status_code == 400
     assert r.json()["error"]["param"] == param
+
+
+def test_a_conversation_without_a_user_turn_goes_to_a_plain_model_but_not_to_a_fusion(fake, gateway):
+    # As on chat completions: a plain model takes any conversation; a fusion's panel needs a question.
+    fake.script("plain", Script(text="continued"))
+    only_assistant = {"input": [{"role": "assistant", "content": "only an answer"}]}
+    assert post(gateway, {"model": "fake/plain", **only_assistant}).status_code == 200
+    r = post(gateway, {"model": "panelfuse/fusion", **only_assistant})
+    assert r.status_code == 400 and "user message" in r.json()["error"]["message"]
 
 
 def test_upstream_failure_keeps_its_status(fake, client):

@@ -137,7 +137,18 @@ async def proxy_completion(
         await admission.release(0.0)
         raise from_provider_error(exc) from exc
     return sse_response(
-        proxy_chunks(first, upstream, body.model, cid, created, admission, price, n=n, on_done=recorded),
+        proxy_chunks(
+            first,
+            upstream,
+            body.model,
+            cid,
+            created,
+            admission,
+            price,
+            n=n,
+            on_done=recorded,
+            usage_alone=bool((body.stream_options or {}).get("include_usage")),
+        ),
         headers=headers,
     )
 
@@ -269,7 +280,12 @@ async def proxy_chunks(
     *,
     n: int = 1,
     on_done: OnStreamDone | None = None,
+    usage_alone: bool = False,
 ) -> AsyncIterator[str]:
+    """The upstream's stream as chunks. Usage comes last: in OpenAI's usage-only chunk (empty
+    `choices`) when the caller asked for it with `stream_options.include_usage`, else, as OpenRouter
+    sends it, on a last chunk that still has `choices[0]` (an empty delta), so a plain loop over
+    `chunk.choices[0]` never breaks."""
     cost: float | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
@@ -304,7 +320,10 @@ async def proxy_chunks(
             if ev.usage is not None:
                 usage = ev.usage
                 cost = call_cost(ev.usage, price)
-                yield sse(_chunk(cid, model, created, usage=usage_object(ev.usage, cost)))
+                if usage_alone:
+                    yield sse(_chunk(cid, model, created, usage=usage_object(ev.usage, cost)))
+                else:
+                    yield sse(_chunk(cid, model, created, delta={}, usage=usage_object(ev.usage, cost)))
         completed = True
     except ProviderError as exc:
         yield sse(shapes.error_chunk(from_provider_error(exc), cid, model, created))

@@ -24,13 +24,15 @@ class Message(_Open):
     role: Literal["assistant"]
     content: str | None
     refusal: str | None = None
+    annotations: list[dict[str, Any]] | None = None  # url_citation, as OpenAI and OpenRouter send them
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class Choice(_Open):
     index: int
     message: Message
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletion(_Open):

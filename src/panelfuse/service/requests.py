@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from panelfuse.spec import MAX_MEMBERS, ModeSynonym, PublicMode
 
@@ -95,19 +95,12 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(default=None, ge=0, le=1)
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=128)  # OpenAI's ceiling
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
     plugins: list[dict[str, Any]] | None = None
     user: str | None = None
-
-    @field_validator("messages")
-    @classmethod
-    def _has_user_turn(cls, v: list[ChatMessage]) -> list[ChatMessage]:
-        if not any(m.role == "user" for m in v):
-            raise ValueError("messages must contain at least one user message")
-        return v
 
     def plain_messages(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]

@@ -41,6 +41,12 @@ def fusion_spec(
     presets: Mapping[str, Mapping[str, Any]],
 ) -> FusionSpec:
     """The spec, or a 400 naming the field. A disabled plugin runs the first member alone."""
+    if not any(m.role == "user" for m in body.messages):
+        # A plain model takes any conversation (a system prompt alone, an assistant prefill); the
+        # panel answers a question, so a fusion needs one.
+        raise ServiceError(
+            400, "messages must contain at least one user message", param="messages", code="invalid_value"
+        )
     if body.n is not None and body.n > 1:
         raise ServiceError(400, "n > 1 is not supported on a fusion model", param="n", code="unsupported_parameter")
     if body.tools:
