@@ -166,12 +166,14 @@ async def test_conversation_reaches_the_panel(fake):
         {"role": "assistant", "content": "Hello Ada."},
         {"role": "user", "content": "What is my name?"},
     ]
-    await fusion(fake, spec()).run(conversation)
+    await fusion(fake, spec(panel_sees="conversation")).run(conversation)
     assert fake.requests_for("m1")[0].body["messages"] == conversation
     fake.reset()
     script_panel(fake)
-    await fusion(fake, spec(panel_sees="last_turn")).run(conversation)
+    await fusion(fake, spec()).run(conversation)  # the default, as on OpenRouter: the last user turn
     assert fake.requests_for("m2")[0].body["messages"] == [conversation[0], conversation[3]]
+    # the judge still reads the whole conversation
+    assert "My name is Ada." in json.dumps(fake.requests_for("judge")[0].body["messages"])
 
 
 async def test_mode_single_uses_only_the_first_member(fake):

@@ -255,11 +255,16 @@ def test_a_request_made_for_a_fusion_starts_none(fake, gateway):
 
 def test_previous_response_id_continues_the_conversation(fake, client):
     script_panel(fake)
+    whole = {"plugins": [{"id": "fusion", "panel_sees": "conversation"}]}  # the panel sees every turn
     first = client.responses.create(model="panelfuse/fusion", input="Why is the sky blue?")
     # streamed this time: the response is stored before response.completed goes out
     events = list(
         client.responses.create(
-            model="panelfuse/fusion", input="And at sunset?", previous_response_id=first.id, stream=True
+            model="panelfuse/fusion",
+            input="And at sunset?",
+            previous_response_id=first.id,
+            stream=True,
+            extra_body=whole,
         )
     )
     second = events[-1].response
@@ -269,7 +274,7 @@ def test_previous_response_id_continues_the_conversation(fake, client):
     assert seen[0]["content"] == "Why is the sky blue?" and seen[1]["content"] == ANSWER
     assert seen[2]["content"] == "And at sunset?"
     # a third turn sees both earlier ones
-    client.responses.create(model="panelfuse/fusion", input="Thanks", previous_response_id=second.id)
+    client.responses.create(model="panelfuse/fusion", input="Thanks", previous_response_id=second.id, extra_body=whole)
     assert user_turns(fake.requests_for("m1")[2].body) == ["Why is the sky blue?", "And at sunset?", "Thanks"]
 
 

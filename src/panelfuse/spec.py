@@ -102,7 +102,9 @@ class FusionSpec(BaseModel):
     # None: the toolbox's own setting ([tools] max_results).
     search_max_results: int | None = Field(default=None, ge=1, le=20)
     max_cost: float | None = Field(default=None, ge=0, description="USD")
-    panel_sees: Literal["conversation", "last_turn"] = "conversation"
+    # OpenRouter's default: the members get the system prompts and the last user turn; "conversation"
+    # (opt-in) gives them the whole conversation.
+    panel_sees: Literal["conversation", "last_turn"] = "last_turn"
     temperature: float | None = Field(default=None, ge=0, le=2, description="member default")
     reasoning: dict[str, Any] | None = None
     # The caller's response_format: applies to the synthesizer (the answer), never to the judge.
