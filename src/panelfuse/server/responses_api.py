@@ -38,20 +38,21 @@ from panelfuse.service.errors import ServiceError
 from panelfuse.service.fusion import DISCONNECT_POLL, FusionService, PlannedFusion
 from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin
 from panelfuse.service.responses import (
-    TERMINAL_EVENTS,
-    ResponseBuilder,
-    chat_request,
     fusion_failure,
     fusion_result_events,
     fusion_run_events,
+    proxy_events,
+    tool_session_events,
+)
+from panelfuse.service.responses_input import (
+    chat_request,
     input_items,
     items_to_messages,
     new_id,
-    proxy_events,
     replayed_items,
     response_id_for_run,
-    tool_session_events,
 )
+from panelfuse.service.responses_output import TERMINAL_EVENTS, ResponseBuilder
 from panelfuse.service.responses_requests import ResponsesRequest
 from panelfuse.service.runs import ActiveRun
 from panelfuse.service.server_tool import (
