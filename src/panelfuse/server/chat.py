@@ -9,11 +9,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from panelfuse.pipeline.events import PanelCompleted
-from panelfuse.pipeline.modes import mode_for
-from panelfuse.providers.resolve import FusionRoute, UnknownModelError
 from panelfuse.server import responses, shapes
 from panelfuse.server.deps import Caller, Service, State
 from panelfuse.server.errors import ApiError
@@ -21,9 +18,10 @@ from panelfuse.server.proxy import proxy_completion
 from panelfuse.server.server_tool import server_tool_completion
 from panelfuse.server.sse import DONE, ready_batches, sse, sse_response
 from panelfuse.service.requests import ChatCompletionRequest
+from panelfuse.service.routing import route_chat
 from panelfuse.service.runs import ActiveRun
-from panelfuse.service.server_tool import failure_reason, fusion_depth, split_tools, without_fusion
-from panelfuse.service.specs import fusion_spec, validation_error, with_tool_parameters
+from panelfuse.service.server_tool import failure_reason, fusion_depth
+from panelfuse.service.specs import fusion_spec
 
 router = APIRouter()
 
@@ -38,51 +36,16 @@ router = APIRouter()
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, state: State, service: Service, caller: Caller
 ) -> Any:
-    try:
-        plugin = body.fusion_plugin()
-    except ValidationError as exc:
-        raise validation_error(exc, "plugins[0]") from exc
-    tool_params, own_tools = split_tools(body.tools)
-    if tool_params is not None:
-        # As on OpenRouter: the plugin fills the tool's parameters; the tool's own fields win.
-        tool_params = with_tool_parameters(plugin, tool_params)
-    try:
-        route = state.providers.route(body.model, list(state.presets))
-    except UnknownModelError as exc:
-        raise ApiError(404, str(exc), param="model", code="model_not_found") from exc
-    is_fusion = isinstance(route, FusionRoute)
-    alias_preset = route.preset if isinstance(route, FusionRoute) else None
-    wants_fusion = is_fusion or tool_params is not None or (plugin is not None and plugin.enabled)
-    if wants_fusion and fusion_depth(request.headers):
-        # Made on behalf of a fusion (our depth header or OpenRouter's): no fusion starts here. As on
-        # OpenRouter, which then does not inject the fusion tool, the request is served without it: the
-        # outer model runs with the caller's own tools only, a fusion alias is its answer model called
-        # directly, and a fusion plugin is ignored.
-        model = body.model
-        if is_fusion:
-            bare = body.model_copy(update={"tools": None, "n": None})
-            spec = fusion_spec(bare, tool_params or plugin, alias_preset, state.default_preset(), state.presets)
-            model = mode_for(spec.mode).answer_model(spec)
-        tools, choice = without_fusion(own_tools, body.tool_choice)
-        plain = body.model_copy(update={"model": model, "tools": tools, "tool_choice": choice})
-        return await proxy_completion(state, service, caller, plain, request)
-    if tool_params is not None and not is_fusion:
-        return await server_tool_completion(state, service, caller, body, tool_params, own_tools, request)
-    if not is_fusion:
-        if plugin is not None and plugin.enabled:
-            raise ApiError(
-                400,
-                f"the fusion plugin needs a fusion model (panelfuse/fusion); '{body.model}' is a plain model",
-                param="plugins",
-                code="fusion_plugin_on_plain_model",
-            )
-        return await proxy_completion(state, service, caller, body, request)
-    if tool_params is not None:
-        # The fusion server tool on a fusion alias configures the alias's fusion (OpenRouter's alias is
-        # a model given that tool): its parameters act as the plugin, field by field over it.
-        plugin = tool_params
-        body = body.model_copy(update={"tools": own_tools or None})
-
+    at_depth = bool(fusion_depth(request.headers))
+    route = route_chat(body, state.providers, state.presets, state.default_preset(), at_fusion_depth=at_depth)
+    if route.path == "proxy":
+        return await proxy_completion(state, service, caller, route.chat, request)
+    if route.path == "server_tool":
+        assert route.tool_params is not None
+        return await server_tool_completion(
+            state, service, caller, route.chat, route.tool_params, list(route.own_tools), request
+        )
+    body, plugin, alias_preset = route.chat, route.plugin, route.alias_preset
     spec = fusion_spec(body, plugin, alias_preset, state.default_preset(), state.presets)
     planned = service.plan(caller, spec, body.plain_messages())
     run = await service.start(

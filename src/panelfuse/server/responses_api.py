@@ -17,15 +17,13 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from panelfuse.pipeline.events import Event
-from panelfuse.pipeline.modes import mode_for
 from panelfuse.pipeline.result import FusionResult
 from panelfuse.pricing import messages_tokens, token_cost
 from panelfuse.providers.base import StreamEvent
 from panelfuse.providers.errors import ProviderError
-from panelfuse.providers.resolve import FusionRoute, UnknownModelError
 from panelfuse.server.deps import Caller, Service, State
 from panelfuse.server.errors import ApiError, from_provider_error
 from panelfuse.server.proxy import PROXY_DEFAULT_MAX_TOKENS, proxy_request
@@ -54,6 +52,7 @@ from panelfuse.service.responses_input import (
 )
 from panelfuse.service.responses_output import TERMINAL_EVENTS, ResponseBuilder
 from panelfuse.service.responses_requests import ResponsesRequest
+from panelfuse.service.routing import route_chat
 from panelfuse.service.runs import ActiveRun
 from panelfuse.service.server_tool import (
     FUSION_FUNCTION_DEF,
@@ -61,10 +60,8 @@ from panelfuse.service.server_tool import (
     fusion_depth,
     outer_tool_choice,
     outer_worst_case,
-    split_tools,
-    without_fusion,
 )
-from panelfuse.service.specs import fusion_spec, validation_error, with_tool_parameters
+from panelfuse.service.specs import fusion_spec
 from panelfuse.store import RunStore
 
 router = APIRouter()
@@ -177,47 +174,15 @@ async def create_response(
     ]
     chat = chat_request(body, messages)
     ex = Exchange(body, chat, [*replayed, *own], caller, state, request, started)
-    try:
-        plugin = chat.fusion_plugin()
-    except ValidationError as exc:
-        raise validation_error(exc, "plugins[0]") from exc
-    tool_params, own_tools = split_tools(chat.tools)
-    if tool_params is not None:
-        # As on chat completions: the plugin fills the tool's parameters; the tool's own fields win.
-        tool_params = with_tool_parameters(plugin, tool_params)
-    try:
-        route = state.providers.route(body.model, list(state.presets))
-    except UnknownModelError as exc:
-        raise ApiError(404, str(exc), param="model", code="model_not_found") from exc
-    is_fusion = isinstance(route, FusionRoute)
-    alias_preset = route.preset if isinstance(route, FusionRoute) else None
-    wants_fusion = is_fusion or tool_params is not None or (plugin is not None and plugin.enabled)
-    if wants_fusion and fusion_depth(request.headers):
-        # Made on behalf of a fusion: served without one, as chat completions does (the outer model
-        # without the fusion tool, a fusion alias as its answer model, the plugin ignored).
-        model = body.model
-        if is_fusion:
-            bare = chat.model_copy(update={"tools": None, "n": None})
-            spec = fusion_spec(bare, tool_params or plugin, alias_preset, state.default_preset(), state.presets)
-            model = mode_for(spec.mode).answer_model(spec)
-        tools, choice = without_fusion(own_tools, chat.tool_choice)
-        ex.chat = chat.model_copy(update={"model": model, "tools": tools, "tool_choice": choice})
+    at_depth = bool(fusion_depth(request.headers))
+    route = route_chat(chat, state.providers, state.presets, state.default_preset(), at_fusion_depth=at_depth)
+    ex.chat = route.chat
+    if route.path == "proxy":
         return await proxy_response(ex, service)
-    if tool_params is not None and not is_fusion:
-        return await tool_response(ex, service, tool_params, own_tools)
-    if not is_fusion:
-        if plugin is not None and plugin.enabled:
-            raise ApiError(
-                400,
-                f"the fusion plugin needs a fusion model (panelfuse/fusion); '{body.model}' is a plain model",
-                param="plugins",
-                code="fusion_plugin_on_plain_model",
-            )
-        return await proxy_response(ex, service)
-    if tool_params is not None:
-        # The fusion server tool on a fusion alias configures the alias's fusion (as on chat completions).
-        plugin = tool_params
-        ex.chat = chat.model_copy(update={"tools": own_tools or None})
+    if route.path == "server_tool":
+        assert route.tool_params is not None
+        return await tool_response(ex, service, route.tool_params, list(route.own_tools))
+    plugin, alias_preset = route.plugin, route.alias_preset
     return await fusion_response(ex, service, plugin, alias_preset)
 
 
