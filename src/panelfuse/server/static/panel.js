@@ -91,7 +91,8 @@ export class PanelSettings {
 
   // The request's model and fusion plugin; throws Error with a message for the user when incomplete.
   build() {
-    const plugin = { id: "fusion" };
+    // A chat continues a conversation: the panel sees all of it (the API's default is the last turn).
+    const plugin = { id: "fusion", panel_sees: "conversation" };
     let model = "panelfuse/fusion";
     if (this.preset === "custom") {
       const rows = [...this.list.children].map((li) => li.querySelectorAll("input"));
