@@ -558,6 +558,19 @@ def test_server_tool_response_carries_citations_costs_and_tool_counts(fake, web_
     }
     details = usage["cost_details"]
     assert set(details["panel"]) == {"A", "B"} and details["outer"] > 0
+    # streamed, the same citations arrive in a delta before the last chunk
+    fake.script("outer", CALL_FUSION, Script(text=f"See {site.url}/page1 for more.", cost=0.001))
+    with openai.OpenAI(base_url=f"{web_gateway.url}/v1", api_key="unused", max_retries=0) as c:
+        chunks = list(
+            c.chat.completions.create(
+                model="fake/outer",
+                messages=Q,
+                tools=[fusion_tool(analysis_models=TWO, model="fake/judge")],
+                stream=True,
+            )
+        )
+    streamed = [a for ch in chunks for a in (ch.choices[0].delta.model_extra or {}).get("annotations") or []]
+    assert f"{site.url}/page1" in [a["url_citation"]["url"] for a in streamed]
     assert usage["cost"] == pytest.approx(
         details["outer"] + sum(v or 0 for v in details["panel"].values()) + (details["analysis"] or 0)
     )
@@ -579,3 +592,32 @@ def test_tool_choice_required_forces_the_fusion_once(fake, client):
     first, second = fake.requests_for("outer")
     assert first.body["tool_choice"] == "required" and second.body["tool_choice"] == "auto"
     assert r.usage.model_extra["server_tool_use_details"]["tool_calls_executed"] == 1
+
+
+def test_errors_are_typed_errors_in_the_openrouter_sdk(gateway):
+    # OpenRouter's integer code with OpenAI's type and param beside it: the official SDK raises its
+    # typed error (it needs `error.code` to be an integer), with our reason in the metadata.
+    from openrouter import OpenRouter, errors
+
+    with OpenRouter(api_key="unused", server_url=f"{gateway.url}/api/v1") as orc:
+        with pytest.raises(errors.NotFoundResponseError) as info:
+            orc.chat.send(model="panelfuse/fusion-nope", messages=Q)
+    err = info.value.data.error
+    assert err.code == 404 and err.metadata["error_code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as raised:
+        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0).chat.completions.create(
+            model="panelfuse/fusion-nope", messages=Q
+        )
+    assert raised.value.body["type"] == "not_found_error" and raised.value.body["param"] == "model"
+
+
+def test_a_fusion_completion_names_its_generation(fake, gateway):
+    script_panel(fake)
+    r = httpx.post(
+        f"{gateway.url}/api/v1/chat/completions", json={"model": "panelfuse/fusion", "messages": Q}, timeout=30
+    )
+    assert r.status_code == 200
+    gen_id = r.headers["x-generation-id"]
+    assert gen_id == r.json()["id"]
+    stats = httpx.get(f"{gateway.url}/api/v1/generation", params={"id": gen_id}).json()["data"]
+    assert stats["total_cost"] == pytest.approx(r.json()["usage"]["cost"])

@@ -56,7 +56,8 @@ async def chat_completions(
         background=bool(plugin and plugin.background),
     )
     include_panel = plugin.include_panel if plugin else True
-    headers = {"X-Panelfuse-Run-Id": run.run_id}
+    # The completion id names the run: GET /v1/generation?id= answers from it.
+    headers = {"X-Panelfuse-Run-Id": run.run_id, "X-Generation-Id": shapes.completion_id(run.run_id)}
     if body.stream:
         answer_model = planned.plan.mode.answer_model(spec)
         return sse_response(

@@ -147,6 +147,9 @@ async def tool_chunks(
                     if item.tool_calls:
                         calls = [{"index": i, **t.to_openai()} for i, t in enumerate(item.tool_calls)]
                         yield sse(shapes.chunk(cid, model, created, delta={"tool_calls": calls}))
+                    annotations = session.state.annotations(item.text)
+                    if annotations:  # the panel's sources, as on the non-streamed message
+                        yield sse(shapes.chunk(cid, model, created, delta={"annotations": annotations}))
                     result = session.state.fusion_result
                     final = shapes.final_chunk(
                         cid,
