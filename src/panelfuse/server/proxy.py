@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from panelfuse.pricing import Price, call_cost, messages_tokens, token_cost
-from panelfuse.providers.base import ChatRequest, StreamEvent, ToolCall, Usage
+from panelfuse.providers.base import StreamEvent, ToolCall, Usage
 from panelfuse.providers.errors import ProviderError
 from panelfuse.server import shapes
 from panelfuse.server.errors import ApiError, from_provider_error
@@ -29,7 +29,7 @@ from panelfuse.service.admission import Admission
 from panelfuse.service.caller import Principal, providers_for
 from panelfuse.service.fusion import FusionService
 from panelfuse.service.generations import Generation, record
-from panelfuse.service.requests import ChatCompletionRequest
+from panelfuse.service.requests import ChatCompletionRequest, upstream_request
 
 PROXY_DEFAULT_MAX_TOKENS = 4096  # the worst case of a proxied call that sets no max_tokens
 GENERATION_HEADER = "X-Generation-Id"
@@ -37,25 +37,6 @@ GENERATION_HEADER = "X-Generation-Id"
 # Called once a proxied stream has ended well: its usage, the first choice's finish reason, its cost.
 OnStreamDone = Callable[[Usage | None, str | None, float | None], Awaitable[None]]
 _background: set[asyncio.Future[None]] = set()
-
-
-def proxy_request(body: ChatCompletionRequest, model: str) -> ChatRequest:
-    extra = body.extra_body()
-    extra.pop("n", None)  # a field of its own: only adapters that support several choices send it
-    return ChatRequest(
-        model=model,
-        messages=body.plain_messages(),
-        max_tokens=body.max_completion_tokens or body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        stop=body.stop_list(),
-        tools=body.tools,
-        tool_choice=body.tool_choice,
-        response_format=body.response_format,
-        extra_body=extra,
-        n=body.n,
-    )
 
 
 async def proxy_completion(
@@ -76,7 +57,7 @@ async def proxy_completion(
             param="n",
             code="unsupported_parameter",
         )
-    req = proxy_request(body, route.model)
+    req = upstream_request(body, route.model)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     price = state.prices.lookup(route.qualified)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -19,22 +19,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from panelfuse.pipeline.events import Event
-from panelfuse.pipeline.result import FusionResult
 from panelfuse.pricing import messages_tokens, token_cost
 from panelfuse.providers.base import StreamEvent
 from panelfuse.providers.errors import ProviderError
 from panelfuse.server.deps import Caller, Service, State
 from panelfuse.server.errors import ApiError, from_provider_error
-from panelfuse.server.proxy import PROXY_DEFAULT_MAX_TOKENS, proxy_request
+from panelfuse.server.proxy import PROXY_DEFAULT_MAX_TOKENS
 from panelfuse.server.responses import SSE_OR_JSON
 from panelfuse.server.sse import sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service import generations
 from panelfuse.service.caller import Principal, providers_for
 from panelfuse.service.errors import ServiceError
-from panelfuse.service.fusion import DISCONNECT_POLL, FusionService, PlannedFusion
-from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin
+from panelfuse.service.fusion import DISCONNECT_POLL, FusionService
+from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin, upstream_request
 from panelfuse.service.responses import (
     fusion_failure,
     fusion_result_events,
@@ -53,15 +51,11 @@ from panelfuse.service.responses_input import (
 from panelfuse.service.responses_output import TERMINAL_EVENTS, ResponseBuilder
 from panelfuse.service.responses_requests import ResponsesRequest
 from panelfuse.service.routing import route_chat
-from panelfuse.service.runs import ActiveRun
 from panelfuse.service.server_tool import (
-    FUSION_FUNCTION_DEF,
-    FusionToolSession,
     fusion_depth,
-    outer_tool_choice,
-    outer_worst_case,
 )
 from panelfuse.service.specs import fusion_spec
+from panelfuse.service.tool_requests import open_tool_request
 from panelfuse.store import RunStore
 
 router = APIRouter()
@@ -240,53 +234,20 @@ async def fusion_response(
 async def tool_response(
     ex: Exchange, service: FusionService, params: FusionPlugin, own_tools: list[dict[str, Any]]
 ) -> Any:
-    """A plain outer model with the fusion server tool: the session of service/server_tool.py, admitted
-    and planned as chat completions' server tool is (server/server_tool.py)."""
+    """A plain outer model with the fusion server tool, set up as chat completions sets it up
+    (service/tool_requests.py); its items come back as a response."""
     state, caller, chat = ex.state, ex.caller, ex.chat
-    try:
-        provider, route = providers_for(caller, state.providers).for_model(chat.model)
-    except ProviderError as exc:
-        raise from_provider_error(exc) from exc
-    caller.check_models([route.qualified])
-    if params.model is None:
-        params = params.model_copy(update={"model": chat.model})  # the judge: the model handling the request
-    # The request's own settings (max tokens, temperature, text format, …) are the outer model's.
-    bare = ChatCompletionRequest(model=chat.model, messages=chat.messages)
-    spec = fusion_spec(bare, params, None, state.default_preset(), state.presets)
-    conversation = chat.plain_messages()
-    mode = "single" if spec.mode == "single" else "analyze"  # `fast` hands back one answer; else panel + analysis
-    planned = service.plan(caller, spec.model_copy(update={"mode": mode}), conversation, enforce_max_cost=False)
-    base = replace(
-        proxy_request(chat, route.model),
-        tools=[*own_tools, FUSION_FUNCTION_DEF],
-        tool_choice=outer_tool_choice(chat.tool_choice),
-    )
-    outer, unpriced = outer_worst_case(state.prices, route.qualified, base)
     builder = ResponseBuilder(new_id("resp"), ex.body.model, ex.body)
-    est = planned.plan.estimate
-    admission = await service.admit(caller, f"tool_{builder.id}", est.total + outer, est.unpriced + unpriced)
-    runs: list[ActiveRun] = []
-
-    async def run_fusion(messages: list[dict[str, Any]]) -> AsyncIterator[Event | FusionResult]:
-        asked = PlannedFusion(planned.fusion, planned.plan.with_messages(messages))
-        run = await service.start(
-            caller,
-            asked,
-            request={"messages": messages, "server_tool": True, "outer_model": chat.model, "api": "responses"},
-            request_model=chat.model,
-            settle=False,  # this request's admission covers the fusion
-        )
-        runs.append(run)
-        try:
-            async for ev in run.follow():
-                yield ev
-            await run.done.wait()
-        finally:
-            run.cancel("the request ended")  # a no-op once done; stops the fusion if the caller left
-            session.state.fusion_result = run.result  # its cost counts, also when the caller left
-        yield run.result
-
-    session = FusionToolSession(provider, route, base, state.prices, run_fusion)
+    tool = await open_tool_request(
+        service,
+        caller,
+        chat,
+        params,
+        own_tools,
+        admission_id=f"tool_{builder.id}",
+        stored_request={"server_tool": True, "outer_model": chat.model, "api": "responses"},
+    )
+    session, conversation, runs = tool.session, tool.conversation, tool.runs
     events = tool_session_events(
         session.events(conversation),
         builder,
@@ -296,19 +257,15 @@ async def tool_response(
         raise_errors=not ex.body.stream,
     )
 
-    def run_id() -> str | None:
-        return runs[-1].run_id if runs else None
-
-    async def settle() -> None:
-        await admission.release_shielded(session.state.usage_dict()["cost"])
-
     if ex.body.stream:
-        return sse_response(frames(events, lambda: ex.remember(builder, run_id()), settle), keepalive=state.keepalive_s)
+        return sse_response(
+            frames(events, lambda: ex.remember(builder, tool.fusion_run_id), tool.settle), keepalive=state.keepalive_s
+        )
     try:
         await drain(events, ex.request)
     finally:
-        await settle()
-    await ex.remember(builder, run_id())
+        await tool.settle()
+    await ex.remember(builder, tool.fusion_run_id)
     return JSONResponse(builder.response())
 
 
@@ -321,7 +278,7 @@ async def proxy_response(ex: Exchange, service: FusionService) -> Any:
     except ProviderError as exc:
         raise from_provider_error(exc) from exc
     caller.check_models([route.qualified])
-    req = proxy_request(chat, route.model)
+    req = upstream_request(chat, route.model)
     builder = ResponseBuilder(new_id("resp"), ex.body.model, ex.body)
     price = state.prices.lookup(route.qualified)
     worst = (

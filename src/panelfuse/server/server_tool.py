@@ -6,33 +6,27 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 from fastapi import Request
 
 from panelfuse.pipeline.events import Event
-from panelfuse.pipeline.result import FusionResult
 from panelfuse.providers.base import Completion, StreamEvent
 from panelfuse.providers.errors import ProviderError
 from panelfuse.server import shapes
 from panelfuse.server.errors import from_provider_error
-from panelfuse.server.proxy import proxy_request
 from panelfuse.server.sse import DONE, ready_batches, sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service.admission import Admission
-from panelfuse.service.caller import Principal, providers_for
+from panelfuse.service.caller import Principal
 from panelfuse.service.errors import ServiceError
-from panelfuse.service.fusion import FusionService, PlannedFusion
+from panelfuse.service.fusion import FusionService
 from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin
 from panelfuse.service.server_tool import (
-    FUSION_FUNCTION_DEF,
     FusionToolSession,
     ToolRun,
-    outer_tool_choice,
-    outer_worst_case,
 )
-from panelfuse.service.specs import fusion_spec
+from panelfuse.service.tool_requests import open_tool_request
 
 
 async def server_tool_completion(
@@ -44,55 +38,18 @@ async def server_tool_completion(
     own_tools: list[dict[str, Any]],
     request: Request,
 ) -> Any:
-    try:
-        provider, route = providers_for(caller, state.providers).for_model(body.model)
-    except ProviderError as exc:
-        raise from_provider_error(exc) from exc
-    caller.check_models([route.qualified])
-    if params.model is None:
-        # As on OpenRouter: without `parameters.model` the judge is the model handling the request.
-        params = params.model_copy(update={"model": body.model})
-    # The request's own max_tokens, temperature, stop, seed, reasoning and response_format are the outer
-    # model's (it writes the answer): none of them reaches the fusion.
-    bare = ChatCompletionRequest(model=body.model, messages=body.messages)
-    spec = fusion_spec(bare, params, None, state.default_preset(), state.presets)
-    conversation = body.plain_messages()
-    # `mode: "fast"` (single) runs the first member alone and its answer is the tool result; every other
-    # mode runs panel + analysis for the outer model to answer from.
-    mode = "single" if spec.mode == "single" else "analyze"
-    # Planned once, on the caller's conversation; the fusion itself runs the same plan on the question
-    # the outer model asks. Its max_cost verdict is the fusion's own (a refused fusion is a tool error).
-    planned = service.plan(caller, spec.model_copy(update={"mode": mode}), conversation, enforce_max_cost=False)
-    base = replace(
-        proxy_request(body, route.model),
-        tools=[*own_tools, FUSION_FUNCTION_DEF],
-        tool_choice=outer_tool_choice(body.tool_choice),
-    )
-    outer, unpriced = outer_worst_case(state.prices, route.qualified, base)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
-    est = planned.plan.estimate
-    admission = await service.admit(caller, f"tool_{cid}", est.total + outer, est.unpriced + unpriced)
-
-    async def run_fusion(messages: list[dict[str, Any]]) -> AsyncIterator[Event | FusionResult]:
-        asked = PlannedFusion(planned.fusion, planned.plan.with_messages(messages))
-        run = await service.start(
-            caller,
-            asked,
-            request={"messages": messages, "server_tool": True, "outer_model": body.model},
-            request_model=body.model,
-            settle=False,  # this request's admission covers the fusion
-        )
-        try:
-            async for ev in run.follow():
-                yield ev
-            await run.done.wait()
-        finally:
-            run.cancel("the request ended")  # a no-op once done; stops the fusion if the caller left
-            session.state.fusion_result = run.result  # its cost counts, also when the caller left
-        yield run.result
-
-    session = FusionToolSession(provider, route, base, state.prices, run_fusion)
+    tool = await open_tool_request(
+        service,
+        caller,
+        body,
+        params,
+        own_tools,
+        admission_id=f"tool_{cid}",
+        stored_request={"server_tool": True, "outer_model": body.model},
+    )
+    session, conversation, admission = tool.session, tool.conversation, tool.admission
     if body.stream:
         # keep-alives while the fusion runs between the outer model's calls
         return sse_response(
@@ -106,7 +63,7 @@ async def server_tool_completion(
     except ProviderError as exc:
         raise from_provider_error(exc) from exc
     finally:
-        await admission.release_shielded(session.state.usage_dict()["cost"])
+        await tool.settle()
     assert final is not None
     out = completion_response(body.model, final, session.state, cid, created)
     # The panel's sources as url_citation annotations of the outer model's answer.

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from panelfuse.providers.base import ChatRequest
 from panelfuse.spec import MAX_MEMBERS, ModeSynonym, PublicMode
 
 
@@ -159,3 +160,23 @@ class EstimateRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     plugins: list[dict[str, Any]] | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+def upstream_request(body: ChatCompletionRequest, model: str) -> ChatRequest:
+    """The request as the plain model's provider reads it (`model`: its provider-local id)."""
+    extra = body.extra_body()
+    extra.pop("n", None)  # a field of its own: only adapters that support several choices send it
+    return ChatRequest(
+        model=model,
+        messages=body.plain_messages(),
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stop_list(),
+        tools=body.tools,
+        tool_choice=body.tool_choice,
+        response_format=body.response_format,
+        extra_body=extra,
+        n=body.n,
+    )
