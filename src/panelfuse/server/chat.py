@@ -88,9 +88,10 @@ async def fusion_chunks(run: ActiveRun, answer_model: str, include_panel: bool) 
     the background)."""
     cid = shapes.completion_id(run.run_id)
     created = int(time.time())
-    yield sse(shapes.chunk(cid, answer_model, created, delta={"role": "assistant", "content": ""}))
     batches = ready_batches(run.follow())
     try:
+        # Inside the try: a client gone before the first chunk still reaches the clean-up below.
+        yield sse(shapes.chunk(cid, answer_model, created, delta={"role": "assistant", "content": ""}))
         async for batch in batches:
             for ev in shapes.coalesce(batch):
                 if ev.type == "final.delta":

@@ -271,8 +271,6 @@ async def proxy_chunks(
     usage: Usage | None = None
     finish_reason: str | None = None
     completed = False
-    for index in range(n):
-        yield sse(_chunk(cid, model, created, index=index, delta={"role": "assistant", "content": ""}))
 
     async def all_events() -> AsyncIterator[StreamEvent]:
         yield first
@@ -280,6 +278,10 @@ async def proxy_chunks(
             yield ev
 
     try:
+        # Inside the try: a client gone before the first chunk still gets the upstream closed and the
+        # admission settled.
+        for index in range(n):
+            yield sse(_chunk(cid, model, created, index=index, delta={"role": "assistant", "content": ""}))
         async for ev in all_events():
             i = ev.index
             if ev.text or ev.refusal or ev.logprobs or ev.annotations:

@@ -91,9 +91,10 @@ async def tool_chunks(
     the fusion's progress in the `fusion` field of chunks with an empty delta (deltas that piled up
     merged), the outer model's text as content deltas, then one last chunk (finish_reason, usage, the
     fusion's `fusion` object) and [DONE]; a failure is OpenRouter's error chunk, with nothing after."""
-    yield sse(shapes.chunk(cid, model, created, delta={"role": "assistant", "content": ""}))
     items = ready_batches(session.events(conversation))
     try:
+        # Inside the try: a client gone before the first chunk still gets its admission settled.
+        yield sse(shapes.chunk(cid, model, created, delta={"role": "assistant", "content": ""}))
         async for batch in items:
             for item in shapes.coalesce(batch):
                 if isinstance(item, StreamEvent):
