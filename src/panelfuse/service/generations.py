@@ -9,49 +9,25 @@ its own: its id is `chatcmpl-<hex>` for the run `run_<hex>` (`server/shapes.py::
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal, cast
 
 from panelfuse.store import GenerationRecord, GenerationStore, RunRecord, RunStore
 
 log = logging.getLogger("panelfuse.generations")
 
-GenerationKind = Literal["chat", "responses"]
 _FUSION_COMPLETION_ID = re.compile(r"^chatcmpl-([0-9a-f]{8,64})$")
 
 
-@dataclass(frozen=True)
-class Generation:
-    id: str  # the response id: "chatcmpl-…" (chat) or "resp_…" (Responses API)
-    kind: GenerationKind
-    model: str
-    key_id: str | None
-    created_at: datetime
-    latency_ms: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float | None
-    finish_reason: str | None
-    streamed: bool
-    run_id: str | None = None  # the fusion run behind it, if any
-    request: dict[str, Any] | None = None  # kept only where a later call needs it (previous_response_id)
-    response: dict[str, Any] | None = None
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+# One type for a generation, stored or read back: the store's record.
+Generation = GenerationRecord
 
 
 async def record(store: RunStore, gen: Generation) -> None:
     """Store `gen`. Never raises: a lost record must not fail the answer it describes (it is logged).
     Recording an id already stored changes nothing."""
     try:
-        values = {f.name: getattr(gen, f.name) for f in dataclasses.fields(gen)}
-        await GenerationStore(store.database).insert(GenerationRecord(**values))
+        await GenerationStore(store.database).insert(gen)
     except Exception:
         log.exception("could not record generation %s", gen.id)
 
@@ -62,9 +38,7 @@ async def get(store: RunStore, gen_id: str, *, key_id: str | None) -> Generation
     record of its own is answered from its run once the run has finished."""
     stored = await GenerationStore(store.database).get(gen_id, key_id=key_id)
     if stored is not None:
-        values = {f.name: getattr(stored, f.name) for f in dataclasses.fields(stored)}
-        values["kind"] = cast(GenerationKind, values["kind"])
-        return Generation(**values)
+        return stored
     m = _FUSION_COMPLETION_ID.match(gen_id)
     if m is None:
         return None

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
@@ -40,10 +40,15 @@ generations = sa.Table(
 )
 
 
-@dataclass(frozen=True, slots=True)
+GenerationKind = Literal["chat", "responses"]
+
+
+@dataclass(frozen=True)
 class GenerationRecord:
-    id: str
-    kind: str
+    """One answered completion's stats (the service's `Generation`)."""
+
+    id: str  # the response id: "chatcmpl-…" (chat) or "resp_…" (Responses API)
+    kind: GenerationKind
     model: str
     key_id: str | None
     created_at: datetime
@@ -53,9 +58,13 @@ class GenerationRecord:
     cost: float | None
     finish_reason: str | None
     streamed: bool
-    run_id: str | None = None
-    request: dict[str, Any] | None = None
+    run_id: str | None = None  # the fusion run behind it, if any
+    request: dict[str, Any] | None = None  # kept only where a later call needs it (previous_response_id)
     response: dict[str, Any] | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 class GenerationStore:
