@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from starlette.responses import StreamingResponse
 
 from panelfuse.providers.base import StreamEvent
-from panelfuse.server.proxy import proxy_chunks
+from panelfuse.server.proxy import opened_stream, proxy_chunks
 from panelfuse.server.sse import with_keepalive
 
 
@@ -39,13 +39,13 @@ async def serve_to_a_client_already_gone(frames: AsyncIterator[str]) -> None:
 
 async def test_a_proxied_stream_left_before_its_first_chunk_still_settles():
     async def upstream() -> AsyncIterator[StreamEvent]:
+        yield StreamEvent(text="first")
         await asyncio.sleep(30)
         yield StreamEvent(text="never")
 
     admission = RecordingAdmission()
     frames = proxy_chunks(
-        StreamEvent(text="first"),
-        upstream(),
+        await opened_stream(upstream(), admission),
         "fake/m1",
         "chatcmpl-x",
         0,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -108,18 +108,9 @@ async def proxy_completion(
         out = answer.completion(model=body.model, cid=cid, created=created, cost=cost)
         await recorded(answer.usage, answer.finish_reason(), cost)
         return JSONResponse(out, headers=headers)
-    upstream = provider.stream(req)
-    # Read the first event before answering, so an upstream failure still gets a real HTTP status.
-    try:
-        first = await anext(upstream)
-    except StopAsyncIteration:
-        first = StreamEvent(finish_reason="stop")
-    except ProviderError as exc:
-        await admission.release(0.0)
-        raise from_provider_error(exc) from exc
+    upstream = await opened_stream(provider.stream(req), admission)
     return sse_response(
         proxy_chunks(
-            first,
             upstream,
             body.model,
             cid,
@@ -250,9 +241,34 @@ async def _fold_choices(events: AsyncIterator[StreamEvent]) -> _Answer:
     return answer
 
 
+async def opened_stream(
+    upstream: AsyncIterator[StreamEvent], admission: Admission
+) -> AsyncGenerator[StreamEvent, None]:
+    """`upstream` with its first event already read, so a failure before any output still gets a real
+    HTTP status (the admission released at no cost). Closing the result closes `upstream`."""
+    try:
+        first = await anext(upstream)
+    except StopAsyncIteration:
+        first = StreamEvent(finish_reason="stop")
+    except ProviderError as exc:
+        await admission.release(0.0)
+        raise from_provider_error(exc) from exc
+
+    async def chained() -> AsyncGenerator[StreamEvent, None]:
+        try:
+            yield first
+            async for ev in upstream:
+                yield ev
+        finally:
+            aclose = getattr(upstream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return chained()
+
+
 async def proxy_chunks(
-    first: StreamEvent,
-    upstream: AsyncIterator[StreamEvent],
+    upstream: AsyncGenerator[StreamEvent, None],
     model: str,
     cid: str,
     created: int,
@@ -272,17 +288,12 @@ async def proxy_chunks(
     finish_reason: str | None = None
     completed = False
 
-    async def all_events() -> AsyncIterator[StreamEvent]:
-        yield first
-        async for ev in upstream:
-            yield ev
-
     try:
         # Inside the try: a client gone before the first chunk still gets the upstream closed and the
         # admission settled.
         for index in range(n):
             yield sse(_chunk(cid, model, created, index=index, delta={"role": "assistant", "content": ""}))
-        async for ev in all_events():
+        async for ev in upstream:
             i = ev.index
             if ev.text or ev.refusal or ev.logprobs or ev.annotations:
                 delta: dict[str, Any] = {}
@@ -312,9 +323,7 @@ async def proxy_chunks(
         yield sse(shapes.error_chunk(from_provider_error(exc), cid, model, created))
         return  # OpenRouter ends the stream with its error chunk: no [DONE]
     finally:
-        aclose = getattr(upstream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await upstream.aclose()
         await admission.release_shielded(cost)
     if completed and on_done is not None:
         await on_done(usage, finish_reason, cost)

@@ -20,11 +20,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from panelfuse.pricing import messages_tokens, token_cost
-from panelfuse.providers.base import StreamEvent
 from panelfuse.providers.errors import ProviderError
 from panelfuse.server.deps import Caller, Service, State
 from panelfuse.server.errors import ApiError, from_provider_error
-from panelfuse.server.proxy import PROXY_DEFAULT_MAX_TOKENS
+from panelfuse.server.proxy import PROXY_DEFAULT_MAX_TOKENS, opened_stream
 from panelfuse.server.responses import SSE_OR_JSON
 from panelfuse.server.sse import sse, sse_response
 from panelfuse.server.state import GatewayState
@@ -306,27 +305,13 @@ async def proxy_response(ex: Exchange, service: FusionService) -> Any:
         await admission.release(cost())
         await ex.remember(builder)
         return JSONResponse(builder.response())
-    # Read the first event before answering, so an upstream failure still gets a real HTTP status.
-    try:
-        first = await anext(upstream)
-    except StopAsyncIteration:
-        first = StreamEvent(finish_reason="stop")
-    except ProviderError as exc:
-        await admission.release(0.0)
-        raise from_provider_error(exc) from exc
-
-    async def all_events() -> AsyncIterator[StreamEvent]:
-        yield first
-        async for ev in upstream:
-            yield ev
+    stream = await opened_stream(upstream, admission)
 
     async def settle() -> None:
-        aclose = getattr(upstream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await stream.aclose()
         await admission.release_shielded(cost())
 
-    events = proxy_events(all_events(), builder, price, raise_errors=False)
+    events = proxy_events(stream, builder, price, raise_errors=False)
     return sse_response(frames(events, lambda: ex.remember(builder), settle))
 
 
