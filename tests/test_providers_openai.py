@@ -48,11 +48,22 @@ async def collect(p: OpenAICompatProvider, r: ChatRequest) -> list[StreamEvent]:
 # ---- text, tools, usage --------------------------------------------------------------------------
 
 
-async def test_streaming_text_deltas_join_to_script_text(fake: FakeUpstream) -> None:
-    fake.script("m", Script(text=TEXT))
+async def test_tokens_that_arrive_together_are_passed_on_together(fake: FakeUpstream) -> None:
+    # The fake writes unpaced frames back to back, so reads carry many at once.
+    text = " ".join(f"w{i}" for i in range(300))
+    fake.script("m", Script(text=text))
     events = await collect(provider(fake), req())
     deltas = [ev.text for ev in events if ev.text]
-    assert len(deltas) == len(tokenize(TEXT)) > 1  # really streamed in pieces
+    assert "".join(deltas) == text
+    assert len(deltas) < len(tokenize(text))  # joined per network read, not one event per token
+
+
+async def test_streaming_text_deltas_join_to_script_text(fake: FakeUpstream) -> None:
+    # Paced tokens arrive one per read and are passed on one by one, with no wait added.
+    fake.script("m", Script(text=TEXT, token_rate=100))
+    events = await collect(provider(fake), req())
+    deltas = [ev.text for ev in events if ev.text]
+    assert len(deltas) > len(tokenize(TEXT)) // 2 > 1  # really streamed in pieces
     assert "".join(deltas) == TEXT
     assert [ev.finish_reason for ev in events if ev.finish_reason] == ["stop"]
     assert fake.requests[0].stream is True

@@ -7,13 +7,11 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
-
-from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage
+from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage, join_text
 from panelfuse.providers.errors import AuthError, BadResponseError, ProviderError, UpstreamError
-from panelfuse.providers.http import shared_client
+from panelfuse.providers.http import TRANSPORT_ERRORS, request
 from panelfuse.providers.openai_compat import error_from_status, error_message, fetch_model_ids, transport_error
-from panelfuse.providers.sse import json_events
+from panelfuse.providers.sse import json_batches
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # the Messages API requires max_tokens
@@ -178,7 +176,7 @@ class AnthropicProvider(Provider):
         stop_reason: str | None = None
         finished = False
         async with contextlib.aclosing(
-            json_events(
+            json_batches(
                 url,
                 self.body(req, stream=True),
                 self._request_headers(),
@@ -187,38 +185,48 @@ class AnthropicProvider(Provider):
                 on_status=lambda status, body, headers: self._error(status, body, headers, req.model),
                 on_transport=lambda exc: transport_error(exc, provider=self.name, model=req.model),
             )
-        ) as events:
-            async for event_name, data in events:
-                if not isinstance(data, dict):
-                    continue  # Anthropic sends no [DONE]; ignore one if a proxy adds it
-                kind = data.get("type", event_name)
-                if kind == "message_start":
-                    u = (data.get("message") or {}).get("usage") or {}
-                    usage.prompt_tokens = int(u.get("input_tokens") or 0)
-                    usage.completion_tokens = int(u.get("output_tokens") or 0)
-                elif kind == "content_block_start":
-                    block = dict(data.get("content_block") or {})
-                    block["partial_json"] = ""
-                    blocks[int(data.get("index", 0))] = block
-                    if block.get("type") == "text" and block.get("text"):
-                        yield StreamEvent(text=block["text"])
-                elif kind == "content_block_delta":
-                    delta = data.get("delta") or {}
-                    if delta.get("type") == "text_delta":
-                        yield StreamEvent(text=delta.get("text", ""))
-                    elif delta.get("type") == "input_json_delta":
-                        blocks.setdefault(int(data.get("index", 0)), {"partial_json": ""})
-                        blocks[int(data.get("index", 0))]["partial_json"] += delta.get("partial_json", "")
-                elif kind == "message_delta":
-                    stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-                    u = data.get("usage") or {}
-                    if u.get("output_tokens") is not None:
-                        usage.completion_tokens = int(u["output_tokens"])
-                elif kind == "message_stop":
-                    finished = True
+        ) as batches:
+            async for batch in batches:
+                out: list[StreamEvent] = []
+                for event_name, data in batch:
+                    if not isinstance(data, dict):
+                        continue  # Anthropic sends no [DONE]; ignore one if a proxy adds it
+                    kind = data.get("type", event_name)
+                    if kind == "message_start":
+                        u = (data.get("message") or {}).get("usage") or {}
+                        usage.prompt_tokens = int(u.get("input_tokens") or 0)
+                        usage.completion_tokens = int(u.get("output_tokens") or 0)
+                    elif kind == "content_block_start":
+                        block = dict(data.get("content_block") or {})
+                        block["partial_json"] = ""
+                        blocks[int(data.get("index", 0))] = block
+                        if block.get("type") == "text" and block.get("text"):
+                            out.append(StreamEvent(text=block["text"]))
+                    elif kind == "content_block_delta":
+                        delta = data.get("delta") or {}
+                        if delta.get("type") == "text_delta":
+                            out.append(StreamEvent(text=delta.get("text", "")))
+                        elif delta.get("type") == "input_json_delta":
+                            blocks.setdefault(int(data.get("index", 0)), {"partial_json": ""})
+                            blocks[int(data.get("index", 0))]["partial_json"] += delta.get("partial_json", "")
+                    elif kind == "message_delta":
+                        stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                        u = data.get("usage") or {}
+                        if u.get("output_tokens") is not None:
+                            usage.completion_tokens = int(u["output_tokens"])
+                    elif kind == "message_stop":
+                        finished = True
+                        break
+                    elif kind == "error":
+                        for ev in join_text(out):  # what came before the error still reaches the caller
+                            yield ev
+                        raise UpstreamError(
+                            error_message(json.dumps(data).encode()), provider=self.name, model=req.model
+                        )
+                for ev in join_text(out):
+                    yield ev
+                if finished:
                     break
-                elif kind == "error":
-                    raise UpstreamError(error_message(json.dumps(data).encode()), provider=self.name, model=req.model)
         if not finished:
             raise UpstreamError("stream ended before the answer finished", provider=self.name, model=req.model)
         calls = [
@@ -236,11 +244,11 @@ class AnthropicProvider(Provider):
     async def _open_complete(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
         url = f"{self.base_url}/v1/messages"
         try:
-            resp = await shared_client().post(url, json=self.body(req, stream=False), headers=self._request_headers())
-        except httpx.HTTPError as exc:
+            resp = await request("POST", url, body=self.body(req, stream=False), headers=self._request_headers())
+        except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, provider=self.name, model=req.model) from exc
-        if resp.status_code >= 400:
-            raise self._error(resp.status_code, resp.content, resp.headers, req.model)
+        if resp.status >= 400:
+            raise self._error(resp.status, resp.body, resp.headers, req.model)
         try:
             data = resp.json()
             content = data["content"]

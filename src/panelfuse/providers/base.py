@@ -99,6 +99,25 @@ class StreamEvent:
     annotations: list[dict[str, Any]] | None = None
 
 
+def join_text(events: list[StreamEvent]) -> list[StreamEvent]:
+    """Events that arrived together, with each run of plain text pieces of one choice joined into one
+    event (pieces that carry logprobs, annotations or anything else stay as they came). Pure."""
+    out: list[StreamEvent] = []
+    for ev in events:
+        prev = out[-1] if out else None
+        if prev is not None and _plain_text(ev) and _plain_text(prev) and prev.index == ev.index:
+            out[-1] = StreamEvent(text=prev.text + ev.text, index=ev.index)
+        else:
+            out.append(ev)
+    return out
+
+
+def _plain_text(ev: StreamEvent) -> bool:
+    return bool(ev.text) and not (
+        ev.tool_calls or ev.finish_reason or ev.usage or ev.refusal or ev.logprobs or ev.annotations
+    )
+
+
 @dataclass
 class Completion:
     model: str

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
-
-from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage
+from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage, join_text
 from panelfuse.providers.errors import (
     AuthError,
     BadRequestError,
@@ -20,8 +19,8 @@ from panelfuse.providers.errors import (
     RateLimitedError,
     UpstreamError,
 )
-from panelfuse.providers.http import shared_client
-from panelfuse.providers.sse import DONE, json_events
+from panelfuse.providers.http import TRANSPORT_ERRORS, request
+from panelfuse.providers.sse import DONE, json_batches
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -65,8 +64,8 @@ def error_message(body: bytes) -> str:
     return text[:500]
 
 
-def transport_error(exc: httpx.HTTPError, *, provider: str, model: str) -> ProviderError:
-    if isinstance(exc, httpx.TimeoutException):
+def transport_error(exc: BaseException, *, provider: str, model: str) -> ProviderError:
+    if isinstance(exc, TimeoutError):
         return DeadlineExceeded(f"upstream timed out ({type(exc).__name__})", provider=provider, model=model)
     return UpstreamError(f"connection failed: {exc!r}", provider=provider, model=model)
 
@@ -179,9 +178,9 @@ class OpenAICompatProvider(Provider):
 
     async def _open_stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
         tools: dict[int, ToolCallAccumulator] = {}  # one per choice (n > 1 interleaves their fragments)
-        finished = False
+        finished = done = False
         async with contextlib.aclosing(
-            json_events(
+            json_batches(
                 f"{self.base_url}/chat/completions",
                 self.body(req, stream=True),
                 self._request_headers(),
@@ -190,22 +189,32 @@ class OpenAICompatProvider(Provider):
                 on_status=lambda status, body, headers: self._error(status, body, headers, req.model),
                 on_transport=lambda exc: transport_error(exc, provider=self.name, model=req.model),
             )
-        ) as events:
-            async for _, chunk in events:
-                if chunk == DONE:
-                    finished = True
-                    for index, acc in sorted(tools.items()):
-                        pending = acc.take()
-                        if pending:  # a server that ended without a finish_reason chunk
-                            yield StreamEvent(tool_calls=pending, finish_reason="tool_calls", index=index)
-                    break
-                assert isinstance(chunk, dict)
-                if "error" in chunk:  # OpenRouter reports mid-stream failures this way
-                    raise UpstreamError(error_message(json.dumps(chunk).encode()), provider=self.name, model=req.model)
-                for ev in self._chunk_events(chunk, tools):
-                    if ev.finish_reason:
-                        finished = True
+        ) as batches:
+            async for batch in batches:
+                out: list[StreamEvent] = []
+                for _, chunk in batch:
+                    if chunk == DONE:
+                        finished = done = True
+                        for index, acc in sorted(tools.items()):
+                            pending = acc.take()
+                            if pending:  # a server that ended without a finish_reason chunk
+                                out.append(StreamEvent(tool_calls=pending, finish_reason="tool_calls", index=index))
+                        break
+                    assert isinstance(chunk, dict)
+                    if "error" in chunk:  # OpenRouter reports mid-stream failures this way
+                        for ev in join_text(out):  # what came before the error still reaches the caller
+                            yield ev
+                        raise UpstreamError(
+                            error_message(json.dumps(chunk).encode()), provider=self.name, model=req.model
+                        )
+                    for ev in self._chunk_events(chunk, tools):
+                        if ev.finish_reason:
+                            finished = True
+                        out.append(ev)
+                for ev in join_text(out):
                     yield ev
+                if done:
+                    break
         if not finished:
             raise UpstreamError("stream ended before the answer finished", provider=self.name, model=req.model)
 
@@ -237,11 +246,11 @@ class OpenAICompatProvider(Provider):
     async def _open_complete(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
         url = f"{self.base_url}/chat/completions"
         try:
-            resp = await shared_client().post(url, json=self.body(req, stream=False), headers=self._request_headers())
-        except httpx.HTTPError as exc:
+            resp = await request("POST", url, body=self.body(req, stream=False), headers=self._request_headers())
+        except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, provider=self.name, model=req.model) from exc
-        if resp.status_code >= 400:
-            raise self._error(resp.status_code, resp.content, resp.headers, req.model)
+        if resp.status >= 400:
+            raise self._error(resp.status, resp.body, resp.headers, req.model)
         try:
             data = resp.json()
             choices = sorted(data["choices"], key=lambda c: int(c.get("index") or 0))
@@ -283,13 +292,12 @@ class OpenAICompatProvider(Provider):
 async def fetch_model_ids(url: str, headers: Mapping[str, str], *, provider: str) -> list[str]:
     """GET an OpenAI-shaped model list ({"data": [{"id": ...}]}), which Anthropic's API also returns."""
     try:
-        resp = await shared_client().get(url, headers=headers, timeout=30)
-    except httpx.HTTPError as exc:
+        async with asyncio.timeout(30):
+            resp = await request("GET", url, headers=headers)
+    except TRANSPORT_ERRORS as exc:
         raise transport_error(exc, provider=provider, model="*") from exc
-    if resp.status_code >= 400:
-        raise error_from_status(
-            resp.status_code, error_message(resp.content), resp.headers, provider=provider, model="*"
-        )
+    if resp.status >= 400:
+        raise error_from_status(resp.status, error_message(resp.body), resp.headers, provider=provider, model="*")
     try:
         return [m["id"] for m in resp.json()["data"]]
     except (ValueError, KeyError, TypeError) as exc:

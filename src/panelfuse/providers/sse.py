@@ -1,22 +1,88 @@
 """Reading an upstream's SSE stream of JSON objects: shared by every HTTP adapter, so connection
-errors, error statuses, malformed lines and non-SSE answers map to the same typed errors."""
+errors, error statuses, malformed lines and non-SSE answers map to the same typed errors.
+
+The stream is read a network read at a time: every event that arrived in one read is parsed and
+handed on as one batch, so an adapter can join the text of tokens that arrived together (a hosted API
+under load, or a fast local one, sends dozens per read) instead of passing each through the pipeline
+on its own. Tokens that arrive one per read still go on one at a time, with no added wait.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
-import httpx
-from httpx_sse import SSEError, aconnect_sse
+import orjson
 
 from panelfuse.providers.errors import BadResponseError, ProviderError
-from panelfuse.providers.http import shared_client
+from panelfuse.providers.http import TRANSPORT_ERRORS, encode_json, shared_session
 
 DONE = "[DONE]"
+SSEItem = tuple[str, dict[str, Any] | str]  # (event name, parsed JSON object) or (event name, DONE)
 
 
-async def json_events(
+class SSEDecoder:
+    """An incremental text/event-stream parser (the WHATWG rules): `feed` bytes as they arrive, get
+    back the (event, data) of every event completed by them. Pure: no I/O."""
+
+    __slots__ = ("_buffer", "_data", "_event")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event = ""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        buffer = self._buffer + chunk
+        if b"\r" in buffer:
+            # A CR at the very end may be the first half of a CRLF: keep it for the next read.
+            held = buffer.endswith(b"\r")
+            if held:
+                buffer = buffer[:-1]
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if held:
+                buffer += b"\r"
+        lines = buffer.split(b"\n")
+        self._buffer = lines.pop()  # the unfinished line (empty when the chunk ended on a newline)
+        out: list[tuple[str, str]] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    out.append((self._event or "message", b"\n".join(self._data).decode("utf-8", "replace")))
+                self._event, self._data = "", []
+                continue
+            field, _, value = line.partition(b":")
+            if value.startswith(b" "):
+                value = value[1:]
+            if field == b"data":
+                self._data.append(value)
+            elif field == b"event":
+                self._event = value.decode("utf-8", "replace")
+            # comments (":…"), id and retry do not concern a one-shot completion stream
+        return out
+
+    def pending(self) -> bool:
+        """Whether bytes of an unfinished event are held (a stream that ends here was cut)."""
+        return bool(self._data or self._buffer.strip())
+
+
+def parse_data(data: str, *, provider: str, model: str) -> dict[str, Any] | str | None:
+    """One event's data: its JSON object, DONE, or None for an empty data field."""
+    data = data.strip()
+    if not data:
+        return None
+    if data == DONE:
+        return DONE
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadResponseError(f"malformed SSE data: {data[:200]!r}", provider=provider, model=model) from exc
+    if not isinstance(parsed, dict):
+        raise BadResponseError("SSE data is not an object", provider=provider, model=model)
+    return parsed
+
+
+async def json_batches(
     url: str,
     body: dict[str, Any],
     headers: Mapping[str, str],
@@ -25,34 +91,30 @@ async def json_events(
     model: str,
     on_status: Any,
     on_transport: Any,
-) -> AsyncGenerator[tuple[str, dict[str, Any] | str], None]:
-    """POST `body` and yield (SSE event name, parsed JSON object) per data line; the literal `[DONE]`
-    line is yielded as the string DONE. `on_status(status, body, headers)` and `on_transport(exc)`
-    turn HTTP failures into the adapter's typed errors."""
+) -> AsyncGenerator[list[SSEItem], None]:
+    """POST `body` and yield, per network read, the (SSE event name, parsed JSON object) of every event
+    it completed; the literal `[DONE]` line comes as the string DONE. `on_status(status, body, headers)`
+    and `on_transport(exc)` turn HTTP failures into the adapter's typed errors."""
+    decoder = SSEDecoder()
     try:
-        async with aconnect_sse(shared_client(), "POST", url, json=body, headers=dict(headers)) as source:
-            resp = source.response
-            if resp.status_code >= 400:
-                raise on_status(resp.status_code, await resp.aread(), resp.headers)
-            async for sse in source.aiter_sse():
-                data = sse.data.strip()
-                if not data:
-                    continue
-                if data == DONE:
-                    yield sse.event, DONE
-                    continue
-                try:
-                    parsed = json.loads(data)
-                except ValueError as exc:
-                    raise BadResponseError(
-                        f"malformed SSE data: {data[:200]!r}", provider=provider, model=model
-                    ) from exc
-                if not isinstance(parsed, dict):
-                    raise BadResponseError("SSE data is not an object", provider=provider, model=model)
-                yield sse.event, parsed
+        async with shared_session().post(url, data=encode_json(body), headers=dict(headers)) as resp:
+            if resp.status >= 400:
+                raise on_status(resp.status, await resp.read(), resp.headers)
+            if resp.content_type != "text/event-stream":
+                raise BadResponseError(
+                    f"expected an event stream, got {resp.content_type or 'no content type'}",
+                    provider=provider,
+                    model=model,
+                )
+            async for chunk in resp.content.iter_any():
+                batch: list[SSEItem] = []
+                for event, data in decoder.feed(chunk):
+                    parsed = parse_data(data, provider=provider, model=model)
+                    if parsed is not None:
+                        batch.append((event, parsed))
+                if batch:
+                    yield batch
     except ProviderError:
         raise
-    except SSEError as exc:  # e.g. a non-SSE content type on a 200
-        raise BadResponseError(str(exc), provider=provider, model=model) from exc
-    except httpx.HTTPError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise on_transport(exc) from exc

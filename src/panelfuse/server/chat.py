@@ -93,14 +93,15 @@ async def fusion_chunks(run: ActiveRun, answer_model: str, include_panel: bool) 
         # Inside the try: a client gone before the first chunk still reaches the clean-up below.
         yield sse(shapes.chunk(cid, answer_model, created, delta={"role": "assistant", "content": ""}))
         async for batch in batches:
+            frames: list[str] = []  # a batch's frames go out in one write
             for ev in shapes.coalesce(batch):
                 if ev.type == "final.delta":
-                    yield sse(shapes.chunk(cid, answer_model, created, delta={"content": ev.data["text"]}))
+                    frames.append(sse(shapes.chunk(cid, answer_model, created, delta={"content": ev.data["text"]})))
                     continue
                 data = ev.data
                 if isinstance(ev.payload, PanelCompleted) and not include_panel:
                     data = {k: v for k, v in data.items() if k != "content"}
-                yield sse(shapes.event_chunk(ev, data, cid, answer_model, created))
+                frames.append(sse(shapes.event_chunk(ev, data, cid, answer_model, created)))
                 result = run.result
                 if ev.type == "run.completed":
                     final = shapes.final_chunk(
@@ -111,13 +112,14 @@ async def fusion_chunks(run: ActiveRun, answer_model: str, include_panel: bool) 
                         usage=result.usage_dict(),
                         fusion=shapes.fusion_object(result, include_panel),
                     )
-                    yield sse(final)
-                    yield DONE
+                    yield "".join([*frames, sse(final), DONE])
                     return
                 if ev.type in ("run.failed", "run.cancelled"):
                     err = shapes.fusion_error(result, cancelled=ev.type == "run.cancelled")
-                    yield sse(shapes.error_chunk(err, cid, answer_model, created, usage=result.usage_dict()))
+                    frames.append(sse(shapes.error_chunk(err, cid, answer_model, created, usage=result.usage_dict())))
+                    yield "".join(frames)
                     return
+            yield "".join(frames)
     finally:
         if not run.done.is_set() and not run.background:
             run.cancel("the client disconnected")

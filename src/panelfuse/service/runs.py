@@ -22,7 +22,9 @@ from panelfuse.store import RunStore
 
 log = logging.getLogger("panelfuse.server")
 
-FLUSH_INTERVAL = 0.25  # seconds between event batches written to the store
+# Seconds between event batches written to the store: a run's events are written a few times per run,
+# not once per event (live followers in this process read them from memory, at once).
+FLUSH_INTERVAL = 0.25
 HEARTBEAT_INTERVAL = 10.0  # a running run's updated_at is refreshed this often
 
 
@@ -35,6 +37,7 @@ class ActiveRun:
     stream: FusionStream
     background: bool
     visible: int = 0
+    flushed: int = 0  # events up to this seq are in the store
     subscribers: set[asyncio.Queue[Event | None]] = field(default_factory=set)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -96,11 +99,10 @@ class RunManager:
         replica starting meanwhile must not take the run for abandoned."""
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
-            for run_id in list(self.active):
-                try:
-                    await self.store.update_run(run_id)
-                except Exception:  # gone meanwhile, or the store is briefly down: the next beat retries
-                    log.debug("heartbeat of run %s failed", run_id, exc_info=True)
+            try:  # one statement for every live run: its cost does not grow with the runs in flight
+                await self.store.touch_runs(list(self.active))
+            except Exception:  # the store is briefly down: the next beat retries
+                log.debug("heartbeat failed", exc_info=True)
 
     async def start(
         self,
@@ -138,41 +140,57 @@ class RunManager:
         return run
 
     async def _drive(self, run: ActiveRun) -> None:
-        flushed = 0
-        last_flush = time.monotonic()
         started = time.monotonic()
+        flusher = asyncio.create_task(self._flush_every(run), name=f"run-flush-{run.run_id}")
         try:
-            # Closed on the way out whatever happens: a cancel landing outside the stream (during a
-            # store write) still cancels the pipeline's task and records its run.cancelled event.
+            # Closed on the way out whatever happens: a cancel landing outside the stream still cancels
+            # the pipeline's task and records its run.cancelled event.
             async with run.stream:
                 async for ev in run.stream:
                     metrics.observe_event(ev)
                     if ev.type in TERMINAL:
                         continue  # published by _record once the outcome is stored: readers never race it
                     run.publish_through(ev.seq)
-                    now = time.monotonic()
-                    is_delta = ev.type in ("panel.delta", "final.delta")
-                    if not is_delta or now - last_flush > FLUSH_INTERVAL:
-                        await self.store.append_events(run.run_id, run.events[flushed:])
-                        flushed, last_flush = run.visible, now
         except asyncio.CancelledError:
             # The fusion already emitted run.cancelled into its log; record it, shielded from a second cancel.
             pass
         finally:
-            await asyncio.shield(self._record(run, flushed, started))
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            await asyncio.shield(self._record(run, started))
             run.done.set()
             for q in run.subscribers:
                 q.put_nowait(None)
             self.active.pop(run.run_id, None)
             metrics.RUNS_ACTIVE.dec()
 
-    async def _record(self, run: ActiveRun, flushed: int, started: float) -> None:
+    async def _flush_every(self, run: ActiveRun) -> None:
+        """Write the run's published events every FLUSH_INTERVAL (followers on other replicas read them)."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            upto = run.visible
+            if upto > run.flushed:
+                # Shielded: a write cut midway would be written again by _record (duplicates are skipped).
+                write = asyncio.ensure_future(
+                    self.store.append_events(run.run_id, run.stream.log.events[run.flushed : upto])
+                )
+                try:
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    await asyncio.gather(write, return_exceptions=True)
+                    raise
+                except Exception:  # the store is briefly down: the next flush, or _record, writes them
+                    log.debug("event flush of run %s failed", run.run_id, exc_info=True)
+                    continue
+                run.flushed = upto
+
+    async def _record(self, run: ActiveRun, started: float) -> None:
         """Store the outcome, then publish the events not yet seen (the terminal one, or run.cancelled
         emitted after the consumer stopped reading): a client told "completed" finds the run stored."""
         log_events = run.stream.log.events
         result = run.stream.result
         try:
-            await self.store.append_events(run.run_id, log_events[flushed:])
+            await self.store.append_events(run.run_id, log_events[run.flushed :])
             status = result.status if result.status != "running" else "cancelled"
             if status == "cancelled" and run.cancel_reason:
                 result.error = run.cancel_reason

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
@@ -185,6 +185,13 @@ class RunStore:
             res = await conn.execute(runs.update().where(runs.c.id == run_id).values(updated_at=_now(), **fields))
         if res.rowcount == 0:
             raise RunNotFoundError(run_id)
+
+    async def touch_runs(self, run_ids: Collection[str]) -> None:
+        """One heartbeat for many live runs: their updated_at moves to now, in one statement."""
+        if not run_ids:
+            return
+        async with self._db.write() as conn:
+            await conn.execute(runs.update().where(runs.c.id.in_(list(run_ids))).values(updated_at=_now()))
 
     async def finish_run(
         self,
