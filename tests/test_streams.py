@@ -215,6 +215,30 @@ def test_deltas_behind_a_slower_reader_go_out_merged(fake, gateway):
     assert seqs[-1] == stored[-1]["seq"]
 
 
+def stored_events(gateway, run_id: str) -> list[dict[str, Any]]:
+    text = httpx.get(f"{gateway.url}/v1/fusion/runs/{run_id}/events", timeout=30).text
+    return [json.loads(line[len("data: ") :]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_a_fusion_nobody_reads_live_logs_each_text_joined(fake, gateway):
+    # Paced tokens arrive one per read: streamed, each is an event; not streamed (and not followed),
+    # each member's text and the answer are logged as one event each, whole and in order.
+    member_text = " ".join(f"word{i}" for i in range(12))
+    answer = " ".join(f"part{i}" for i in range(8))
+    script_panel(fake, m1=Script(text=member_text, token_rate=200), synth=Script(text=answer, token_rate=200))
+    resp = httpx.post(f"{gateway.url}/v1/chat/completions", json={**FUSION_BODY, "stream": False}, timeout=60)
+    assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == answer
+    stored = stored_events(gateway, resp.headers["X-Panelfuse-Run-Id"])
+    assert [e["text"] for e in stored if e["type"] == "panel.delta" and e["member"] == "A"] == [member_text]
+    assert [e["text"] for e in stored if e["type"] == "final.delta"] == [answer]
+    assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
+
+    chunks = wire(gateway, FUSION_BODY)
+    run_id = progress(chunks)[0]["run_id"]
+    streamed = [e["text"] for e in stored_events(gateway, run_id) if e["type"] == "panel.delta" and e["member"] == "A"]
+    assert len(streamed) > 1 and "".join(streamed) == member_text
+
+
 # --- finish_reason --------------------------------------------------------------------------------
 
 

@@ -248,14 +248,51 @@ class Event:
 
 
 class EventLog:
-    """Numbers and keeps one run's events: the one list every consumer (stream, store, CLI) reads."""
+    """Numbers and keeps one run's events: the one list every consumer (stream, store, CLI) reads.
 
-    def __init__(self, run_id: str, listener: Callable[[Event], None] | None = None) -> None:
+    With `hold_deltas` (nobody reads the run live: a client that did not ask for a stream, and no
+    follower), the text deltas of each member and of the answer are kept back and joined, then logged
+    as one event just before that member's next event (or, for the answer and at stage ends, the next
+    event that names no member): the log still holds every piece of text, in order, in one event per
+    member instead of one per read. `release()` (a follower arrives) logs what was held and stops
+    holding."""
+
+    def __init__(
+        self, run_id: str, listener: Callable[[Event], None] | None = None, *, hold_deltas: bool = False
+    ) -> None:
         self.run_id = run_id
         self.events: list[Event] = []
         self.listener = listener
+        self.hold_deltas = hold_deltas
+        self._held: dict[tuple[str, str], list[str]] = {}  # (type, member) → text pieces, in arrival order
 
-    def emit(self, payload: Payload) -> Event:
+    def emit(self, payload: Payload) -> None:
+        if isinstance(payload, PanelDelta | FinalDelta):
+            if self.hold_deltas:
+                key = (payload.TYPE, payload.member if isinstance(payload, PanelDelta) else "")
+                self._held.setdefault(key, []).append(payload.text)
+                return
+        elif self._held:
+            member = getattr(payload, "member", None)
+            self._log_held(None if member is None else (PanelDelta.TYPE, member))
+        self._log(payload)
+
+    def release(self) -> None:
+        """Log the held deltas now, and every later one as it comes."""
+        self.hold_deltas = False
+        self._log_held()
+
+    def _log_held(self, only: tuple[str, str] | None = None) -> None:
+        """Log the held text: all of it, or only that of the key `only`."""
+        if only is None:
+            held, self._held = self._held, {}
+        else:
+            held = {only: self._held.pop(only)} if only in self._held else {}
+        for (kind, member), pieces in held.items():
+            text = "".join(pieces)
+            self._log(PanelDelta(member=member, text=text) if kind == PanelDelta.TYPE else FinalDelta(text=text))
+
+    def _log(self, payload: Payload) -> None:
         stage = stage_of(payload.TYPE)
         if isinstance(payload, ToolCalled) and payload.member == "judge":
             stage = "analysis"  # the judge's own tool calls belong to the analysis stage
@@ -263,4 +300,3 @@ class EventLog:
         self.events.append(ev)
         if self.listener is not None:
             self.listener(ev)
-        return ev

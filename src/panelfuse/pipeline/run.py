@@ -97,6 +97,8 @@ class Fusion:
         messages: str | Sequence[dict[str, Any]] | RunPlan,
         run_id: str | None = None,
         reuse_panel: Sequence[MemberResult] | None = None,
+        *,
+        hold_deltas: bool = False,
     ) -> FusionStream:
         """One run: iterate the returned stream for its events as they happen; its `result` is the
         outcome. Closing the stream (`await stream.aclose()`, or leaving `async with stream:`) cancels
@@ -104,8 +106,10 @@ class Fusion:
         run when the iterator is garbage-collected.
 
         `messages` may be a plan already made (by an entry point that checked it); `reuse_panel`:
-        answers from an earlier run, not called again (nor billed again): a re-synthesis."""
-        return FusionStream(self, messages, run_id or f"run_{uuid.uuid4().hex[:20]}", reuse_panel)
+        answers from an earlier run, not called again (nor billed again): a re-synthesis.
+        `hold_deltas`: nobody reads the text as it comes (see EventLog)."""
+        run_id = run_id or f"run_{uuid.uuid4().hex[:20]}"
+        return FusionStream(self, messages, run_id, reuse_panel, hold_deltas=hold_deltas)
 
 
 class FusionStream:
@@ -118,12 +122,14 @@ class FusionStream:
         messages: str | Sequence[dict[str, Any]] | RunPlan,
         run_id: str,
         reuse_panel: Sequence[MemberResult] | None,
+        *,
+        hold_deltas: bool = False,
     ) -> None:
         self.fusion = fusion
         self._request = messages
         self._reuse_panel = reuse_panel
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.log = EventLog(run_id, listener=self._queue.put_nowait)
+        self.log = EventLog(run_id, listener=self._queue.put_nowait, hold_deltas=hold_deltas)
         self.spec = messages.spec if isinstance(messages, RunPlan) else fusion.spec
         self.result = FusionResult(
             run_id=run_id,

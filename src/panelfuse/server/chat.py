@@ -54,6 +54,7 @@ async def chat_completions(
         request=body.model_dump(mode="json"),
         request_model=body.model,
         background=bool(plugin and plugin.background),
+        live=bool(body.stream),
     )
     include_panel = plugin.include_panel if plugin else True
     # The completion id names the run: GET /v1/generation?id= answers from it.

@@ -96,10 +96,12 @@ class FusionService:
         background: bool = False,
         parent_run_id: str | None = None,
         settle: bool = True,
+        live: bool = True,
     ) -> ActiveRun:
         """Admit the run (429/402 when the key's limits or budget refuse it) and start it. With
         `settle=False` the caller holds its own admission (the server tool's request admits once for
-        the outer calls and the fusion together)."""
+        the outer calls and the fusion together). `live=False`: the caller reads only the result, so
+        text deltas are logged joined (until a follower arrives) rather than one per read."""
         run_id = new_run_id()
         admission = None
         if settle:
@@ -115,6 +117,7 @@ class FusionService:
                 background=background,
                 key_id=caller.key_id,
                 parent_run_id=parent_run_id,
+                live=live,
                 on_finish=admission.release_result if admission is not None else None,
             )
         except BaseException:

@@ -65,6 +65,7 @@ class ActiveRun:
         """Every event after `after`, then the live ones, until the run ends."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self.subscribers.add(queue)
+        self.stream.log.release()  # someone reads live now: deltas go out as they come
         try:
             for ev in list(self.events):
                 if ev.seq > after:
@@ -115,6 +116,7 @@ class RunManager:
         background: bool,
         key_id: str | None = None,
         parent_run_id: str | None = None,
+        live: bool = True,
         on_finish: Callable[[FusionResult | None], Awaitable[None]] | None = None,
     ) -> ActiveRun:
         spec = plan.spec
@@ -133,7 +135,8 @@ class RunManager:
         )
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.create_task(self._beat(), name="run-heartbeat")
-        run = ActiveRun(run_id, fusion.stream(plan, run_id=run_id), background, on_finish=on_finish)
+        stream = fusion.stream(plan, run_id=run_id, hold_deltas=not live)
+        run = ActiveRun(run_id, stream, background, on_finish=on_finish)
         self.active[run_id] = run
         run.task = asyncio.create_task(self._drive(run), name=f"run-{run_id}")
         metrics.RUNS_ACTIVE.inc()

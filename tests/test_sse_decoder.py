@@ -1,0 +1,88 @@
+"""The upstream SSE decoder (providers/sse.py) and the joining of text that arrived together
+(providers/base.py::join_text): pure functions, checked on examples and with hypothesis."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from panelfuse.providers.base import StreamEvent, ToolCall, Usage, join_text
+from panelfuse.providers.errors import BadResponseError
+from panelfuse.providers.sse import DONE, SSEDecoder, parse_data
+
+
+def decode(*reads: bytes) -> list[tuple[str, str]]:
+    decoder = SSEDecoder()
+    return [ev for r in reads for ev in decoder.feed(r)]
+
+
+def test_events_named_multiline_and_comments():
+    stream = b': hello\n\nevent: message_start\ndata: {"a": 1}\n\ndata: one\ndata: two\n\ndata: [DONE]\n\n'
+    assert decode(stream) == [("message_start", '{"a": 1}'), ("message", "one\ntwo"), ("message", "[DONE]")]
+
+
+def test_crlf_split_across_reads():
+    assert decode(b"data: x\r", b"\n\r\n") == [("message", "x")]
+    # a CR alone ends a line too; a last CR waits for the next read (it may be half of a CRLF)
+    assert decode(b"data: x\r\r", b"data: y\r\r") == [("message", "x")]
+
+
+def test_an_unfinished_event_is_held_until_its_blank_line():
+    decoder = SSEDecoder()
+    assert decoder.feed(b'data: {"a"') == []
+    assert decoder.pending()
+    assert decoder.feed(b": 1}\n\n") == [("message", '{"a": 1}')]
+    assert not decoder.pending()
+
+
+def test_parse_data():
+    assert parse_data(" [DONE] ", provider="p", model="m") == DONE
+    assert parse_data("", provider="p", model="m") is None
+    assert parse_data('{"x": [1]}', provider="p", model="m") == {"x": [1]}
+    for bad in ("{oops", "[1, 2]", "[" * 5000):
+        with pytest.raises(BadResponseError):
+            parse_data(bad, provider="p", model="m")
+
+
+_text = st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=40)
+_events = st.lists(st.tuples(st.sampled_from(["", "delta", "ping"]), st.lists(_text, min_size=1, max_size=3)), max_size=8)
+
+
+@given(events=_events, cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=12), crlf=st.booleans())
+def test_any_split_of_the_bytes_gives_the_same_events(events, cuts, crlf):
+    nl = "\r\n" if crlf else "\n"
+    text = "".join(
+        (f"event: {name}{nl}" if name else "") + "".join(f"data: {line}{nl}" for line in lines) + nl
+        for name, lines in events
+    )
+    raw = text.encode()
+    expected = [(name or "message", "\n".join(lines)) for name, lines in events]
+    assert decode(raw) == expected
+    points = sorted({min(c, len(raw)) for c in cuts})
+    pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
+    assert decode(*pieces) == expected
+
+
+@given(st.lists(st.text(min_size=1, max_size=5), max_size=20))
+def test_join_text_keeps_the_text_and_its_order(pieces):
+    events = [StreamEvent(text=p) for p in pieces]
+    joined = join_text(events)
+    assert "".join(e.text for e in joined) == "".join(pieces)
+    assert len(joined) == min(1, len(pieces))
+
+
+def test_join_text_leaves_pieces_that_carry_more_than_text():
+    tool = ToolCall(id="c1", name="f", arguments="{}")
+    events = [
+        StreamEvent(text="a"),
+        StreamEvent(text="b"),
+        StreamEvent(text="c", logprobs={"content": []}),
+        StreamEvent(text="d"),
+        StreamEvent(text="e", index=1),
+        StreamEvent(tool_calls=[tool], finish_reason="tool_calls"),
+        StreamEvent(usage=Usage(1, 2)),
+    ]
+    joined = join_text(events)
+    assert [e.text for e in joined] == ["ab", "c", "d", "e", "", ""]
+    assert joined[1].logprobs == {"content": []} and joined[3].index == 1 and joined[4].tool_calls == [tool]
