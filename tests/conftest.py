@@ -8,10 +8,24 @@ import socket
 import pytest
 
 from panelfuse.config import Config, ProviderConfig
+from panelfuse.providers.http import close_shared_client
 from panelfuse.providers.registry import Providers
 from panelfuse.testing import FakeUpstream
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+async def _close_http_clients():
+    """Each async test runs on its own loop: close that loop's pooled HTTP clients with it."""
+    yield
+    await close_shared_client()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("asyncio") and "_close_http_clients" not in item.fixturenames:
+            item.fixturenames.append("_close_http_clients")
 
 
 @pytest.fixture(autouse=True)

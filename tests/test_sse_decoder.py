@@ -14,7 +14,7 @@ from panelfuse.providers.sse import DONE, SSEDecoder, parse_data
 
 def decode(*reads: bytes) -> list[tuple[str, str]]:
     decoder = SSEDecoder()
-    return [ev for r in reads for ev in decoder.feed(r)]
+    return [(name, data.decode()) for r in reads for name, data in decoder.feed(r)]
 
 
 def test_events_named_multiline_and_comments():
@@ -32,21 +32,23 @@ def test_an_unfinished_event_is_held_until_its_blank_line():
     decoder = SSEDecoder()
     assert decoder.feed(b'data: {"a"') == []
     assert decoder.pending()
-    assert decoder.feed(b": 1}\n\n") == [("message", '{"a": 1}')]
+    assert decoder.feed(b": 1}\n\n") == [("message", b'{"a": 1}')]
     assert not decoder.pending()
 
 
 def test_parse_data():
-    assert parse_data(" [DONE] ", provider="p", model="m") == DONE
-    assert parse_data("", provider="p", model="m") is None
-    assert parse_data('{"x": [1]}', provider="p", model="m") == {"x": [1]}
-    for bad in ("{oops", "[1, 2]", "[" * 5000):
+    assert parse_data(b" [DONE] ", provider="p", model="m") == DONE
+    assert parse_data(b"", provider="p", model="m") is None
+    assert parse_data(b' {"x": [1]}\n', provider="p", model="m") == {"x": [1]}
+    for bad in (b"{oops", b"[1, 2]", b"[" * 5000, b'"text"'):
         with pytest.raises(BadResponseError):
             parse_data(bad, provider="p", model="m")
 
 
 _text = st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=40)
-_events = st.lists(st.tuples(st.sampled_from(["", "delta", "ping"]), st.lists(_text, min_size=1, max_size=3)), max_size=8)
+_events = st.lists(
+    st.tuples(st.sampled_from(["", "delta", "ping"]), st.lists(_text, min_size=1, max_size=3)), max_size=8
+)
 
 
 @given(events=_events, cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=12), crlf=st.booleans())
@@ -86,3 +88,29 @@ def test_join_text_leaves_pieces_that_carry_more_than_text():
     joined = join_text(events)
     assert [e.text for e in joined] == ["ab", "c", "d", "e", "", ""]
     assert joined[1].logprobs == {"content": []} and joined[3].index == 1 and joined[4].tool_calls == [tool]
+
+
+def test_plain_token_takes_only_chunks_that_carry_nothing_but_text():
+    from panelfuse.providers.openai_compat import plain_token
+
+    def chunk(delta, **choice):
+        return {"choices": [{"index": 0, "delta": delta, "finish_reason": None, **choice}]}
+
+    assert plain_token(chunk({"content": "hi"})) == (0, "hi")
+    assert plain_token(chunk({"role": "assistant", "content": "hi", "refusal": None})) == (0, "hi")
+    assert plain_token({"choices": [{"index": 2, "delta": {"content": "x"}}]}) == (2, "x")
+    for other in (
+        chunk({"content": ""}),
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "hi"}, finish_reason="stop"),
+        chunk({"content": "hi"}, logprobs={"content": [{"token": "hi"}]}),
+        chunk({"content": "hi", "tool_calls": [{"index": 0}]}),
+        chunk({"content": "hi", "annotations": [{"type": "url_citation"}]}),
+        chunk({"refusal": "no"}),
+        {**chunk({"content": "hi"}), "usage": {"prompt_tokens": 1}},
+        {"choices": [chunk({"content": "a"})["choices"][0], chunk({"content": "b"})["choices"][0]]},
+        {"choices": ["x"]},
+        {"choices": [{"delta": {"content": 5}}]},
+        {"choices": [{"index": "0", "delta": {"content": "hi"}}]},
+    ):
+        assert plain_token(other) is None, other

@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage, join_text
+from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage
 from panelfuse.providers.errors import (
     AuthError,
     BadRequestError,
@@ -123,6 +123,52 @@ def _annotations(holder: dict[str, Any]) -> list[dict[str, Any]] | None:
     return [a for a in value if isinstance(a, dict)] or None
 
 
+def plain_token(chunk: dict[str, Any]) -> tuple[int, str] | None:
+    """(choice index, text) of a chunk that carries only a piece of one choice's text, the usual
+    chunk of a streamed answer; None for anything else (role only, tool calls, finish, usage, logprobs,
+    annotations, refusal…), which takes the general path. Pure, and cheap: it runs once per token."""
+    choices = chunk.get("choices")
+    if chunk.get("usage") or type(choices) is not list or len(choices) != 1:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason") or choice.get("logprobs"):
+        return None
+    delta = choice.get("delta")
+    if type(delta) is not dict:
+        return None
+    text = delta.get("content")
+    if not text or type(text) is not str:
+        return None
+    for key, value in delta.items():
+        if value and key != "content" and key != "role":
+            return None
+    index = choice.get("index") or 0
+    return (index, text) if type(index) is int else None
+
+
+class TextRun:
+    """Joins consecutive plain tokens of one choice into one StreamEvent, appended to `out` when
+    something else comes (or at `close`)."""
+
+    __slots__ = ("index", "out", "parts")
+
+    def __init__(self, out: list[StreamEvent]) -> None:
+        self.out = out
+        self.index = 0
+        self.parts: list[str] = []
+
+    def add(self, index: int, text: str) -> None:
+        if self.parts and index != self.index:
+            self.close()
+        self.index = index
+        self.parts.append(text)
+
+    def close(self) -> None:
+        if self.parts:
+            self.out.append(StreamEvent(text="".join(self.parts), index=self.index))
+            self.parts = []
+
+
 class OpenAICompatProvider(Provider):
     accepts_reasoning = True
     supports_n = True
@@ -192,9 +238,11 @@ class OpenAICompatProvider(Provider):
         ) as batches:
             async for batch in batches:
                 out: list[StreamEvent] = []
+                text = TextRun(out)
                 for _, chunk in batch:
                     if chunk == DONE:
                         finished = done = True
+                        text.close()
                         for index, acc in sorted(tools.items()):
                             pending = acc.take()
                             if pending:  # a server that ended without a finish_reason chunk
@@ -202,16 +250,23 @@ class OpenAICompatProvider(Provider):
                         break
                     assert isinstance(chunk, dict)
                     if "error" in chunk:  # OpenRouter reports mid-stream failures this way
-                        for ev in join_text(out):  # what came before the error still reaches the caller
+                        text.close()
+                        for ev in out:  # what came before the error still reaches the caller
                             yield ev
                         raise UpstreamError(
                             error_message(json.dumps(chunk).encode()), provider=self.name, model=req.model
                         )
+                    token = plain_token(chunk)
+                    if token is not None:
+                        text.add(*token)
+                        continue
+                    text.close()
                     for ev in self._chunk_events(chunk, tools):
                         if ev.finish_reason:
                             finished = True
                         out.append(ev)
-                for ev in join_text(out):
+                text.close()
+                for ev in out:
                     yield ev
                 if done:
                     break

@@ -18,6 +18,7 @@ from panelfuse.providers.errors import BadResponseError, ProviderError
 from panelfuse.providers.http import TRANSPORT_ERRORS, encode_json, shared_session
 
 DONE = "[DONE]"
+_DONE = DONE.encode()
 SSEItem = tuple[str, dict[str, Any] | str]  # (event name, parsed JSON object) or (event name, DONE)
 
 
@@ -32,7 +33,7 @@ class SSEDecoder:
         self._event = ""
         self._data: list[bytes] = []
 
-    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
         buffer = self._buffer + chunk
         if b"\r" in buffer:
             # A CR at the very end may be the first half of a CRLF: keep it for the next read.
@@ -44,11 +45,12 @@ class SSEDecoder:
                 buffer += b"\r"
         lines = buffer.split(b"\n")
         self._buffer = lines.pop()  # the unfinished line (empty when the chunk ended on a newline)
-        out: list[tuple[str, str]] = []
+        out: list[tuple[str, bytes]] = []
         for line in lines:
             if not line:
                 if self._data:
-                    out.append((self._event or "message", b"\n".join(self._data).decode("utf-8", "replace")))
+                    data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                    out.append((self._event or "message", data))
                 self._event, self._data = "", []
                 continue
             field, _, value = line.partition(b":")
@@ -66,17 +68,18 @@ class SSEDecoder:
         return bool(self._data or self._buffer.strip())
 
 
-def parse_data(data: str, *, provider: str, model: str) -> dict[str, Any] | str | None:
+def parse_data(data: bytes, *, provider: str, model: str) -> dict[str, Any] | str | None:
     """One event's data: its JSON object, DONE, or None for an empty data field."""
-    data = data.strip()
-    if not data:
-        return None
-    if data == DONE:
-        return DONE
     try:
-        parsed = orjson.loads(data)
+        parsed = orjson.loads(data)  # orjson skips surrounding whitespace itself
     except orjson.JSONDecodeError as exc:
-        raise BadResponseError(f"malformed SSE data: {data[:200]!r}", provider=provider, model=model) from exc
+        data = data.strip()
+        if not data:
+            return None
+        if data == _DONE:
+            return DONE
+        text = data[:200].decode("utf-8", "replace")
+        raise BadResponseError(f"malformed SSE data: {text!r}", provider=provider, model=model) from exc
     if not isinstance(parsed, dict):
         raise BadResponseError("SSE data is not an object", provider=provider, model=model)
     return parsed

@@ -22,8 +22,9 @@ from panelfuse.store import RunStore
 
 log = logging.getLogger("panelfuse.server")
 
-# Seconds between event batches written to the store: a run's events are written a few times per run,
-# not once per event (live followers in this process read them from memory, at once).
+# Seconds between event batches written to the store: every live run's new events go in one
+# transaction per interval, not one per event or per run (followers in this process read them from
+# memory at once; followers on other replicas read the store, this much later at most).
 FLUSH_INTERVAL = 0.25
 HEARTBEAT_INTERVAL = 10.0  # a running run's updated_at is refreshed this often
 
@@ -95,15 +96,37 @@ class RunManager:
         self.active: dict[str, ActiveRun] = {}
         self._heartbeat: asyncio.Task[None] | None = None
 
-    async def _beat(self) -> None:
-        """Refresh every live run's row, events or not: a member may be silent for minutes, and another
-        replica starting meanwhile must not take the run for abandoned."""
-        while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-            try:  # one statement for every live run: its cost does not grow with the runs in flight
-                await self.store.touch_runs(list(self.active))
-            except Exception:  # the store is briefly down: the next beat retries
-                log.debug("heartbeat failed", exc_info=True)
+    async def _flush_and_beat(self) -> None:
+        """Write every live run's new events in one transaction each FLUSH_INTERVAL; refresh every
+        live run's row each HEARTBEAT_INTERVAL, events or not (a member may be silent for minutes, and
+        another replica starting meanwhile must not take the run for abandoned). Both cost one
+        statement, however many runs are in flight."""
+        last_beat = time.monotonic()
+        while self.active:  # ends with the last live run (an idle gateway does not tick); start() restarts it
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await self._flush()
+            except Exception:  # never let one bad flush end the loop: each run's end writes the rest
+                log.exception("event flush failed")
+            if time.monotonic() - last_beat >= HEARTBEAT_INTERVAL:
+                last_beat = time.monotonic()
+                try:
+                    await self.store.touch_runs(list(self.active))
+                except Exception:  # the store is briefly down: the next beat retries
+                    log.debug("heartbeat failed", exc_info=True)
+
+    async def _flush(self) -> None:
+        pending = [(run, run.visible) for run in self.active.values() if run.visible > run.flushed]
+        if not pending:
+            return
+        batches = {run.run_id: run.stream.log.events[run.flushed : upto] for run, upto in pending}
+        try:
+            await self.store.append_events_of(batches)
+        except Exception:  # the store is briefly down, or a run was deleted: each run's end writes the rest
+            log.debug("event flush failed", exc_info=True)
+            return
+        for run, upto in pending:
+            run.flushed = max(run.flushed, upto)
 
     async def start(
         self,
@@ -134,7 +157,7 @@ class RunManager:
             parent_run_id=parent_run_id,
         )
         if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.create_task(self._beat(), name="run-heartbeat")
+            self._heartbeat = asyncio.create_task(self._flush_and_beat(), name="run-flush-and-heartbeat")
         stream = fusion.stream(plan, run_id=run_id, hold_deltas=not live)
         run = ActiveRun(run_id, stream, background, on_finish=on_finish)
         self.active[run_id] = run
@@ -144,7 +167,6 @@ class RunManager:
 
     async def _drive(self, run: ActiveRun) -> None:
         started = time.monotonic()
-        flusher = asyncio.create_task(self._flush_every(run), name=f"run-flush-{run.run_id}")
         try:
             # Closed on the way out whatever happens: a cancel landing outside the stream still cancels
             # the pipeline's task and records its run.cancelled event.
@@ -158,8 +180,6 @@ class RunManager:
             # The fusion already emitted run.cancelled into its log; record it, shielded from a second cancel.
             pass
         finally:
-            flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
             await asyncio.shield(self._record(run, started))
             run.done.set()
             for q in run.subscribers:
@@ -167,33 +187,12 @@ class RunManager:
             self.active.pop(run.run_id, None)
             metrics.RUNS_ACTIVE.dec()
 
-    async def _flush_every(self, run: ActiveRun) -> None:
-        """Write the run's published events every FLUSH_INTERVAL (followers on other replicas read them)."""
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            upto = run.visible
-            if upto > run.flushed:
-                # Shielded: a write cut midway would be written again by _record (duplicates are skipped).
-                write = asyncio.ensure_future(
-                    self.store.append_events(run.run_id, run.stream.log.events[run.flushed : upto])
-                )
-                try:
-                    await asyncio.shield(write)
-                except asyncio.CancelledError:
-                    await asyncio.gather(write, return_exceptions=True)
-                    raise
-                except Exception:  # the store is briefly down: the next flush, or _record, writes them
-                    log.debug("event flush of run %s failed", run.run_id, exc_info=True)
-                    continue
-                run.flushed = upto
-
     async def _record(self, run: ActiveRun, started: float) -> None:
         """Store the outcome, then publish the events not yet seen (the terminal one, or run.cancelled
         emitted after the consumer stopped reading): a client told "completed" finds the run stored."""
         log_events = run.stream.log.events
         result = run.stream.result
         try:
-            await self.store.append_events(run.run_id, log_events[run.flushed :])
             status = result.status if result.status != "running" else "cancelled"
             if status == "cancelled" and run.cancel_reason:
                 result.error = run.cancel_reason
@@ -207,6 +206,7 @@ class RunManager:
                 degraded=result.degraded,
                 error=result.error,
                 latency_ms=result.latency_ms or int((time.monotonic() - started) * 1000),
+                events=log_events[run.flushed :],  # with the outcome, in one transaction
             )
             metrics.observe_result(result, status)
         except Exception:  # the store is down: the run's outcome is still in memory and in the logs

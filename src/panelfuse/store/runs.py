@@ -205,21 +205,32 @@ class RunStore:
         degraded: bool,
         error: str | None,
         latency_ms: int,
+        events: Iterable[StoredEvent | Mapping[str, Any]] = (),
     ) -> None:
-        """Record the outcome. `status` is one of completed|failed|cancelled|interrupted."""
+        """Record the outcome, with the run's `events` not stored yet, in one transaction. `status` is
+        one of completed|failed|cancelled|interrupted."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"finish_run: status must be one of {FINAL_STATUSES}, not {status!r}")
-        await self.update_run(
-            run_id,
-            status=status,
-            result=result,
-            content=content,
-            usage=usage,
-            cost=cost,
-            degraded=degraded,
-            error=error,
-            latency_ms=latency_ms,
-        )
+        rows = self._event_rows(run_id, events)
+        fields = {
+            "status": status,
+            "result": result,
+            "content": _text(content) or "",
+            "usage": usage,
+            "cost": cost,
+            "degraded": degraded,
+            "error": _text(error),
+            "latency_ms": latency_ms,
+            "updated_at": _now(),
+        }
+        try:
+            async with self._db.write() as conn:
+                await self._insert_events(conn, rows)
+                res = await conn.execute(runs.update().where(runs.c.id == run_id).values(**fields))
+        except IntegrityError:
+            raise RunNotFoundError(run_id) from None
+        if res.rowcount == 0:
+            raise RunNotFoundError(run_id)
 
     async def get_run(self, run_id: str, *, key_id: str | None = None) -> RunRecord | None:
         """The run, or None. With `key_id`, only a run made by that key (admin passes None)."""
@@ -347,20 +358,38 @@ class RunStore:
         """Batch insert. Events are pipeline `Event`s, `EventRecord`s (anything with the StoredEvent fields)
         or mappings with seq/type[/stage/data/ts]. A (run_id, seq) already stored is skipped, so
         replaying a batch is harmless."""
+        await self.append_events_of({run_id: events})
+
+    async def append_events_of(self, batches: Mapping[str, Iterable[StoredEvent | Mapping[str, Any]]]) -> None:
+        """The events of several runs in one transaction (a gateway flushes every live run's at once:
+        one write per interval, not one per run). RunNotFoundError names a run that does not exist."""
+        rows = [row for run_id, events in batches.items() for row in self._event_rows(run_id, events)]
+        if not rows:
+            return
+        try:
+            async with self._db.write() as conn:
+                await self._insert_events(conn, rows)
+        except IntegrityError:
+            # the only constraint left is the run FK: find the missing run to name it
+            for run_id in batches:
+                if not await self._exists(run_id):
+                    raise RunNotFoundError(run_id) from None
+            raise
+
+    @staticmethod
+    def _event_rows(run_id: str, events: Iterable[StoredEvent | Mapping[str, Any]]) -> list[dict[str, Any]]:
         rows: dict[int, dict[str, Any]] = {}
         for ev in events:
             row = event_row(run_id, ev)
             rows.setdefault(row["seq"], row)  # first wins, as in the database
+        return list(rows.values())
+
+    async def _insert_events(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         stmt = self._db.insert(run_events).on_conflict_do_nothing(index_elements=["run_id", "seq"])
-        batch = list(rows.values())
-        try:
-            async with self._db.write() as conn:
-                for i in range(0, len(batch), _EVENT_CHUNK):
-                    await conn.execute(stmt, batch[i : i + _EVENT_CHUNK])
-        except IntegrityError:
-            raise RunNotFoundError(run_id) from None  # the only constraint left is the run FK
+        for i in range(0, len(rows), _EVENT_CHUNK):
+            await conn.execute(stmt, rows[i : i + _EVENT_CHUNK])
 
     async def events_after(
         self, run_id: str, after_seq: int = 0, limit: int = 1000, *, key_id: str | None = None
