@@ -76,10 +76,9 @@ class GenerationStore:
     async def insert(self, record: GenerationRecord) -> bool:
         """Store the generation; False (and nothing changed) when its id is already stored."""
         values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
-        stmt = self._db.insert(generations).values(**values).on_conflict_do_nothing(index_elements=["id"])
-        async with self._db.write() as conn:
-            res = await conn.execute(stmt)
-        return (res.rowcount or 0) > 0
+        stmt = self._db.insert(generations).on_conflict_do_nothing(index_elements=["id"])
+        inserted = await self._db.transact(lambda conn: conn.execute(stmt, values).rowcount)
+        return (inserted or 0) > 0
 
     async def get(self, gen_id: str, *, key_id: str | None = None) -> GenerationRecord | None:
         """The generation, or None. With `key_id`, only one made by that key (admin passes None)."""

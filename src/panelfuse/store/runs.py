@@ -161,8 +161,7 @@ class RunStore:
         )
         values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
         try:
-            async with self._db.write() as conn:
-                await conn.execute(runs.insert().values(**values))
+            await self._db.transact(lambda conn: conn.execute(runs.insert(), values))
         except IntegrityError:
             if await self._exists(run_id):
                 raise DuplicateRunError(run_id) from None
@@ -181,17 +180,16 @@ class RunStore:
                 fields[key] = _text(fields[key])
         if fields.get("content", "") is None:
             fields["content"] = ""
-        async with self._db.write() as conn:
-            res = await conn.execute(runs.update().where(runs.c.id == run_id).values(updated_at=_now(), **fields))
-        if res.rowcount == 0:
+        stmt = runs.update().where(runs.c.id == run_id).values(updated_at=_now(), **fields)
+        if await self._db.transact(lambda conn: conn.execute(stmt).rowcount) == 0:
             raise RunNotFoundError(run_id)
 
     async def touch_runs(self, run_ids: Collection[str]) -> None:
         """One heartbeat for many live runs: their updated_at moves to now, in one statement."""
         if not run_ids:
             return
-        async with self._db.write() as conn:
-            await conn.execute(runs.update().where(runs.c.id.in_(list(run_ids))).values(updated_at=_now()))
+        stmt = runs.update().where(runs.c.id.in_(list(run_ids))).values(updated_at=_now())
+        await self._db.transact(lambda conn: conn.execute(stmt))
 
     async def finish_run(
         self,
@@ -223,13 +221,17 @@ class RunStore:
             "latency_ms": latency_ms,
             "updated_at": _now(),
         }
+        update = runs.update().where(runs.c.id == run_id).values(**fields)
+
+        def work(conn: sa.Connection) -> int:
+            self._insert_events(conn, rows)
+            return conn.execute(update).rowcount
+
         try:
-            async with self._db.write() as conn:
-                await self._insert_events(conn, rows)
-                res = await conn.execute(runs.update().where(runs.c.id == run_id).values(**fields))
+            updated = await self._db.transact(work)
         except IntegrityError:
             raise RunNotFoundError(run_id) from None
-        if res.rowcount == 0:
+        if updated == 0:
             raise RunNotFoundError(run_id)
 
     async def get_run(self, run_id: str, *, key_id: str | None = None) -> RunRecord | None:
@@ -367,8 +369,7 @@ class RunStore:
         if not rows:
             return
         try:
-            async with self._db.write() as conn:
-                await self._insert_events(conn, rows)
+            await self._db.transact(lambda conn: self._insert_events(conn, rows))
         except IntegrityError:
             # the only constraint left is the run FK: find the missing run to name it
             for run_id in batches:
@@ -384,12 +385,12 @@ class RunStore:
             rows.setdefault(row["seq"], row)  # first wins, as in the database
         return list(rows.values())
 
-    async def _insert_events(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    def _insert_events(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         stmt = self._db.insert(run_events).on_conflict_do_nothing(index_elements=["run_id", "seq"])
         for i in range(0, len(rows), _EVENT_CHUNK):
-            await conn.execute(stmt, rows[i : i + _EVENT_CHUNK])
+            conn.execute(stmt, rows[i : i + _EVENT_CHUNK])
 
     async def events_after(
         self, run_id: str, after_seq: int = 0, limit: int = 1000, *, key_id: str | None = None
