@@ -11,6 +11,7 @@ import time
 from datetime import date, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -49,7 +50,12 @@ def _finite(obj: Any) -> Any:
 
 
 def json_dumps(obj: Any) -> str:
-    """JSON for the database. NaN/Infinity become null: PostgreSQL's json type rejects them."""
+    """JSON for the database. NaN/Infinity become null: PostgreSQL's json type rejects them (orjson
+    writes them as null itself). The standard library takes what orjson refuses (integers past 64 bits)."""
+    try:
+        return orjson.dumps(obj, default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        pass
     try:
         return json.dumps(obj, default=_json_default, allow_nan=False)
     except ValueError:
