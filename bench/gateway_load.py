@@ -353,7 +353,13 @@ def measure_panelfuse(results: dict[str, Any], workdir: Path, fake_port: int, ar
         gateway = start_gateway(workdir, fake_port, port, args)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         results["idle_rss_mb"] = round(rss_mb(gateway.pid), 1)
-        print(f"gateway pid {gateway.pid}, idle RSS {results['idle_rss_mb']} MB; fake upstream on :{fake_port}")
+        before = cpu_seconds(gateway.pid)
+        time.sleep(1 if args.quick else 3)
+        results["idle_cpu_ms_per_s"] = round((cpu_seconds(gateway.pid) - before) * 1000 / (1 if args.quick else 3), 1)
+        print(
+            f"gateway pid {gateway.pid}, idle RSS {results['idle_rss_mb']} MB, idle CPU "
+            f"{results['idle_cpu_ms_per_s']} ms/s; fake upstream on :{fake_port}"
+        )
         plain = {"model": "fake/plain", "messages": ASK}
         fusion = {"model": "panelfuse/fusion-bench", "messages": ASK}
         rows = results["rows"]
@@ -443,7 +449,9 @@ def tail(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     for name in ("tail_all", "tail_quorum"):
         point, _ = load(url, {"model": f"panelfuse/fusion-{name}", "messages": ASK}, pid, c, n, 0.0, False)
         ratio = round(point.p99_ms / point.p50_ms, 2)
-        out[name] = {"p50_ms": point.p50_ms, "p99_ms": point.p99_ms, "p99_over_p50": ratio}
+        out[name] = {"p50_ms": point.p50_ms, "p99_ms": point.p99_ms, "p99_over_p50": ratio, "errors": point.errors}
+        if point.first_errors:
+            out[name]["first_errors"] = point.first_errors
         print(f"  {name:12} p50 {point.p50_ms} ms  p99 {point.p99_ms} ms  p99/p50 {out[name]['p99_over_p50']}")
     return out
 

@@ -22,6 +22,7 @@ from panelfuse.providers.errors import DeadlineExceeded, ProviderError, RateLimi
 T = TypeVar("T")
 
 NEVER_RETRIED = frozenset({402})  # HTTP statuses that no retry can fix
+_JITTER = random.Random()  # one per process: seeding one per call read os.urandom every time
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ async def retrying_stream(
 
     `deadline` is a time.monotonic() instant; the whole call, sleeps included, ends by it.
     """
-    rng = rng or random.Random()
+    rng = rng or _JITTER
     attempt = 0
     while True:
         attempt += 1

@@ -1,0 +1,39 @@
+"""The gateway benchmark runs end to end (reduced: a smoke run) and its output is well formed. It
+asserts the shape of the figures, never their values: these machines are shared and noisy."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "gateway_load.py"
+
+
+def test_the_gateway_benchmark_runs_and_writes_its_table(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| target | CPU ms/request |" in done.stdout
+    data = json.loads(out.read_text())
+    assert data["machine"]["cpus"] >= 1 and data["idle_rss_mb"] > 0
+    names = [row["name"] for row in data["rows"]]
+    assert names == ["panelfuse, plain model proxied", "panelfuse fusion (streamed)", "panelfuse fusion (not streamed)"]
+    for row in data["rows"]:
+        assert [p["concurrency"] for p in row["points"]] == [1, 4]
+        for point in row["points"]:
+            assert point["errors"] == 0, point["first_errors"]
+            assert point["requests"] > 0 and point["cpu_ms_per_request"] >= 0
+            assert 0 < point["p50_ms"] <= point["p99_ms"]
+        assert row["name"] != "panelfuse fusion (streamed)" or all(p["ttft_p50_ms"] for p in row["points"])
+    scaling = data["load_scaling"]
+    assert scaling["c1_cpu_ms"] >= 0 and scaling["kb_per_in_flight_fusion"] >= 0
+    ttft = data["final_ttft"]
+    assert ttft["samples"] > 0 and math.isfinite(ttft["p50_ms"])
+    for name in ("tail_all", "tail_quorum"):
+        assert data["tail"][name]["p50_ms"] > 0
+    assert data["idle_cpu_ms_per_s"] >= 0
