@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from typing import Annotated, Any
@@ -18,6 +17,7 @@ from panelfuse.pipeline.run import Fusion, FusionError
 from panelfuse.pricing import PriceTable
 from panelfuse.providers.base import ChatRequest, Completion, fold_stream
 from panelfuse.providers.errors import ProviderError
+from panelfuse.providers.http import run as run_closing
 from panelfuse.providers.registry import Providers
 from panelfuse.providers.resolve import FusionRoute, UnknownModelError
 from panelfuse.spec import FusionSpec, all_presets, spec_from_preset
@@ -137,7 +137,7 @@ def ask(
             timeout=timeout,
         )
         try:
-            asyncio.run(_ask_single(providers, model or "", req, as_json, console))
+            run_closing(_ask_single(providers, model or "", req, as_json, console))
         except ProviderError as exc:
             raise fail(str(exc)) from exc
         return
@@ -160,7 +160,7 @@ def ask(
         raise fail(str(exc), 2) from exc
     fusion = Fusion(spec, providers=providers)
     try:
-        result = asyncio.run(_ask_fusion(fusion, messages, as_json, console))
+        result = run_closing(_ask_fusion(fusion, messages, as_json, console))
     except FusionError as exc:
         result = exc.result
     if as_json:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from panelfuse.cli.common import ConfigOpt, load_providers, make_console
 from panelfuse.providers.errors import ProviderError
+from panelfuse.providers.http import run as run_closing
 from panelfuse.providers.registry import Providers
 from panelfuse.spec import all_presets, preset_model_ids, verify_model_ids
 
@@ -23,7 +22,7 @@ def models(ctx: typer.Context, config: ConfigOpt = None) -> None:
         return
     providers = load_providers(ctx, config)
     console = make_console()
-    listed = asyncio.run(_list_all(providers, console))
+    listed = run_closing(_list_all(providers, console))
     for name, ids in listed.items():
         for mid in ids or []:
             console.print(f"{name}/{mid}", markup=False)
@@ -63,7 +62,7 @@ def models_check(ctx: typer.Context, config: ConfigOpt = None) -> None:
                 rows.append((pname, qualified, "-", f"unknown provider: {exc.message}"))
                 continue
             rows.append((pname, qualified, route.provider, route.model))
-    listed = asyncio.run(_list_all(providers, console, {r[2] for r in rows}))
+    listed = run_closing(_list_all(providers, console, {r[2] for r in rows}))
     checked = verify_model_ids([(q, p, m) for _, q, p, m in rows if p != "-"], listed)
     status = {q: st for q, _, st in checked}
     table = Table(title="Preset model ids", show_edge=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Protocol, runtime_checkable
 
@@ -21,6 +20,7 @@ from panelfuse.evals.summary import EvalSummary, summarize
 from panelfuse.evals.tasks import Task, TaskFormatError, load_tasks
 from panelfuse.pricing import PriceTable
 from panelfuse.providers.errors import ProviderError
+from panelfuse.providers.http import run as run_closing
 from panelfuse.providers.registry import Providers
 from panelfuse.store import RunStore, StoreError
 
@@ -219,7 +219,7 @@ def eval_command(
         f"{passes} passes · grader {grader.qualified}"
     )
     try:
-        summary, files = asyncio.run(
+        summary, files = run_closing(
             run_eval(tasks, configs, grader, providers, prices, settings, db, out, seed=seed, console=console)
         )
     except EvalMismatchError as exc:

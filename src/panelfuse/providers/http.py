@@ -9,14 +9,17 @@ create a loop per test): its C parser reads a streamed answer several times chea
 from __future__ import annotations
 
 import asyncio
+import json
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import httpx
 import orjson
+
+T = TypeVar("T")
 
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
@@ -40,7 +43,6 @@ def shared_session() -> aiohttp.ClientSession:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
             trust_env=False,
             auto_decompress=True,
-            json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
         _sessions[loop] = session
     return session
@@ -73,7 +75,12 @@ class HttpAnswer:
 
 
 def encode_json(body: Any) -> bytes:
-    return orjson.dumps(body)
+    """A request body as JSON; the standard library takes what orjson refuses (integers past 64 bits,
+    which a caller may send and the upstream should be the one to refuse)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body).encode()
 
 
 async def request(method: str, url: str, *, headers: Mapping[str, str], body: Any = None) -> HttpAnswer:
@@ -82,6 +89,19 @@ async def request(method: str, url: str, *, headers: Mapping[str, str], body: An
     data = encode_json(body) if body is not None else None
     async with shared_session().request(method, url, headers=dict(headers), data=data) as resp:
         return HttpAnswer(resp.status, resp.headers, await resp.read())
+
+
+def run(main: Awaitable[T]) -> T:
+    """`asyncio.run(main)`, closing the loop's pooled HTTP clients before the loop ends (a command
+    line's one-shot loop; the gateway closes them at shutdown)."""
+
+    async def closing() -> T:
+        try:
+            return await main
+        finally:
+            await close_shared_client()
+
+    return asyncio.run(closing())
 
 
 async def close_shared_client() -> None:
