@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from panelfuse.providers.base import StreamEvent, ToolCall, Usage, join_text
 from panelfuse.providers.errors import BadResponseError
-from panelfuse.providers.sse import DONE, SSEDecoder, parse_data
+from panelfuse.providers.sse import DONE, SSEDecoder, parse_data, parse_events
 
 
 def decode(*reads: bytes) -> list[tuple[str, str]]:
@@ -114,3 +114,37 @@ def test_plain_token_takes_only_chunks_that_carry_nothing_but_text():
         {"choices": [{"index": "0", "delta": {"content": "hi"}}]},
     ):
         assert plain_token(other) is None, other
+
+
+_objects = st.lists(
+    st.dictionaries(st.text(max_size=5), st.integers(-(2**60), 2**60) | st.text(max_size=8) | st.none(), max_size=3),
+    max_size=6,
+)
+
+
+@given(objects=_objects, done=st.booleans())
+def test_events_parsed_together_equal_events_parsed_one_by_one(objects, done):
+    import orjson
+
+    events = [("message", orjson.dumps(o)) for o in objects] + ([("message", b"[DONE]")] if done else [])
+    one_by_one = [(n, parse_data(d, provider="p", model="m")) for n, d in events]
+    assert parse_events(events, provider="p", model="m") == one_by_one
+
+
+@pytest.mark.parametrize(
+    "datas",
+    [
+        [b'{"a": 1}', b'{"b": 2}, {"c": 3}'],  # two values in one event
+        [b'{"a": 1}', b"[1]"],  # not an object
+        [b'{"a": 1}', b'{"b": '],  # cut
+        [b'{"a": 1}', b"oops", b"[DONE]"],
+    ],
+)
+def test_a_bad_event_among_good_ones_is_named(datas):
+    with pytest.raises(BadResponseError):
+        parse_events([("message", d) for d in datas], provider="p", model="m")
+
+
+def test_empty_data_is_left_out():
+    events = [("message", b'{"a": 1}'), ("message", b"  "), ("message", b'{"b": 2}')]
+    assert parse_events(events, provider="p", model="m") == [("message", {"a": 1}), ("message", {"b": 2})]

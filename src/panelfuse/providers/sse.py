@@ -85,6 +85,33 @@ def parse_data(data: bytes, *, provider: str, model: str) -> dict[str, Any] | st
     return parsed
 
 
+def parse_events(events: list[tuple[str, bytes]], *, provider: str, model: str) -> list[SSEItem]:
+    """The (event name, parsed data) of events that arrived together, in order; events with empty data
+    are left out. Their JSON objects are parsed in one call (a streamed answer's chunks arrive by the
+    dozen), and one by one only when that fails, to name the bad one. Pure."""
+    done = 0
+    while done < len(events) and events[len(events) - 1 - done][1].strip() == _DONE:
+        done += 1  # [DONE] ends the stream: parsed apart, so the objects before it still go in one call
+    head = events[: len(events) - done]
+    out: list[SSEItem] | None = None
+    if len(head) > 1:
+        try:
+            values = orjson.loads(b"[" + b",".join(data for _, data in head) + b"]")
+        except orjson.JSONDecodeError:
+            values = None
+        # One value per event, each an object: otherwise an event held two values, or none, or a non-object.
+        if values is not None and len(values) == len(head) and all(type(v) is dict for v in values):
+            out = [(name, value) for (name, _), value in zip(head, values, strict=True)]
+    if out is None:
+        out = []
+        for name, data in head:
+            parsed = parse_data(data, provider=provider, model=model)
+            if parsed is not None:
+                out.append((name, parsed))
+    out.extend((name, DONE) for name, _ in events[len(events) - done :])
+    return out
+
+
 async def json_batches(
     url: str,
     body: dict[str, Any],
@@ -110,11 +137,7 @@ async def json_batches(
                     model=model,
                 )
             async for chunk in resp.content.iter_any():
-                batch: list[SSEItem] = []
-                for event, data in decoder.feed(chunk):
-                    parsed = parse_data(data, provider=provider, model=model)
-                    if parsed is not None:
-                        batch.append((event, parsed))
+                batch = parse_events(decoder.feed(chunk), provider=provider, model=model)
                 if batch:
                     yield batch
     except ProviderError:
