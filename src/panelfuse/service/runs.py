@@ -94,7 +94,7 @@ class RunManager:
     def __init__(self, store: RunStore) -> None:
         self.store = store
         self.active: dict[str, ActiveRun] = {}
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
 
     async def _flush_and_beat(self) -> None:
         """Write every live run's new events in one transaction each FLUSH_INTERVAL; refresh every
@@ -156,8 +156,8 @@ class RunManager:
             background=background,
             parent_run_id=parent_run_id,
         )
-        if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.create_task(self._flush_and_beat(), name="run-flush-and-heartbeat")
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_and_beat(), name="run-flush-and-heartbeat")
         stream = fusion.stream(plan, run_id=run_id, hold_deltas=not live)
         run = ActiveRun(run_id, stream, background, on_finish=on_finish)
         self.active[run_id] = run
@@ -221,8 +221,8 @@ class RunManager:
 
     async def shutdown(self, grace: float) -> None:
         """Let runs finish for `grace` seconds, then cancel the rest and record them."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        if self._flusher is not None:
+            self._flusher.cancel()
         pending = [r.task for r in self.active.values() if r.task is not None]
         if not pending:
             return
