@@ -1,5 +1,5 @@
 """The upstream SSE decoder (providers/sse.py) and the joining of text that arrived together
-(providers/base.py::join_text): pure functions, checked on examples and with hypothesis."""
+(providers/base.py::TextRun): pure, checked on examples and with hypothesis."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from panelfuse.providers.base import StreamEvent, ToolCall, Usage, join_text
+from panelfuse.providers.base import StreamEvent, TextRun
 from panelfuse.providers.errors import BadResponseError
 from panelfuse.providers.sse import DONE, SSEDecoder, parse_data, parse_events
 
@@ -66,28 +66,29 @@ def test_any_split_of_the_bytes_gives_the_same_events(events, cuts, crlf):
     assert decode(*pieces) == expected
 
 
-@given(st.lists(st.text(min_size=1, max_size=5), max_size=20))
-def test_join_text_keeps_the_text_and_its_order(pieces):
-    events = [StreamEvent(text=p) for p in pieces]
-    joined = join_text(events)
-    assert "".join(e.text for e in joined) == "".join(pieces)
-    assert len(joined) == min(1, len(pieces))
+@given(st.lists(st.tuples(st.integers(0, 2), st.text(min_size=1, max_size=5)), max_size=20))
+def test_text_run_keeps_each_choices_text_and_its_order(pieces):
+    out: list[StreamEvent] = []
+    run = TextRun(out)
+    for index, text in pieces:
+        run.add(index, text)
+    run.close()
+    for index in range(3):
+        assert "".join(e.text for e in out if e.index == index) == "".join(t for i, t in pieces if i == index)
+    # one event per run of consecutive pieces of one choice
+    runs = sum(1 for k, (i, _) in enumerate(pieces) if k == 0 or pieces[k - 1][0] != i)
+    assert len(out) == runs
 
 
-def test_join_text_leaves_pieces_that_carry_more_than_text():
-    tool = ToolCall(id="c1", name="f", arguments="{}")
-    events = [
-        StreamEvent(text="a"),
-        StreamEvent(text="b"),
-        StreamEvent(text="c", logprobs={"content": []}),
-        StreamEvent(text="d"),
-        StreamEvent(text="e", index=1),
-        StreamEvent(tool_calls=[tool], finish_reason="tool_calls"),
-        StreamEvent(usage=Usage(1, 2)),
-    ]
-    joined = join_text(events)
-    assert [e.text for e in joined] == ["ab", "c", "d", "e", "", ""]
-    assert joined[1].logprobs == {"content": []} and joined[3].index == 1 and joined[4].tool_calls == [tool]
+def test_text_run_hands_on_what_it_holds_when_something_else_comes():
+    out: list[StreamEvent] = []
+    run = TextRun(out)
+    run.add(0, "a")
+    run.add(0, "b")
+    run.close()
+    out.append(StreamEvent(finish_reason="stop"))
+    run.close()  # nothing held: nothing added
+    assert [(e.text, e.finish_reason) for e in out] == [("ab", None), ("", "stop")]
 
 
 def test_plain_token_takes_only_chunks_that_carry_nothing_but_text():

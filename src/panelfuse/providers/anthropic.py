@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage, join_text
+from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, TextRun, ToolCall, Usage
 from panelfuse.providers.errors import AuthError, BadResponseError, ProviderError, UpstreamError
 from panelfuse.providers.http import TRANSPORT_ERRORS, request
 from panelfuse.providers.openai_compat import error_from_status, error_message, fetch_model_ids, transport_error
@@ -188,6 +188,7 @@ class AnthropicProvider(Provider):
         ) as batches:
             async for batch in batches:
                 out: list[StreamEvent] = []
+                text = TextRun(out)  # only text goes out per read; tool calls and the end come after
                 for event_name, data in batch:
                     if not isinstance(data, dict):
                         continue  # Anthropic sends no [DONE]; ignore one if a proxy adds it
@@ -201,11 +202,11 @@ class AnthropicProvider(Provider):
                         block["partial_json"] = ""
                         blocks[int(data.get("index", 0))] = block
                         if block.get("type") == "text" and block.get("text"):
-                            out.append(StreamEvent(text=block["text"]))
+                            text.add(0, block["text"])
                     elif kind == "content_block_delta":
                         delta = data.get("delta") or {}
-                        if delta.get("type") == "text_delta":
-                            out.append(StreamEvent(text=delta.get("text", "")))
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            text.add(0, delta["text"])
                         elif delta.get("type") == "input_json_delta":
                             blocks.setdefault(int(data.get("index", 0)), {"partial_json": ""})
                             blocks[int(data.get("index", 0))]["partial_json"] += delta.get("partial_json", "")
@@ -218,12 +219,14 @@ class AnthropicProvider(Provider):
                         finished = True
                         break
                     elif kind == "error":
-                        for ev in join_text(out):  # what came before the error still reaches the caller
+                        text.close()
+                        for ev in out:  # what came before the error still reaches the caller
                             yield ev
                         raise UpstreamError(
                             error_message(json.dumps(data).encode()), provider=self.name, model=req.model
                         )
-                for ev in join_text(out):
+                text.close()
+                for ev in out:
                     yield ev
                 if finished:
                     break

@@ -99,23 +99,28 @@ class StreamEvent:
     annotations: list[dict[str, Any]] | None = None
 
 
-def join_text(events: list[StreamEvent]) -> list[StreamEvent]:
-    """Events that arrived together, with each run of plain text pieces of one choice joined into one
-    event (pieces that carry logprobs, annotations or anything else stay as they came). Pure."""
-    out: list[StreamEvent] = []
-    for ev in events:
-        prev = out[-1] if out else None
-        if prev is not None and _plain_text(ev) and _plain_text(prev) and prev.index == ev.index:
-            out[-1] = StreamEvent(text=prev.text + ev.text, index=ev.index)
-        else:
-            out.append(ev)
-    return out
+class TextRun:
+    """Joins the text pieces of one choice that arrived together (one network read) into one
+    StreamEvent, appended to `out` when another choice's piece or anything else comes (`close`).
+    The adapters use it so a burst of tokens travels the pipeline as one event."""
 
+    __slots__ = ("index", "out", "parts")
 
-def _plain_text(ev: StreamEvent) -> bool:
-    return bool(ev.text) and not (
-        ev.tool_calls or ev.finish_reason or ev.usage or ev.refusal or ev.logprobs or ev.annotations
-    )
+    def __init__(self, out: list[StreamEvent]) -> None:
+        self.out = out
+        self.index = 0
+        self.parts: list[str] = []
+
+    def add(self, index: int, text: str) -> None:
+        if self.parts and index != self.index:
+            self.close()
+        self.index = index
+        self.parts.append(text)
+
+    def close(self) -> None:
+        if self.parts:
+            self.out.append(StreamEvent(text="".join(self.parts), index=self.index))
+            self.parts = []
 
 
 @dataclass

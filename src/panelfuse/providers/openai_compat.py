@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage
+from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, TextRun, ToolCall, Usage
 from panelfuse.providers.errors import (
     AuthError,
     BadRequestError,
@@ -144,29 +144,6 @@ def plain_token(chunk: dict[str, Any]) -> tuple[int, str] | None:
             return None
     index = choice.get("index") or 0
     return (index, text) if type(index) is int else None
-
-
-class TextRun:
-    """Joins consecutive plain tokens of one choice into one StreamEvent, appended to `out` when
-    something else comes (or at `close`)."""
-
-    __slots__ = ("index", "out", "parts")
-
-    def __init__(self, out: list[StreamEvent]) -> None:
-        self.out = out
-        self.index = 0
-        self.parts: list[str] = []
-
-    def add(self, index: int, text: str) -> None:
-        if self.parts and index != self.index:
-            self.close()
-        self.index = index
-        self.parts.append(text)
-
-    def close(self) -> None:
-        if self.parts:
-            self.out.append(StreamEvent(text="".join(self.parts), index=self.index))
-            self.parts = []
 
 
 class OpenAICompatProvider(Provider):
