@@ -31,9 +31,8 @@ def test_crlf_split_across_reads():
 def test_an_unfinished_event_is_held_until_its_blank_line():
     decoder = SSEDecoder()
     assert decoder.feed(b'data: {"a"') == []
-    assert decoder.pending()
-    assert decoder.feed(b": 1}\n\n") == [("message", b'{"a": 1}')]
-    assert not decoder.pending()
+    assert decoder.feed(b": 1}\n") == []
+    assert decoder.feed(b"\n") == [("message", b'{"a": 1}')]
 
 
 def test_parse_data():

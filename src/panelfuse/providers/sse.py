@@ -63,10 +63,6 @@ class SSEDecoder:
             # comments (":…"), id and retry do not concern a one-shot completion stream
         return out
 
-    def pending(self) -> bool:
-        """Whether bytes of an unfinished event are held (a stream that ends here was cut)."""
-        return bool(self._data or self._buffer.strip())
-
 
 def parse_data(data: bytes, *, provider: str, model: str) -> dict[str, Any] | str | None:
     """One event's data: its JSON object, DONE, or None for an empty data field."""
