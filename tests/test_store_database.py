@@ -101,6 +101,30 @@ async def test_write_rolls_back_on_error(db):
         assert (await conn.execute(sa.select(sa.func.count()).select_from(counter))).scalar_one() == 0
 
 
+async def test_transact_commits_what_work_returns_and_rolls_back_what_raises(db):
+    async with db.write() as conn:
+        await conn.run_sync(counter.metadata.create_all)
+    inserted = await db.transact(lambda c: c.execute(counter.insert(), {"id": 1, "value": 1}).rowcount)
+    assert inserted == 1
+
+    def fails(c: sa.Connection) -> None:
+        c.execute(counter.insert(), {"id": 2, "value": 2})
+        raise RuntimeError("abort")
+
+    with pytest.raises(RuntimeError):
+        await db.transact(fails)
+    async with db.read() as conn:
+        assert (await conn.execute(sa.select(counter.c.id))).scalars().all() == [1]
+
+
+async def test_transact_on_an_in_memory_database_uses_its_one_connection():
+    async with await Database.open("sqlite://") as db:
+        await db.transact(lambda c: counter.metadata.create_all(c))
+        await db.transact(lambda c: c.execute(counter.insert(), {"id": 1, "value": 7}))
+        async with db.read() as conn:
+            assert (await conn.execute(sa.select(counter.c.value))).scalar_one() == 7
+
+
 async def test_insert_speaks_the_dialect_upsert(db):
     async with db.write() as conn:
         await conn.run_sync(counter.metadata.create_all)

@@ -85,7 +85,7 @@ async def fusion_chunks(run: ActiveRun, answer_model: str, include_panel: bool) 
     deltas, then one last chunk (finish_reason, usage, the final `fusion` object) and [DONE]; or, for
     a run that failed or was cancelled, OpenRouter's error chunk and nothing after it. Deltas that
     piled up while the client was slower than the run go out merged, one chunk per member or answer
-    (the stored events stay one per delta). A caller that leaves cancels the run (unless it runs in
+    (the stored events keep them as they came). A caller that leaves cancels the run (unless it runs in
     the background)."""
     cid = shapes.completion_id(run.run_id)
     created = int(time.time())

@@ -1,7 +1,9 @@
 """Database: one engine, its URL and dialect, shared by the run, key and eval stores.
 
-Every write in the store goes through `Database.write()`, the one place that knows SQLite's rule:
-a writer must take the write lock when its transaction begins (see `write`).
+Every write in the store goes through `Database.write()` or `Database.transact()`, the two places
+that know SQLite's rule: a writer must take the write lock when its transaction begins (see `write`).
+`transact` is for the frequent writes: on a SQLite file it runs a whole transaction in one writer
+thread on a plain connection, one thread hop instead of one per statement.
 """
 
 from __future__ import annotations
