@@ -10,8 +10,9 @@ from typing import Any
 from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, TextRun, ToolCall, Usage
 from panelfuse.providers.errors import AuthError, BadResponseError, ProviderError, UpstreamError
 from panelfuse.providers.http import TRANSPORT_ERRORS, request
+from panelfuse.providers.openai_compat import count as _count
 from panelfuse.providers.openai_compat import error_from_status, error_message, fetch_model_ids, transport_error
-from panelfuse.providers.sse import json_batches
+from panelfuse.providers.sse import SHAPE_ERRORS, json_batches, malformed
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # the Messages API requires max_tokens
@@ -111,6 +112,91 @@ def to_anthropic_tool_choice(choice: Any) -> dict[str, Any] | None:
     return None
 
 
+class _StreamState:
+    """What a streamed message has said so far: usage, content blocks, the stop reason, the end.
+    `read` raises one of SHAPE_ERRORS on an event not in Anthropic's shape."""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self.blocks: dict[int, dict[str, Any]] = {}
+        self.stop_reason: str | None = None
+        self.finished = False
+
+    def read(self, event_name: str, data: dict[str, Any], text: TextRun) -> None:
+        kind = data.get("type", event_name)
+        if kind == "message_start":
+            u = _object((_object(data.get("message"))).get("usage"))
+            self.usage.prompt_tokens = _count(u.get("input_tokens"))
+            self.usage.completion_tokens = _count(u.get("output_tokens"))
+        elif kind == "content_block_start":
+            block = dict(_object(data.get("content_block")))
+            block["partial_json"] = ""
+            self.blocks[int(data.get("index", 0))] = block
+            if block.get("type") == "text" and block.get("text"):
+                text.add(0, _text(block["text"]))
+        elif kind == "content_block_delta":
+            delta = _object(data.get("delta"))
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                text.add(0, _text(delta["text"]))
+            elif delta.get("type") == "input_json_delta":
+                block = self.blocks.setdefault(int(data.get("index", 0)), {"partial_json": ""})
+                block["partial_json"] += _text(delta.get("partial_json", ""))
+        elif kind == "message_delta":
+            self.stop_reason = _text(_object(data.get("delta")).get("stop_reason") or "") or self.stop_reason
+            u = _object(data.get("usage"))
+            if u.get("output_tokens") is not None:
+                self.usage.completion_tokens = _count(u["output_tokens"])
+        elif kind == "message_stop":
+            self.finished = True
+
+    def last_event(self) -> StreamEvent:
+        calls = [
+            ToolCall(id=str(b.get("id", "")), name=str(b.get("name", "")), arguments=b["partial_json"] or "{}")
+            for _, b in sorted(self.blocks.items())
+            if b.get("type") == "tool_use"
+        ]
+        stop = self.stop_reason
+        return StreamEvent(
+            tool_calls=calls,
+            finish_reason=STOP_REASONS.get(stop or "end_turn", stop or "stop"),
+            usage=self.usage,
+            refusal="the model refused (stop_reason: refusal)" if stop == "refusal" else None,
+        )
+
+
+def _message_event(data: Any) -> StreamEvent:
+    """A whole (non-streamed) message as one event; raises one of SHAPE_ERRORS when it is not one."""
+    content = [_object(b) for b in data["content"]]
+    u = _object(data.get("usage"))
+    stop = _text(data.get("stop_reason") or "end_turn")
+    return StreamEvent(
+        text="".join(_text(b.get("text", "")) for b in content if b.get("type") == "text"),
+        tool_calls=[
+            ToolCall(id=str(b.get("id", "")), name=str(b.get("name", "")), arguments=json.dumps(b.get("input") or {}))
+            for b in content
+            if b.get("type") == "tool_use"
+        ],
+        finish_reason=STOP_REASONS.get(stop, stop),
+        usage=Usage(prompt_tokens=_count(u.get("input_tokens")), completion_tokens=_count(u.get("output_tokens"))),
+        refusal="the model refused (stop_reason: refusal)" if stop == "refusal" else None,
+    )
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """An object (None reads as empty); anything else raises TypeError (a malformed event)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
 class AnthropicProvider(Provider):
     # The Messages API has no response_format here: callers parse JSON leniently.
     supports_json_schema = False
@@ -171,10 +257,7 @@ class AnthropicProvider(Provider):
 
     async def _open_stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
         url = f"{self.base_url}/v1/messages"
-        usage = Usage()
-        blocks: dict[int, dict[str, Any]] = {}
-        stop_reason: str | None = None
-        finished = False
+        state = _StreamState()
         async with contextlib.aclosing(
             json_batches(
                 url,
@@ -189,60 +272,31 @@ class AnthropicProvider(Provider):
             async for batch in batches:
                 out: list[StreamEvent] = []
                 text = TextRun(out)  # only text goes out per read; tool calls and the end come after
+                error: ProviderError | None = None
                 for event_name, data in batch:
                     if not isinstance(data, dict):
                         continue  # Anthropic sends no [DONE]; ignore one if a proxy adds it
-                    kind = data.get("type", event_name)
-                    if kind == "message_start":
-                        u = (data.get("message") or {}).get("usage") or {}
-                        usage.prompt_tokens = int(u.get("input_tokens") or 0)
-                        usage.completion_tokens = int(u.get("output_tokens") or 0)
-                    elif kind == "content_block_start":
-                        block = dict(data.get("content_block") or {})
-                        block["partial_json"] = ""
-                        blocks[int(data.get("index", 0))] = block
-                        if block.get("type") == "text" and block.get("text"):
-                            text.add(0, block["text"])
-                    elif kind == "content_block_delta":
-                        delta = data.get("delta") or {}
-                        if delta.get("type") == "text_delta" and delta.get("text"):
-                            text.add(0, delta["text"])
-                        elif delta.get("type") == "input_json_delta":
-                            blocks.setdefault(int(data.get("index", 0)), {"partial_json": ""})
-                            blocks[int(data.get("index", 0))]["partial_json"] += delta.get("partial_json", "")
-                    elif kind == "message_delta":
-                        stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-                        u = data.get("usage") or {}
-                        if u.get("output_tokens") is not None:
-                            usage.completion_tokens = int(u["output_tokens"])
-                    elif kind == "message_stop":
-                        finished = True
+                    if data.get("type", event_name) == "error":
+                        message = error_message(json.dumps(data, default=str).encode())
+                        error = UpstreamError(message, provider=self.name, model=req.model)
                         break
-                    elif kind == "error":
-                        text.close()
-                        for ev in out:  # what came before the error still reaches the caller
-                            yield ev
-                        raise UpstreamError(
-                            error_message(json.dumps(data).encode()), provider=self.name, model=req.model
-                        )
+                    try:
+                        state.read(event_name, data, text)
+                    except SHAPE_ERRORS as exc:
+                        error = malformed(data, exc, provider=self.name, model=req.model)
+                        break
+                    if state.finished:
+                        break
                 text.close()
-                for ev in out:
+                for ev in out:  # what came before an error still reaches the caller
                     yield ev
-                if finished:
+                if error is not None:
+                    raise error
+                if state.finished:
                     break
-        if not finished:
+        if not state.finished:
             raise UpstreamError("stream ended before the answer finished", provider=self.name, model=req.model)
-        calls = [
-            ToolCall(id=b.get("id", ""), name=b.get("name", ""), arguments=b["partial_json"] or "{}")
-            for _, b in sorted(blocks.items())
-            if b.get("type") == "tool_use"
-        ]
-        yield StreamEvent(
-            tool_calls=calls,
-            finish_reason=STOP_REASONS.get(stop_reason or "end_turn", stop_reason or "stop"),
-            usage=usage,
-            refusal="the model refused (stop_reason: refusal)" if stop_reason == "refusal" else None,
-        )
+        yield state.last_event()
 
     async def _open_complete(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
         url = f"{self.base_url}/v1/messages"
@@ -253,27 +307,14 @@ class AnthropicProvider(Provider):
         if resp.status >= 400:
             raise self._error(resp.status, resp.body, resp.headers, req.model)
         try:
-            data = resp.json()
-            content = data["content"]
-            u = data.get("usage") or {}
-        except (ValueError, KeyError, TypeError) as exc:
+            event = _message_event(resp.json())
+        except SHAPE_ERRORS as exc:
             raise BadResponseError(
-                f"unreadable message: {resp.text[:200]!r}", provider=self.name, model=req.model
+                f"malformed response from upstream: unreadable message {resp.text[:200]!r}",
+                provider=self.name,
+                model=req.model,
             ) from exc
-        stop = data.get("stop_reason") or "end_turn"
-        yield StreamEvent(
-            text="".join(b.get("text", "") for b in content if b.get("type") == "text"),
-            tool_calls=[
-                ToolCall(id=b.get("id", ""), name=b.get("name", ""), arguments=json.dumps(b.get("input") or {}))
-                for b in content
-                if b.get("type") == "tool_use"
-            ],
-            finish_reason=STOP_REASONS.get(stop, stop),
-            usage=Usage(
-                prompt_tokens=int(u.get("input_tokens") or 0), completion_tokens=int(u.get("output_tokens") or 0)
-            ),
-            refusal="the model refused (stop_reason: refusal)" if stop == "refusal" else None,
-        )
+        yield event
 
     async def list_models(self) -> list[str]:
         return await fetch_model_ids(f"{self.base_url}/v1/models", self._request_headers(), provider=self.name)

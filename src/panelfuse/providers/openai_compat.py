@@ -20,7 +20,7 @@ from panelfuse.providers.errors import (
     UpstreamError,
 )
 from panelfuse.providers.http import TRANSPORT_ERRORS, request
-from panelfuse.providers.sse import DONE, json_batches
+from panelfuse.providers.sse import DONE, SHAPE_ERRORS, SSEItem, json_batches, malformed
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -96,19 +96,48 @@ class ToolCallAccumulator:
         return calls
 
 
-def parse_usage(raw: dict[str, Any] | None) -> Usage | None:
+def parse_usage(raw: Any) -> Usage | None:
+    """OpenAI's usage object; raises one of SHAPE_ERRORS when it is not one (counts that are not counts)."""
     if not raw:
         return None
     cost = raw.get("cost")
     prompt_details = raw.get("prompt_tokens_details")
     completion_details = raw.get("completion_tokens_details")
+    if not isinstance(raw, dict):
+        raise TypeError(f"usage is a {type(raw).__name__}, not an object")
     return Usage(
-        prompt_tokens=int(raw.get("prompt_tokens") or 0),
-        completion_tokens=int(raw.get("completion_tokens") or 0),
+        prompt_tokens=count(raw.get("prompt_tokens")),
+        completion_tokens=count(raw.get("completion_tokens")),
         cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
         prompt_tokens_details=prompt_details if isinstance(prompt_details, dict) else None,
         completion_tokens_details=completion_details if isinstance(completion_details, dict) else None,
     )
+
+
+def _list_of(value: Any) -> list[dict[str, Any]]:
+    """A list of objects (None reads as empty); anything else raises TypeError (a malformed chunk)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise TypeError(f"expected a list of objects, got {type(value).__name__}")
+    return value
+
+
+def _str_or_none(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string, got {type(value).__name__}")
+
+
+def count(value: Any) -> int:
+    """A token count: a non-negative integer (or a whole float), None as 0; else ValueError."""
+    if value is None:
+        return 0
+    if isinstance(value, str) and value.isdigit():  # some servers quote their numbers
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != int(value):
+        raise ValueError(f"not a token count: {value!r}")
+    return int(value)
 
 
 def _logprobs(choice: dict[str, Any]) -> dict[str, Any] | None:
@@ -201,7 +230,7 @@ class OpenAICompatProvider(Provider):
 
     async def _open_stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
         tools: dict[int, ToolCallAccumulator] = {}  # one per choice (n > 1 interleaves their fragments)
-        finished = done = False
+        finished = False
         async with contextlib.aclosing(
             json_batches(
                 f"{self.base_url}/chat/completions",
@@ -214,56 +243,66 @@ class OpenAICompatProvider(Provider):
             )
         ) as batches:
             async for batch in batches:
-                out: list[StreamEvent] = []
-                text = TextRun(out)
-                for _, chunk in batch:
-                    if chunk == DONE:
-                        finished = done = True
-                        text.close()
-                        for index, acc in sorted(tools.items()):
-                            pending = acc.take()
-                            if pending:  # a server that ended without a finish_reason chunk
-                                out.append(StreamEvent(tool_calls=pending, finish_reason="tool_calls", index=index))
-                        break
-                    assert isinstance(chunk, dict)
-                    if "error" in chunk:  # OpenRouter reports mid-stream failures this way
-                        text.close()
-                        for ev in out:  # what came before the error still reaches the caller
-                            yield ev
-                        raise UpstreamError(
-                            error_message(json.dumps(chunk).encode()), provider=self.name, model=req.model
-                        )
-                    token = plain_token(chunk)
-                    if token is not None:
-                        text.add(*token)
-                        continue
-                    text.close()
-                    for ev in self._chunk_events(chunk, tools):
-                        if ev.finish_reason:
-                            finished = True
-                        out.append(ev)
-                text.close()
-                for ev in out:
+                out, ended, error = self._batch_events(batch, tools, req.model)
+                for ev in out:  # what came before an error still reaches the caller
+                    if ev.finish_reason:
+                        finished = True
                     yield ev
-                if done:
+                if error is not None:
+                    raise error
+                if ended:
+                    finished = True
                     break
         if not finished:
             raise UpstreamError("stream ended before the answer finished", provider=self.name, model=req.model)
 
+    def _batch_events(
+        self, batch: list[SSEItem], tools: dict[int, ToolCallAccumulator], model: str
+    ) -> tuple[list[StreamEvent], bool, ProviderError | None]:
+        """The events of one network read, whether [DONE] ended the stream, and the error that ended
+        it (OpenRouter's mid-stream error chunk, or a chunk not in the wire's shape). Pure."""
+        out: list[StreamEvent] = []
+        text = TextRun(out)
+        for _, chunk in batch:
+            if chunk == DONE:
+                text.close()
+                for index, acc in sorted(tools.items()):
+                    pending = acc.take()
+                    if pending:  # a server that ended without a finish_reason chunk
+                        out.append(StreamEvent(tool_calls=pending, finish_reason="tool_calls", index=index))
+                return out, True, None
+            assert isinstance(chunk, dict)
+            if "error" in chunk:  # OpenRouter reports mid-stream failures this way
+                text.close()
+                message = error_message(json.dumps(chunk, default=str).encode())
+                return out, False, UpstreamError(message, provider=self.name, model=model)
+            token = plain_token(chunk)
+            if token is not None:
+                text.add(*token)
+                continue
+            text.close()
+            try:
+                out.extend(self._chunk_events(chunk, tools))
+            except SHAPE_ERRORS as exc:
+                return out, False, malformed(chunk, exc, provider=self.name, model=model)
+        text.close()
+        return out, False, None
+
     @staticmethod
     def _chunk_events(chunk: dict[str, Any], tools: dict[int, ToolCallAccumulator]) -> list[StreamEvent]:
+        """The events of one chunk. Raises one of SHAPE_ERRORS when the chunk is not in OpenAI's shape."""
         events: list[StreamEvent] = []
-        for choice in chunk.get("choices") or []:
+        for choice in _list_of(chunk.get("choices")):
             index = int(choice.get("index") or 0)
             acc = tools.setdefault(index, ToolCallAccumulator())
             delta = choice.get("delta") or {}
             if delta.get("tool_calls"):
-                acc.add(delta["tool_calls"])
-            text = delta.get("content") or ""
-            refusal = delta.get("refusal") or None
+                acc.add(_list_of(delta["tool_calls"]))
+            text = _str_or_none(delta.get("content")) or ""
+            refusal = _str_or_none(delta.get("refusal")) or None
             logprobs = _logprobs(choice)
             annotations = _annotations(delta)
-            finish = choice.get("finish_reason")
+            finish = _str_or_none(choice.get("finish_reason"))
             if text or refusal or logprobs or annotations:
                 events.append(
                     StreamEvent(text=text, refusal=refusal, index=index, logprobs=logprobs, annotations=annotations)
@@ -289,11 +328,13 @@ class OpenAICompatProvider(Provider):
             events = [self._choice_event(choice) for choice in choices]
             if not events:
                 raise IndexError("no choices")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            events[-1].usage = parse_usage(data.get("usage")) or Usage()
+        except SHAPE_ERRORS as exc:
             raise BadResponseError(
-                f"unreadable completion: {resp.text[:200]!r}", provider=self.name, model=req.model
+                f"malformed response from upstream: unreadable completion {resp.text[:200]!r}",
+                provider=self.name,
+                model=req.model,
             ) from exc
-        events[-1].usage = parse_usage(data.get("usage")) or Usage()
         for ev in events:
             yield ev
 
@@ -308,10 +349,10 @@ class OpenAICompatProvider(Provider):
             for tc in message.get("tool_calls") or []
         ]
         return StreamEvent(
-            text=message.get("content") or "",
+            text=_str_or_none(message.get("content")) or "",
             tool_calls=calls,
-            finish_reason=choice.get("finish_reason") or "stop",
-            refusal=message.get("refusal") or None,
+            finish_reason=_str_or_none(choice.get("finish_reason")) or "stop",
+            refusal=_str_or_none(message.get("refusal")) or None,
             index=int(choice.get("index") or 0),
             logprobs=_logprobs(choice),
             annotations=_annotations(message),

@@ -20,18 +20,40 @@ from panelfuse.providers.http import TRANSPORT_ERRORS, encode_json, shared_sessi
 DONE = "[DONE]"
 _DONE = DONE.encode()
 SSEItem = tuple[str, dict[str, Any] | str]  # (event name, parsed JSON object) or (event name, DONE)
+# A line (and so an event) longer than this is not an answer's chunk: the upstream is broken, and
+# buffering it whole would let one upstream take the gateway's memory.
+MAX_LINE_BYTES = 8 * 1024 * 1024
+# What reading a well-formed JSON object of the wrong shape raises (a list where an object belongs,
+# "abc" where a number does…): an adapter turns these into BadResponseError (`malformed`).
+SHAPE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError)
+
+
+class SSEError(ValueError):
+    """The byte stream cannot be an event stream (a line past MAX_LINE_BYTES). The decoder's only error."""
+
+
+def malformed(item: Any, exc: BaseException, *, provider: str, model: str) -> BadResponseError:
+    """The typed error of a chunk that parsed as JSON but is not in the wire's shape."""
+    shown = repr(item)[:200]
+    return BadResponseError(
+        f"malformed response from upstream: {shown} ({type(exc).__name__}: {str(exc)[:100]})",
+        provider=provider,
+        model=model,
+    )
 
 
 class SSEDecoder:
     """An incremental text/event-stream parser (the WHATWG rules): `feed` bytes as they arrive, get
-    back the (event, data) of every event completed by them. Pure: no I/O."""
+    back the (event, data) of every event completed by them. Pure: no I/O. Raises only SSEError (a
+    line longer than `max_line` bytes), whatever the bytes."""
 
-    __slots__ = ("_buffer", "_data", "_event")
+    __slots__ = ("_buffer", "_data", "_event", "_max_line")
 
-    def __init__(self) -> None:
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
         self._buffer = b""
         self._event = ""
         self._data: list[bytes] = []
+        self._max_line = max_line
 
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
         buffer = self._buffer + chunk
@@ -61,6 +83,8 @@ class SSEDecoder:
             elif field == b"event":
                 self._event = value.decode("utf-8", "replace")
             # comments (":…"), id and retry do not concern a one-shot completion stream
+        if len(self._buffer) > self._max_line or (self._data and sum(map(len, self._data)) > self._max_line):
+            raise SSEError(f"an SSE line or event longer than {self._max_line} bytes")
         return out
 
 
@@ -133,7 +157,11 @@ async def json_batches(
                     model=model,
                 )
             async for chunk in resp.content.iter_any():
-                batch = parse_events(decoder.feed(chunk), provider=provider, model=model)
+                try:
+                    events = decoder.feed(chunk)
+                except SSEError as exc:
+                    raise BadResponseError(str(exc), provider=provider, model=model) from exc
+                batch = parse_events(events, provider=provider, model=model)
                 if batch:
                     yield batch
     except ProviderError:

@@ -308,6 +308,8 @@ class FakeUpstream:
                 return resp
             if failure in (Failure.INVALID_JSON, Failure.MALFORMED_SSE):
                 payload = _BROKEN_JSON
+            elif failure is Failure.MALFORMED_CHUNK:
+                payload = script.raw_chunk.encode()
             else:
                 reply = w.message_body(plan) if wire == "anthropic" else w.completion_body(plan)
                 payload = json.dumps(reply).encode()
@@ -354,6 +356,7 @@ def _http_failure(w: ModuleType, script: Script, failure: Failure) -> web.Respon
     else:
         status = script.status_code or 500
         message = f"Scripted HTTP {status} from the fake upstream."
+    message = script.error_message or message
     headers: dict[str, str] = {}
     if script.retry_after is not None:
         ra = script.retry_after
@@ -365,7 +368,8 @@ def _http_failure(w: ModuleType, script: Script, failure: Failure) -> web.Respon
 async def _drive_stream(
     request: web.Request, resp: web.StreamResponse, plan: Plan, w: ModuleType, tracker: _Tracker
 ) -> None:
-    """Write the wire's frames with pacing, injecting CUT / MALFORMED_SSE after `cut_after_tokens` tokens."""
+    """Write the wire's frames with pacing, injecting CUT / MALFORMED_SSE / MALFORMED_CHUNK after
+    `cut_after_tokens` tokens."""
     script, failure = plan.script, plan.failure
     frames = w.stream_frames(plan)
     delay = 1.0 / script.token_rate if script.token_rate else 0.0
@@ -378,6 +382,9 @@ async def _drive_stream(
         if at_cut_point and failure in (Failure.MALFORMED_SSE, Failure.INVALID_JSON) and not malformed_sent:
             malformed_sent = True
             await resp.write(w.malformed_frame())
+        if at_cut_point and failure is Failure.MALFORMED_CHUNK and not malformed_sent:
+            malformed_sent = True
+            await resp.write(w.malformed_chunk(script.raw_chunk))
         if frame.token:
             if sent and delay:
                 await asyncio.sleep(delay)

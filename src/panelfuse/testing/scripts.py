@@ -34,6 +34,11 @@ class Failure(enum.StrEnum):
     INVALID_JSON = "invalid_json"  # 200 with a body that is not JSON
     EMPTY = "empty"  # empty content, finish "stop"
     REFUSAL = "refusal"  # OpenAI content_filter + refusal text; Anthropic stop_reason "refusal"
+    # Valid JSON in the wrong shape (`Script.raw_chunk`, e.g. '{"choices": ["x"]}'), sent as one SSE
+    # event after `cut_after_tokens` tokens; without streaming it is the whole response body.
+    MALFORMED_CHUNK = "malformed_chunk"
+    # An upstream that ignores max_tokens: `text` repeated to `oversize_tokens` tokens.
+    OVERSIZE = "oversize"
 
 
 MAX_CHOICES = 128
@@ -48,6 +53,7 @@ class Script:
     fail_times: int | None = None  # fail only the first N requests served by this object; None = always
     retry_after: float | None = None  # Retry-After header (seconds), sent with HTTP failures
     status_code: int | None = None  # status for Failure.HTTP
+    error_message: str | None = None  # the error body's message for HTTP failures (default: a fixed text)
     tool_calls: list[dict[str, Any]] | None = None  # [{"name", "arguments": dict | str, "id"?}]
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -62,6 +68,8 @@ class Script:
     reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens
     # Texts of the choices when the request asks for `n` > 1 (cycled); None: every choice says `text`.
     choice_texts: list[str] | None = None
+    raw_chunk: str = '{"choices": ["x"]}'  # the data of Failure.MALFORMED_CHUNK's event
+    oversize_tokens: int = 100_000  # Failure.OVERSIZE's answer length
     # How many requests this object has failed so far (for fail_times); not part of equality or repr.
     _failures_served: int = field(default=0, init=False, repr=False, compare=False)
 
@@ -224,6 +232,9 @@ def build_plan(script: Script, body: dict[str, Any], failure: Failure | None, id
     tool_calls: list[ToolCallOut] = []
     if failure is Failure.EMPTY:
         text = ""
+    elif failure is Failure.OVERSIZE:
+        words = tokenize(script.text) or [DEFAULT_TEXT]
+        text = "".join(words[i % len(words)].rstrip() + " " for i in range(script.oversize_tokens))
     elif failure is Failure.REFUSAL:
         text = script.text if script.text != DEFAULT_TEXT else REFUSAL_TEXT
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from panelfuse.testing.scripts import Frame, Plan, anthropic_stop, dumps
@@ -51,6 +52,16 @@ def message_body(plan: Plan) -> dict[str, Any]:
 
 def _sse(event: str, obj: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {dumps(obj)}\n\n".encode()
+
+
+def malformed_chunk(raw: str) -> bytes:
+    """`raw` as the data of the event its `type` names (content_block_delta when it names none)."""
+    try:
+        kind = json.loads(raw).get("type")
+    except (ValueError, AttributeError):
+        kind = None
+    event = kind if isinstance(kind, str) else "content_block_delta"
+    return f"event: {event}\ndata: {raw}\n\n".encode()
 
 
 def malformed_frame() -> bytes:

@@ -105,6 +105,10 @@ def _sse(obj: Any) -> bytes:
     return f"data: {dumps(obj)}\n\n".encode()
 
 
+def malformed_chunk(raw: str) -> bytes:
+    return f"data: {raw}\n\n".encode()
+
+
 def malformed_frame() -> bytes:
     return b'data: {"id": "chatcmpl-broken", "choices": [{"delta": {"content": "oops\n\n'
 
