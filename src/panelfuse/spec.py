@@ -21,15 +21,22 @@ MODE_SYNONYMS: dict[str, PublicMode] = {"full": "synthesize", "fast": "single"}
 PUBLIC_MODES: tuple[str, ...] = get_args(PublicMode)
 MAX_MEMBERS = 8
 LABELS = string.ascii_uppercase[:MAX_MEMBERS]
+# Field limits (docs/limits.md): generous, but finite, so every figure stays a float and fits the store.
+MAX_INNER_TOKENS = 200_000  # per call
+MAX_DEADLINE_MS = 3_600_000  # an hour per upstream call
+MAX_GRACE_MS = 3_600_000
+MAX_USD = 1_000_000.0
+MAX_WEIGHT = 1_000.0
+SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's seed is a 64-bit integer
 
 
 class MemberSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(min_length=1)
-    weight: float | None = Field(default=None, gt=0)
+    weight: float | None = Field(default=None, gt=0, le=MAX_WEIGHT)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     fallbacks: list[str] = Field(default_factory=list, max_length=4)
 
 
@@ -72,19 +79,19 @@ class AnswerSpec(BaseModel):
     `max_tokens` applies (the answer's part of the judge's one call); `best-of` returns a member's answer
     verbatim, so none applies."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_tokens: int | None = Field(default=None, ge=1, le=200_000)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_INNER_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     stop: list[str] | None = Field(default=None, max_length=4)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     reasoning: dict[str, Any] | None = None
 
 
 class FusionSpec(BaseModel):
     """A whole fusion run. Validated with messages that name the field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     preset: str | None = None
     members: list[MemberSpec] = Field(min_length=1, max_length=MAX_MEMBERS)
@@ -92,16 +99,16 @@ class FusionSpec(BaseModel):
     synthesizer: SynthesizerSpec = Field(default_factory=SynthesizerSpec)
     mode: Mode = "synthesize"
     quorum: int | None = Field(default=None, ge=1, le=MAX_MEMBERS)
-    grace_ms: int | None = Field(default=None, ge=0)
-    deadline_ms: int = Field(default=120_000, ge=100, description="deadline of each upstream call")
-    max_tokens: int = Field(default=1024, ge=1, le=200_000, description="per inner call")
+    grace_ms: int | None = Field(default=None, ge=0, le=MAX_GRACE_MS)
+    deadline_ms: int = Field(default=120_000, ge=100, le=MAX_DEADLINE_MS, description="deadline of each upstream call")
+    max_tokens: int = Field(default=1024, ge=1, le=MAX_INNER_TOKENS, description="per inner call")
     max_tool_calls: int = Field(default=8, ge=0, le=16)
     panel_tools: list[str] = Field(default_factory=lambda: ["web_search", "web_fetch"])
     judge_tools: list[str] = Field(default_factory=list)
     # web_search results per search (OpenRouter's `openrouter:web_search` parameter `max_results`);
     # None: the toolbox's own setting ([tools] max_results).
     search_max_results: int | None = Field(default=None, ge=1, le=20)
-    max_cost: float | None = Field(default=None, ge=0, description="USD")
+    max_cost: float | None = Field(default=None, ge=0, le=MAX_USD, description="USD")
     # OpenRouter's default: the members get the system prompts and the last user turn; "conversation"
     # (opt-in) gives them the whole conversation.
     panel_sees: Literal["conversation", "last_turn"] = "last_turn"

@@ -20,17 +20,8 @@ from panelfuse.providers.errors import (
     UpstreamError,
 )
 from panelfuse.providers.http import TRANSPORT_ERRORS, request
+from panelfuse.providers.retry import parse_retry_after
 from panelfuse.providers.sse import DONE, SHAPE_ERRORS, SSEItem, json_batches, malformed
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds form; HTTP dates are rare from LLM APIs)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def error_from_status(

@@ -11,10 +11,14 @@ again does not add credits, and each try may be billed or counted against a limi
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 from panelfuse.providers.errors import DeadlineExceeded, ProviderError, RateLimitedError
@@ -22,6 +26,10 @@ from panelfuse.providers.errors import DeadlineExceeded, ProviderError, RateLimi
 T = TypeVar("T")
 
 NEVER_RETRIED = frozenset({402})  # HTTP statuses that no retry can fix
+# The longest Retry-After we take: a larger one (or `inf`) is capped, so every figure stays a finite
+# float that callers can round, add to clocks and put in their own Retry-After header.
+MAX_RETRY_AFTER = 3600.0
+_SECONDS = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")  # not `inf`, `nan`, `1_0`
 _JITTER = random.Random()  # one per process: seeding one per call read os.urandom every time
 
 
@@ -33,6 +41,29 @@ class RetryPolicy:
     jitter: float = 0.5  # fraction of the delay drawn at random, so parallel callers do not retry in step
 
 
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds (fractions allowed) or an HTTP date,
+    clamped to 0 … MAX_RETRY_AFTER; None for a missing or unreadable value (`nan`, garbage). Never raises:
+    the header is the upstream's to get wrong."""
+    if not value or len(value) > 100:
+        return None
+    text = value.strip()
+    seconds = float(text) if _SECONDS.fullmatch(text) else _seconds_until(text, now)
+    if seconds is None or not math.isfinite(seconds):
+        return None  # `1e400` reads as inf: ignored like `inf` itself
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
+
+
+def _seconds_until(date: str, now: datetime | None) -> float | None:
+    try:
+        when = parsedate_to_datetime(date)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # HTTP dates are GMT
+    return (when - (now or datetime.now(UTC))).total_seconds()
+
+
 def should_retry(error: ProviderError) -> bool:
     """Whether one more try may help: the error's class says so, and its status is not a 402."""
     return error.retryable and error.status_code not in NEVER_RETRIED
@@ -40,8 +71,8 @@ def should_retry(error: ProviderError) -> bool:
 
 def backoff_delay(policy: RetryPolicy, attempt: int, error: ProviderError, rng: random.Random) -> float:
     """Seconds to wait before try number `attempt + 1` (attempt counts from 1). Pure apart from rng."""
-    if isinstance(error, RateLimitedError) and error.retry_after is not None:
-        return max(0.0, error.retry_after)
+    if isinstance(error, RateLimitedError) and error.retry_after is not None and not math.isnan(error.retry_after):
+        return min(MAX_RETRY_AFTER, max(0.0, error.retry_after))
     delay = min(policy.max_delay, policy.base_delay * (2 ** (attempt - 1)))
     return delay * (1 - policy.jitter) + delay * policy.jitter * rng.random()
 

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from panelfuse.service.errors import ServiceError, from_provider_error
+from panelfuse.service.requests import MAX_JSON_DEPTH, first_problem
 
 __all__ = ["ApiError", "ServiceError", "error_response", "from_provider_error"]
 
@@ -35,17 +36,32 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 async def validation_handler(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    where = _loc(tuple(first.get("loc", ())))
-    if first.get("type") == "json_invalid":
-        return ApiError(400, f"the body is not valid JSON: {first.get('msg')}", code="invalid_json").response()
-    message = f"{where}: {first.get('msg')}"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    if errors and errors[0].get("type") == "json_invalid":
+        return ApiError(400, f"the body is not valid JSON: {errors[0].get('msg')}", code="invalid_json").response()
+    loc, msg = first_problem(errors)
+    where = _loc(loc)
+    if any(e.get("type") == "unreadable_body" for e in errors):
+        # too deep or a non-finite number: the message names the field itself
+        return ApiError(400, msg, param=msg.split(":", 1)[0], code="invalid_json").response()
+    message = f"{where}: {msg}"
+    others = len({tuple(e.get("loc", ()))[:2] for e in errors}) - 1  # a union's branches are one problem
+    if others > 0:
+        message += f" (and {others} more problem{'s' if others > 1 else ''})"
     return ApiError(400, message, param=where, code="invalid_value").response()
 
 
+# FastAPI's own words when the body cannot be decoded at all (e.g. nested past the decoder's recursion
+# limit, around 1000 levels): said plainly, as invalid JSON.
+_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
 async def http_handler(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:
+        return ApiError(
+            400,
+            f"the body could not be parsed as JSON (nested too deep? the limit is {MAX_JSON_DEPTH} levels)",
+            code="invalid_json",
+        ).response()
     return ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})).response()
 
 

@@ -23,6 +23,7 @@ from panelfuse.server.deps import Caller, State
 from panelfuse.server.errors import ApiError
 from panelfuse.service import generations
 from panelfuse.service.generations import Generation
+from panelfuse.service.requests import Identifier  # no NUL: PostgreSQL cannot look one up
 from panelfuse.store import ApiKey, GenerationStore
 
 router = APIRouter()
@@ -88,7 +89,7 @@ def generation_data(gen: Generation) -> dict[str, Any]:
     response_model_exclude_unset=True,
 )
 async def get_generation(
-    state: State, principal: Caller, gen_id: Annotated[str, Query(alias="id", min_length=1)]
+    state: State, principal: Caller, gen_id: Annotated[Identifier, Query(alias="id")]
 ) -> dict[str, Any]:
     gen = await generations.get(state.store, gen_id, key_id=principal.scope)
     if gen is None:

@@ -7,9 +7,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 
 from panelfuse.pipeline.result import MemberResult
 from panelfuse.providers.resolve import FusionRoute, UnknownModelError
@@ -19,7 +19,15 @@ from panelfuse.server.errors import ApiError
 from panelfuse.server.sse import sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service.caller import Principal
-from panelfuse.service.requests import ChatCompletionRequest, EstimateRequest, FeedbackRequest, ResynthesizeRequest
+from panelfuse.service.requests import (
+    MAX_ID_LENGTH,
+    ChatCompletionRequest,
+    EstimateRequest,
+    FeedbackRequest,
+    ResynthesizeRequest,
+    no_nul,
+    no_nul_or_none,
+)
 from panelfuse.service.resynthesis import resynthesis_spec
 from panelfuse.service.specs import fusion_spec, validation_error
 from panelfuse.store import InvalidCursorError
@@ -27,6 +35,11 @@ from panelfuse.store import InvalidCursorError
 router = APIRouter()
 TERMINAL_STATUSES = ("completed", "failed", "cancelled", "interrupted")
 POLL_INTERVAL = 0.5  # live tail of a run served by another process: how often to read the store
+# An event's seq is a 32-bit column on PostgreSQL: a larger `after` could only fail in the store.
+MAX_SEQ = 2**31 - 1
+# Path and query strings the store looks up as text: no NUL (PostgreSQL refuses it), bounded length.
+RunId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(no_nul)]
+QueryText = Annotated[str | None, Query(max_length=MAX_ID_LENGTH), AfterValidator(no_nul_or_none)]
 
 
 async def _run_or_404(state: GatewayState, run_id: str, principal: Principal) -> Any:
@@ -47,10 +60,10 @@ async def list_runs(
     state: State,
     principal: Caller,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    before: str | None = None,
-    status: str | None = None,
-    preset: str | None = None,
-    mode: str | None = None,
+    before: QueryText = None,
+    status: QueryText = None,
+    preset: QueryText = None,
+    mode: QueryText = None,
     degraded: bool | None = None,
 ) -> dict[str, Any]:
     try:
@@ -79,8 +92,17 @@ async def list_runs(
     response_model=responses.Run,
     response_model_exclude_unset=True,
 )
-async def get_run(run_id: str, state: State, principal: Caller) -> dict[str, Any]:
+async def get_run(run_id: RunId, state: State, principal: Caller) -> dict[str, Any]:
     return (await _run_or_404(state, run_id, principal)).to_dict()
+
+
+def _last_event_id(value: str | None) -> int:
+    """The seq an EventSource's `Last-Event-ID` resumes after (0 when it names none); out of range is a 400."""
+    if not value or not value.isdigit():
+        return 0
+    if len(value) > 10 or int(value) > MAX_SEQ:
+        raise ApiError(400, f"Last-Event-ID: at most {MAX_SEQ}", param="Last-Event-ID", code="invalid_value")
+    return int(value)
 
 
 def _sse_event(ev: dict[str, Any]) -> str:
@@ -89,15 +111,14 @@ def _sse_event(ev: dict[str, Any]) -> str:
 
 @router.get("/v1/fusion/runs/{run_id}/events", summary="The run's events after `after` (SSE), then its live tail")
 async def run_events(
-    run_id: str,
+    run_id: RunId,
     state: State,
     principal: Caller,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     await _run_or_404(state, run_id, principal)
-    if last_event_id and last_event_id.isdigit():
-        after = max(after, int(last_event_id))
+    after = max(after, _last_event_id(last_event_id))
     return sse_response(_tail(state, run_id, after), keepalive=state.keepalive_s)
 
 
@@ -128,7 +149,7 @@ async def _tail(state: GatewayState, run_id: str, after: int) -> AsyncIterator[s
     response_model=responses.Deleted,
     response_model_exclude_unset=True,
 )
-async def delete_run(run_id: str, state: State, principal: Caller) -> dict[str, Any]:
+async def delete_run(run_id: RunId, state: State, principal: Caller) -> dict[str, Any]:
     await _run_or_404(state, run_id, principal)
     active = state.manager.active.get(run_id)
     if active is not None:
@@ -145,7 +166,7 @@ async def delete_run(run_id: str, state: State, principal: Caller) -> dict[str, 
     response_model=responses.Feedback,
     response_model_exclude_unset=True,
 )
-async def feedback(run_id: str, body: FeedbackRequest, state: State, principal: Caller) -> dict[str, Any]:
+async def feedback(run_id: RunId, body: FeedbackRequest, state: State, principal: Caller) -> dict[str, Any]:
     if not await state.store.set_feedback(run_id, body.score, body.comment, key_id=principal.scope):
         raise ApiError(404, f"no run '{run_id}'", param="run_id", code="run_not_found")
     return {"id": run_id, "object": "fusion.feedback", "score": body.score, "comment": body.comment}
@@ -158,7 +179,7 @@ async def feedback(run_id: str, body: FeedbackRequest, state: State, principal: 
     response_model_exclude_unset=True,
 )
 async def resynthesize(
-    run_id: str, body: ResynthesizeRequest, request: Request, state: State, principal: Caller, service: Service
+    run_id: RunId, body: ResynthesizeRequest, request: Request, state: State, principal: Caller, service: Service
 ) -> Any:
     source = await _run_or_404(state, run_id, principal)
     if source.result is None or not source.result.get("panel"):

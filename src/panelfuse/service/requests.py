@@ -1,48 +1,156 @@
-"""Request models at the HTTP edge (pydantic): chat completions and the fusion plugin."""
+"""Request models at the HTTP edge (pydantic): chat completions and the fusion plugin.
+
+Bad input is a 400 here, before anything runs or is stored (docs/limits.md lists the limits): a body
+nested deeper than MAX_JSON_DEPTH, a non-finite number anywhere (1e400, NaN), a number out of its
+field's range, a NUL in an identifier the store keeps as text."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from panelfuse.providers.base import ChatRequest
-from panelfuse.spec import MAX_MEMBERS, ModeSynonym, PublicMode
+from panelfuse.spec import (
+    MAX_DEADLINE_MS,
+    MAX_GRACE_MS,
+    MAX_INNER_TOKENS,
+    MAX_MEMBERS,
+    MAX_USD,
+    MAX_WEIGHT,
+    SEED_RANGE,
+    ModeSynonym,
+    PublicMode,
+)
+
+# Nesting levels of objects and arrays a body may have (the body itself is level 1). Real requests
+# need a handful (a JSON schema in response_format a few more); deep nesting only exhausts recursion
+# in the JSON encoders and pydantic's serializer further down.
+MAX_JSON_DEPTH = 64
+MAX_MESSAGES = 4096
+MAX_ID_LENGTH = 512  # model ids, user ids, response ids
+MAX_OUTPUT_TOKENS = 1_000_000  # above any model's output limit; also keeps the cost arithmetic in floats
+MAX_TOOLS = 128  # OpenAI's limit
+MAX_STOP = 64
+# OpenAI's chat content part types (`refusal` in an assistant's content).
+PART_TYPES = ("text", "image_url", "input_audio", "file", "refusal")
+
+
+def body_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """Why a parsed JSON body cannot be taken (too deep, a non-finite number), naming where; None if it
+    can. Iterative, so a body deep enough to break a recursive walk cannot break this one."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{_path(path)}: numbers must be finite (got {item})"
+        if isinstance(item, dict):
+            children: list[tuple[Any, str | int]] = [(v, str(k)) for k, v in item.items()]
+        elif isinstance(item, list):
+            children = [(v, i) for i, v in enumerate(item)]
+        else:
+            continue
+        if len(path) >= limit:
+            return f"{_path(path[:1])}: nested more than {limit} levels deep (the limit)"
+        stack.extend((v, (*path, key)) for v, key in children)
+    return None
+
+
+def _path(path: tuple[str | int, ...]) -> str:
+    out = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).removeprefix(".")
+    return out or "body"
+
+
+# pydantic names union branches in an error's location (`str`, `list[ContentPart]`, `MemberObject`,
+# `function-after[...]`); they are not fields the caller wrote.
+_BRANCH = re.compile(r"^(str|int|float|bool|none|[A-Z][a-z]+(?:[A-Z][a-z]*)+|[\w-]+\[.*\])$")
+
+
+def first_problem(errors: Sequence[Mapping[str, Any]]) -> tuple[tuple[str | int, ...], str]:
+    """(location, message) of the most telling of pydantic's errors: the deepest one (for a union, the
+    branch that got furthest, not the first branch tried), its location without branch names."""
+    if not errors:
+        return (), "invalid request"
+    best = max(errors, key=lambda e: len(e.get("loc", ())))
+    loc = tuple(p for p in best.get("loc", ()) if not (isinstance(p, str) and _BRANCH.match(p)))
+    return loc, str(best.get("msg", "invalid value")).removeprefix("Value error, ")
+
+
+def no_nul(value: str) -> str:
+    # PostgreSQL's text columns cannot hold NUL: an id with one could only fail in the store.
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    return value
+
+
+def no_nul_or_none(value: str | None) -> str | None:
+    return None if value is None else no_nul(value)
+
+
+# A string the store may keep or look up as text: no NUL.
+Text = Annotated[str, AfterValidator(no_nul)]
+Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(no_nul)]
+Seed = Annotated[int, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1])]
+OutputTokens = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)]
+
+
+class EdgeModel(BaseModel):
+    """A whole request body: checked for depth and non-finite numbers before its fields are read."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sane_json(cls, data: Any) -> Any:
+        problem = body_problem(data)
+        if problem is not None:
+            raise PydanticCustomError("unreadable_body", problem)
+        return data
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    type: str
+    type: Literal[PART_TYPES]  # type: ignore[valid-type]
     text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_part_has_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs `text` (a string)")
+        return self
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
 
 
 class MemberObject(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    model: str = Field(min_length=1)
-    weight: float | None = Field(default=None, gt=0)
+    model: Identifier
+    weight: float | None = Field(default=None, gt=0, le=MAX_WEIGHT)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    fallbacks: list[str] = Field(default_factory=list, max_length=4)
+    fallbacks: list[Identifier] = Field(default_factory=list, max_length=4)
 
 
 class ServerToolEntry(BaseModel):
     """A panel tool in OpenRouter's shape: `{"type": "openrouter:web_search", "parameters": {...}}`
     (service/plugin.py maps it onto the toolbox's tools)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    type: str = Field(min_length=1)
+    type: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     parameters: dict[str, Any] | None = None
 
 
@@ -50,30 +158,30 @@ class FusionPlugin(BaseModel):
     """`plugins: [{"id": "fusion", ...}]`: each field sets a FusionSpec field (service/plugin.py).
     Unknown fields are a 400."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     id: Literal["fusion"]
-    preset: str | None = None
-    analysis_models: list[str | MemberObject] | None = Field(default=None, min_length=1, max_length=MAX_MEMBERS)
-    model: str | None = None
-    synthesizer: str | None = None
+    preset: Identifier | None = None
+    analysis_models: list[Identifier | MemberObject] | None = Field(default=None, min_length=1, max_length=MAX_MEMBERS)
+    model: Identifier | None = None
+    synthesizer: Identifier | None = None
     mode: PublicMode | ModeSynonym | None = None
     max_tool_calls: int | None = Field(default=None, ge=0, le=16)
     # Plain names (`web_search`) or OpenRouter's `{type, parameters}` entries, mixed freely.
-    tools: list[str | ServerToolEntry] | None = None
-    judge_tools: list[str | ServerToolEntry] | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[Identifier | ServerToolEntry] | None = Field(default=None, max_length=MAX_TOOLS)
+    judge_tools: list[Identifier | ServerToolEntry] | None = Field(default=None, max_length=MAX_TOOLS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INNER_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     reasoning: dict[str, Any] | None = None
-    weights: dict[str, float] | None = None
-    fallbacks: dict[str, list[str]] | None = None
-    judge_fallbacks: list[str] | None = None
+    weights: dict[str, Annotated[float, Field(gt=0, le=MAX_WEIGHT)]] | None = None
+    fallbacks: dict[str, list[Identifier]] | None = None
+    judge_fallbacks: list[Identifier] | None = Field(default=None, max_length=4)
     quorum: int | None = Field(default=None, ge=1, le=MAX_MEMBERS)
-    grace_ms: int | None = Field(default=None, ge=0)
-    deadline_ms: int | None = Field(default=None, ge=100)
-    max_cost: float | None = Field(default=None, ge=0)
-    criteria: str | None = None
-    dimensions: list[str] | None = None
+    grace_ms: int | None = Field(default=None, ge=0, le=MAX_GRACE_MS)
+    deadline_ms: int | None = Field(default=None, ge=100, le=MAX_DEADLINE_MS)
+    max_cost: float | None = Field(default=None, ge=0, le=MAX_USD)
+    criteria: str | None = Field(default=None, max_length=4000)
+    dimensions: list[str] | None = Field(default=None, max_length=8)
     panel_sees: Literal["conversation", "last_turn"] | None = None
     include_panel: bool = True
     background: bool = False
@@ -81,27 +189,34 @@ class FusionPlugin(BaseModel):
     cache_control: dict[str, Any] | None = None
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(EdgeModel):
     """OpenAI's request body; fields we do not use are kept and passed to proxied providers."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: Identifier
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: OutputTokens | None = None
+    max_completion_tokens: OutputTokens | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: Seed | None = None
+    stop: str | list[str] | None = Field(default=None, max_length=MAX_STOP)
     n: int | None = Field(default=None, ge=1, le=128)  # OpenAI's ceiling
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
-    plugins: list[dict[str, Any]] | None = None
-    user: str | None = None
+    plugins: list[dict[str, Any]] | None = Field(default=None, max_length=16)
+    user: Text | None = Field(default=None, max_length=MAX_ID_LENGTH)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, str) and len(v) > 4096:
+            raise ValueError("a stop sequence is at most 4096 characters")
+        return v
 
     def plain_messages(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
@@ -135,31 +250,31 @@ class ChatCompletionRequest(BaseModel):
         return extra
 
 
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FeedbackRequest(EdgeModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     score: float = Field(ge=-1, le=1, description="-1 (bad) … 1 (good)")
-    comment: str | None = Field(default=None, max_length=4000)
+    comment: Text | None = Field(default=None, max_length=4000)
 
 
-class ResynthesizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ResynthesizeRequest(EdgeModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    model: str | None = Field(default=None, description="the judge's model")
-    synthesizer: str | None = None
+    model: Identifier | None = Field(default=None, description="the judge's model")
+    synthesizer: Identifier | None = None
     mode: PublicMode | ModeSynonym | None = Field(default=None, description="a mode with a judge (not `single`)")
-    criteria: str | None = None
-    dimensions: list[str] | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    criteria: str | None = Field(default=None, max_length=4000)
+    dimensions: list[str] | None = Field(default=None, max_length=8)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INNER_TOKENS)
 
 
-class EstimateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EstimateRequest(EdgeModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    model: str = "panelfuse/fusion"
-    messages: list[ChatMessage] = Field(min_length=1)
-    plugins: list[dict[str, Any]] | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    model: Identifier = "panelfuse/fusion"
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    plugins: list[dict[str, Any]] | None = Field(default=None, max_length=16)
+    max_completion_tokens: OutputTokens | None = None
 
 
 def upstream_request(body: ChatCompletionRequest, model: str) -> ChatRequest:

@@ -6,37 +6,39 @@ never a 500."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from panelfuse.service.requests import MAX_ID_LENGTH, MAX_MESSAGES, MAX_TOOLS, EdgeModel, Identifier, OutputTokens, Text
 
 
-class ResponsesRequest(BaseModel):
+class ResponsesRequest(EdgeModel):
     """OpenAI's Responses request, with OpenRouter's `plugins`. Fields we do not read are accepted and
     ignored (a proxied provider gets a chat request: only the fields with a chat equivalent go on)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    model: str = Field(min_length=1)
-    input: str | list[dict[str, Any]] = Field(
+    model: Identifier
+    input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)] = Field(
         description="a user message as text, or input items: messages (`input_text` parts), `function_call` "
         "and `function_call_output` items"
     )
     instructions: str | None = None
     stream: bool = False
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: OutputTokens | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     text: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
-    plugins: list[dict[str, Any]] | None = None
-    previous_response_id: str | None = None
+    plugins: list[dict[str, Any]] | None = Field(default=None, max_length=16)
+    previous_response_id: Identifier | None = None
     store: bool | None = None
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
-    user: str | None = None
+    user: Text | None = Field(default=None, max_length=MAX_ID_LENGTH)
     background: bool | None = None
 
     @property

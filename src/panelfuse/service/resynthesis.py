@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from panelfuse.pipeline.modes import mode_for
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.requests import ResynthesizeRequest
-from panelfuse.service.specs import validation_error
+from panelfuse.service.specs import refuse_fusion_models, validation_error
 from panelfuse.spec import FusionSpec
 
 
@@ -32,6 +32,7 @@ def resynthesis_spec(stored: dict[str, Any], body: ResynthesizeRequest) -> Fusio
         spec = FusionSpec.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc, "body") from exc
+    refuse_fusion_models(spec)
     if not mode_for(spec.mode).uses_judge:
         raise ServiceError(400, f"mode '{spec.mode}' has no judge to re-run", param="mode", code="invalid_value")
     return spec

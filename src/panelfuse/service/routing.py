@@ -14,7 +14,7 @@ from panelfuse.providers.registry import Providers
 from panelfuse.providers.resolve import FusionRoute, UnknownModelError
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin
-from panelfuse.service.server_tool import split_tools, without_fusion
+from panelfuse.service.server_tool import FUSION_TOOL_TYPES, split_tools, without_fusion
 from panelfuse.service.specs import fusion_spec, validation_error, with_tool_parameters
 
 
@@ -26,6 +26,18 @@ class Route:
     tool_params: FusionPlugin | None = None  # server_tool: the tool's parameters, the plugin under them
     own_tools: tuple[dict[str, Any], ...] = ()  # the caller's own tools (server_tool)
     alias_preset: str | None = None  # fusion: the alias's preset (None: the default)
+
+
+def check_fusion_tool(tools: list[dict[str, Any]] | None) -> None:
+    """The fusion server tool's `parameters` is an object (or absent): anything else is a 400."""
+    for i, tool in enumerate(tools or []):
+        if tool.get("type") in FUSION_TOOL_TYPES and not isinstance(tool.get("parameters"), dict | None):
+            raise ServiceError(
+                400,
+                f"tools[{i}].parameters: the fusion tool's parameters must be an object",
+                param=f"tools[{i}].parameters",
+                code="invalid_value",
+            )
 
 
 def route_chat(
@@ -42,6 +54,7 @@ def route_chat(
         plugin = chat.fusion_plugin()
     except ValidationError as exc:
         raise validation_error(exc, "plugins[0]") from exc
+    check_fusion_tool(chat.tools)
     tool_params, own_tools = split_tools(chat.tools)
     if tool_params is not None:
         # As on OpenRouter: the plugin fills the tool's parameters; the tool's own fields win.

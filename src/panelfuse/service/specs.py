@@ -2,22 +2,58 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
+from panelfuse.providers.resolve import FusionRoute, UnknownModelError, resolve_model
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.plugin import spec_from_request
-from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin
+from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin, first_problem
 from panelfuse.spec import FusionSpec
 
 
 def validation_error(exc: ValidationError, prefix: str) -> ServiceError:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()))
+    loc, msg = first_problem(exc.errors())
+    where = ".".join(str(p) for p in loc)
     param = f"{prefix}.{where}" if where else prefix
-    return ServiceError(400, f"{param}: {first.get('msg')}", param=param, code="invalid_value")
+    return ServiceError(400, f"{param}: {msg}", param=param, code="invalid_value")
+
+
+def _models(spec: FusionSpec) -> Iterator[tuple[str, str]]:
+    """(the field that set it, model id) for every model a spec may call."""
+    for i, m in enumerate(spec.members):
+        yield f"analysis_models[{i}]", m.model
+        yield from ((f"analysis_models[{i}].fallbacks", f) for f in m.fallbacks)
+    yield "model", spec.judge.model
+    yield from (("judge_fallbacks", f) for f in spec.judge.fallbacks)
+    if spec.synthesizer.model:
+        yield "synthesizer", spec.synthesizer.model
+    yield from (("synthesizer.fallbacks", f) for f in spec.synthesizer.fallbacks)
+
+
+def _is_fusion_alias(model: str, presets: Collection[str] | None) -> bool:
+    try:
+        return isinstance(resolve_model(model, (), "", presets), FusionRoute)
+    except UnknownModelError:  # the fusion namespace, naming no preset: no plain model either
+        return True
+    except ValueError:
+        return False
+
+
+def refuse_fusion_models(spec: FusionSpec, presets: Collection[str] | None = None) -> None:
+    """A 400 naming the field when a member, the judge or the synthesizer is a fusion alias: a fusion
+    inside a fusion is never planned (it would fail at plan time with a less telling error)."""
+    for where, model in _models(spec):
+        if _is_fusion_alias(model, presets):
+            raise ServiceError(
+                400,
+                f"{where}: '{model}' is a fusion model; a fusion's members, judge and synthesizer must be "
+                "plain models (e.g. 'openai/gpt-4o')",
+                param=where,
+                code="fusion_model_not_allowed",
+            )
 
 
 def with_tool_parameters(plugin: FusionPlugin | None, params: FusionPlugin) -> FusionPlugin:
@@ -63,6 +99,7 @@ def fusion_spec(
         raise ServiceError(400, str(exc.args[0]), param="plugins[0].preset", code="unknown_preset") from exc
     except ValidationError as exc:
         raise validation_error(exc, "fusion") from exc
+    refuse_fusion_models(spec, list(presets))
     if plugin is not None and not plugin.enabled:
         spec = spec.model_copy(update={"mode": "single"})
     return spec
