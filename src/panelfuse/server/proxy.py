@@ -7,10 +7,9 @@ generation (`X-Generation-Id` = the completion id)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,11 +21,13 @@ from panelfuse.pricing import Price, call_cost, messages_tokens, token_cost
 from panelfuse.providers.base import StreamEvent, ToolCall, Usage
 from panelfuse.providers.errors import ProviderError
 from panelfuse.server import shapes
+from panelfuse.server.disconnect import unless_client_leaves
 from panelfuse.server.errors import ApiError, from_provider_error
 from panelfuse.server.sse import DONE, sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service.admission import Admission
 from panelfuse.service.caller import Principal, providers_for
+from panelfuse.service.carry import carry_through
 from panelfuse.service.fusion import FusionService
 from panelfuse.service.generations import Generation, record
 from panelfuse.service.requests import ChatCompletionRequest, upstream_request
@@ -36,7 +37,6 @@ GENERATION_HEADER = "X-Generation-Id"
 
 # Called once a proxied stream has ended well: its usage, the first choice's finish reason, its cost.
 OnStreamDone = Callable[[Usage | None, str | None, float | None], Awaitable[None]]
-_background: set[asyncio.Future[None]] = set()
 
 
 async def proxy_completion(
@@ -84,23 +84,16 @@ async def proxy_completion(
             finish_reason=finish_reason,
             streamed=body.stream,
         )
-        await _carried_through(record(state.store, gen))
+        await carry_through(record(state.store, gen))
 
     if not body.stream:
         # The upstream is asked the way the caller asked: a non-streamed call, every choice as it answers.
-        task = asyncio.ensure_future(_fold_choices(provider.complete_events(req)))
         try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=0.5)
-                if not task.done() and await request.is_disconnected():
-                    task.cancel()  # the caller is gone: stop the upstream call too
-                    raise ApiError(499, "the client disconnected", code="client_disconnected")
-            answer = task.result()
+            answer = await unless_client_leaves(_fold_choices(provider.complete_events(req)), request)
         except ProviderError as exc:
             await admission.release(0.0)
             raise from_provider_error(exc) from exc
         except BaseException:
-            task.cancel()
             await admission.release_shielded(None)
             raise
         cost = call_cost(answer.usage, price)
@@ -123,18 +116,6 @@ async def proxy_completion(
         ),
         headers=headers,
     )
-
-
-async def _carried_through(coro: Coroutine[Any, Any, None]) -> None:
-    """Await `coro` in its own task, finished even if the caller is cancelled meanwhile (a client that
-    leaves cancels the response's task at every await)."""
-    task = asyncio.ensure_future(coro)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-        raise
 
 
 def usage_object(usage: Usage, cost: float | None) -> dict[str, Any]:
@@ -267,6 +248,15 @@ async def opened_stream(
     return chained()
 
 
+async def _close_and_settle(
+    upstream: AsyncGenerator[StreamEvent, None], admission: Admission, cost: float | None
+) -> None:
+    try:
+        await upstream.aclose()
+    finally:
+        await admission.release(cost)
+
+
 async def proxy_chunks(
     upstream: AsyncGenerator[StreamEvent, None],
     model: str,
@@ -323,8 +313,9 @@ async def proxy_chunks(
         yield sse(shapes.error_chunk(from_provider_error(exc), cid, model, created))
         return  # OpenRouter ends the stream with its error chunk: no [DONE]
     finally:
-        await upstream.aclose()
-        await admission.release_shielded(cost)
+        # One carried task: a client that left cancels every await of ours, and closing the upstream
+        # may await (its connection), which must not cut the settling short.
+        await carry_through(_close_and_settle(upstream, admission, cost))
     if completed and on_done is not None:
         await on_done(usage, finish_reason, cost)
     yield DONE

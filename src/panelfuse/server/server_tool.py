@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import Request
@@ -14,11 +14,13 @@ from panelfuse.pipeline.events import Event
 from panelfuse.providers.base import Completion, StreamEvent
 from panelfuse.providers.errors import ProviderError
 from panelfuse.server import shapes
+from panelfuse.server.disconnect import unless_client_leaves
 from panelfuse.server.errors import from_provider_error
 from panelfuse.server.sse import DONE, ready_batches, sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service.admission import Admission
 from panelfuse.service.caller import Principal
+from panelfuse.service.carry import carry_through
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.fusion import FusionService
 from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin
@@ -55,16 +57,12 @@ async def server_tool_completion(
         return sse_response(
             tool_chunks(session, conversation, body.model, cid, created, admission), keepalive=state.keepalive_s
         )
-    final = None
     try:
-        async for item in session.events(conversation):
-            if isinstance(item, Completion):
-                final = item
+        final = await unless_client_leaves(_last_completion(session, conversation), request)
     except ProviderError as exc:
         raise from_provider_error(exc) from exc
     finally:
         await tool.settle()
-    assert final is not None
     out = completion_response(body.model, final, session.state, cid, created)
     # The panel's sources as url_citation annotations of the outer model's answer.
     out["choices"][0]["message"]["annotations"] = session.state.annotations(final.text)
@@ -123,6 +121,23 @@ async def tool_chunks(
         yield sse(shapes.error_chunk(err, cid, model, created, usage=session.state.usage_dict()))
         return  # OpenRouter ends the stream with its error chunk: no [DONE]
     finally:
-        await items.aclose()  # stops the outer loop (and its fusion) when the caller left
-        await admission.release_shielded(session.state.usage_dict()["cost"])
+        # One carried task: a client that left cancels every await of ours, and stopping the outer
+        # loop (and its fusion) awaits, which must not cut the settling short.
+        await carry_through(_stop_and_settle(items, session, admission))
     yield DONE
+
+
+async def _stop_and_settle(items: AsyncGenerator[Any, None], session: FusionToolSession, admission: Admission) -> None:
+    try:
+        await items.aclose()
+    finally:
+        await admission.release(session.state.usage_dict()["cost"])
+
+
+async def _last_completion(session: FusionToolSession, conversation: list[dict[str, Any]]) -> Completion:
+    final = None
+    async for item in session.events(conversation):
+        if isinstance(item, Completion):
+            final = item
+    assert final is not None  # the outer loop always ends with the outer model's completion
+    return final

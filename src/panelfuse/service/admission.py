@@ -3,17 +3,16 @@ store). The returned Admission releases both when the run ends, charging what it
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
 from panelfuse.pipeline.result import FusionResult
 from panelfuse.service.caller import Principal
+from panelfuse.service.carry import carry_through
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.gateway import Gateway
 
 log = logging.getLogger("panelfuse.server")
-_settling: set[asyncio.Future[None]] = set()
 
 
 @dataclass
@@ -41,15 +40,8 @@ class Admission:
                 await self.state.limiter.release(key.id, key.max_concurrent)
 
     async def release_shielded(self, cost: float | None) -> None:
-        """`release`, carried to the end even when the caller is being cancelled (a client that left a
-        stream cancels the response's task at every await): the settling runs in its own task."""
-        task = asyncio.ensure_future(self.release(cost))
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            _settling.add(task)  # keep it referenced until it is done
-            task.add_done_callback(_settling.discard)
-            raise
+        """`release`, carried to the end even when the caller is being cancelled."""
+        await carry_through(self.release(cost))
 
     async def release_result(self, result: FusionResult | None) -> None:
         await self.release(result.cost if result is not None else None)

@@ -18,6 +18,7 @@ from panelfuse.pipeline.prompts import PROMPT_VERSION
 from panelfuse.pipeline.result import FusionResult
 from panelfuse.pipeline.run import Fusion, FusionStream
 from panelfuse.service import metrics
+from panelfuse.service.carry import carry_through
 from panelfuse.store import RunStore
 
 log = logging.getLogger("panelfuse.server")
@@ -43,6 +44,7 @@ class ActiveRun:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
+    ending: bool = False  # the pipeline is done; its outcome is being stored: too late to cancel
     # Settles the budget and frees the rate-limit slot, whatever way the run ends.
     on_finish: Callable[[FusionResult | None], Awaitable[None]] | None = None
 
@@ -85,6 +87,10 @@ class ActiveRun:
             self.subscribers.discard(queue)
 
     def cancel(self, reason: str) -> None:
+        """Stop the run; a no-op once it has ended (a reader that got the terminal event and leaves
+        before the run's clean-up finished must not cut that clean-up short)."""
+        if self.ending:
+            return
         if self.task is not None and not self.task.done():
             self.cancel_reason = reason
             self.task.cancel()
@@ -180,7 +186,15 @@ class RunManager:
             # The fusion already emitted run.cancelled into its log; record it, shielded from a second cancel.
             pass
         finally:
-            await asyncio.shield(self._record(run, started))
+            run.ending = True
+            # Carried in its own task: a second cancel (shutdown) must not skip the outcome, the
+            # settling or the bookkeeping below, or the run stays "active" for good.
+            await carry_through(self._end(run, started))
+
+    async def _end(self, run: ActiveRun, started: float) -> None:
+        try:
+            await self._record(run, started)
+        finally:
             run.done.set()
             for q in run.subscribers:
                 q.put_nowait(None)

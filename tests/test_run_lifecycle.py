@@ -1,0 +1,71 @@
+"""A run's end is recorded whatever way its readers leave: the races and leaks an independent probe
+found (issue 15), each as a regression test."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from panelfuse.service import metrics
+from panelfuse.service.runs import RunManager
+from panelfuse.store import RunStore
+from panelfuse.testing import Script
+from pipeline_helpers import fusion, script_panel, spec
+from test_fusion_tool import CALL_FUSION, FUSION_TOOL
+
+
+async def test_a_reader_that_leaves_on_the_terminal_event_does_not_leave_the_run_active(fake, tmp_path):
+    # The chat route's clean-up cancels a run whose `done` is not set yet; the terminal event is
+    # published just before that, so a reader leaving on it used to cancel the run's own clean-up.
+    script_panel(fake)
+    store = await RunStore.open(f"sqlite+aiosqlite:///{tmp_path}/runs.db")
+    manager = RunManager(store)
+    active_before = metrics.RUNS_ACTIVE._value.get()
+    try:
+        s = spec()
+        f = fusion(fake, s)
+        run = await manager.start(
+            f, f.plan("why is the sky blue?"), run_id="run_leaver", request={}, request_model="m", background=False
+        )
+        async for ev in run.follow():
+            if ev.type == "run.completed":
+                break
+        run.cancel("the client disconnected")  # what server/chat.py::fusion_chunks does on its way out
+        await asyncio.wait_for(run.done.wait(), 10)
+        assert "run_leaver" not in manager.active
+        assert metrics.RUNS_ACTIVE._value.get() == active_before
+        stored = await store.get_run("run_leaver")
+        assert stored is not None and stored.status == "completed"
+    finally:
+        await store.close()
+
+
+def test_a_non_streamed_server_tool_request_stops_when_its_client_leaves(fake, gateway):
+    # Nobody reads the answer any more: the fusion and its upstream calls stop (no more billing),
+    # and the stored run says it was cancelled.
+    script_panel(fake, m1=Script(text="slow", latency=30), m2=Script(text="slow", latency=30))
+    fake.script("outer", CALL_FUSION, Script(text="never asked"))
+    body = {"model": "fake/outer", "messages": [{"role": "user", "content": "q"}], "tools": [FUSION_TOOL]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=1.5)
+    runs = _wait_for(lambda: _finished_runs(gateway), lambda rows: len(rows) == 1)
+    assert runs[0]["status"] == "cancelled"
+    assert fake.wait_idle(10)  # both slow panelists' calls were cut
+    assert len(fake.requests_for("outer")) == 1  # the outer model was not asked again
+
+
+def _finished_runs(gateway) -> list[dict]:
+    listed = httpx.get(f"{gateway.url}/v1/fusion/runs", timeout=10).json()["data"]
+    return [r for r in listed if r["status"] != "running"]
+
+
+def _wait_for(read, ok, attempts: int = 100):
+    for _ in range(attempts):  # polls until the gateway noticed; asserts no duration
+        value = read()
+        if ok(value):
+            return value
+        time.sleep(0.1)
+    return read()
