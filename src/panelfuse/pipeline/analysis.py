@@ -7,6 +7,7 @@ model under a llama.cpp grammar can only emit valid, attributable JSON.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -126,15 +127,91 @@ class ParsedAnalysis:
     repaired: bool  # the text was not valid JSON as written (truncated, unquoted, fenced…)
 
 
-def _lenient_object(text: str) -> tuple[Any, bool]:
+# The analysis is four levels deep: deeper output is not an analysis, and parsing it (the standard
+# library and json_repair both recurse) could exhaust the stack. Brackets are counted twice: outside
+# strings (MAX_DEPTH), and all of them (MAX_RAW_DEPTH), as json_repair may read an unclosed quote
+# differently than we do.
+MAX_DEPTH = 32
+MAX_RAW_DEPTH = 128
+MAX_CANDIDATES = 64  # `{` positions tried when the object sits in prose
+_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
+
+
+def nesting_depth(text: str, *, in_strings: bool = False) -> int:
+    """The deepest bracket nesting in `text`: outside JSON strings, or counting every bracket with
+    `in_strings`. Unbalanced closers are ignored. Pure, iterative."""
+    depth = deepest = 0
+    quoted = escaped = False
+    for ch in text:
+        if quoted and not in_strings:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+            continue
+        if ch == '"':
+            quoted = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}" and depth:
+            depth -= 1
+    return deepest
+
+
+def extract_json(text: str, keys: Sequence[str] = ()) -> tuple[Any, bool]:
+    """The JSON value in a judge's output, and whether it had to be repaired or dug out of prose:
+    the whole text, else a fenced block, else the first object in the prose (one with any of `keys`
+    when given), else json_repair's best reading. Raises AnalysisError only, whatever the text."""
+    deep = max(nesting_depth(text) - MAX_DEPTH, nesting_depth(text, in_strings=True) - MAX_RAW_DEPTH)
+    if deep > 0:
+        raise AnalysisError(f"the judge's output is nested deeper than {MAX_DEPTH} levels")
+    try:
+        return _extract(text, keys)
+    except RecursionError as exc:  # guarded above; a parser's own limit must still not fail the run
+        raise AnalysisError("the judge's output is nested too deeply to read") from exc
+    except Exception as exc:  # json_repair is third-party: whatever it raises, the output is unreadable
+        raise AnalysisError(f"the judge's output is not readable JSON ({type(exc).__name__})") from exc
+
+
+def _extract(text: str, keys: Sequence[str]) -> tuple[Any, bool]:
     text = text.strip()
-    if text.startswith("```"):
-        text = text.strip("`").removeprefix("json").strip()
     try:
         return json.loads(text), False
     except ValueError:
-        # json_repair closes truncated output and fixes quotes/commas; it returns "" when hopeless.
-        return json_repair.loads(text), True
+        pass
+    for block in _FENCE.findall(text):
+        try:
+            return json.loads(block.strip()), False
+        except ValueError:
+            continue
+    found = _object_in_prose(text, keys)
+    if found is not None:
+        return found, True
+    if text.startswith("```"):
+        text = text.strip("`").removeprefix("json").strip()
+    start = text.find("{")
+    # json_repair closes truncated output and fixes quotes/commas; it returns "" when hopeless.
+    return json_repair.loads(text[start:] if start > 0 else text), True
+
+
+def _object_in_prose(text: str, keys: Sequence[str]) -> dict[str, Any] | None:
+    """The first JSON object written whole inside `text` (with one of `keys`, when given)."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    for _ in range(MAX_CANDIDATES):
+        if start < 0:
+            return None
+        try:
+            value, _end = decoder.raw_decode(text, start)
+        except ValueError:
+            value = None
+        if isinstance(value, dict) and (not keys or any(k in value for k in keys)):
+            return value
+        start = text.find("{", start + 1)
+    return None
 
 
 def parse_analysis(text: str, labels: Sequence[str], dimensions: Sequence[str] = ()) -> ParsedAnalysis:
@@ -142,7 +219,7 @@ def parse_analysis(text: str, labels: Sequence[str], dimensions: Sequence[str] =
 
     A key the judge left out (or lost to truncation) reads as an empty list: lists may be empty.
     """
-    data, repaired = _lenient_object(text)
+    data, repaired = extract_json(text, ANALYSIS_KEYS)
     if not isinstance(data, dict) or not data:
         raise AnalysisError("the judge's output is not a JSON object")
     if not any(k in data for k in REQUIRED_KEYS):
@@ -225,7 +302,10 @@ def best_of_schema(labels: Sequence[str]) -> dict[str, Any]:
 
 def best_of_choice(text: str, labels: Sequence[str]) -> tuple[str, str]:
     """(label, reason) from a best-of judge output; falls back to the first label named in the text."""
-    data, _ = _lenient_object(text)
+    try:
+        data, _ = extract_json(text, ("best",))
+    except AnalysisError:
+        data = None  # the label may still be named in free text
     if isinstance(data, dict) and data.get("best") in labels:
         return data["best"], str(data.get("reason") or "")
     for token in text.replace('"', " ").split():

@@ -15,7 +15,7 @@ from panelfuse.pipeline.result import CallRecord
 from panelfuse.pipeline.routes import ResolvedModel
 from panelfuse.pricing import PriceTable, call_cost, estimate_tokens, messages_tokens, token_cost
 from panelfuse.providers.base import ChatRequest, Completion, StreamEvent, Usage, fold_stream
-from panelfuse.providers.errors import ProviderError
+from panelfuse.providers.errors import DeadlineExceeded, ProviderError
 from panelfuse.tools.loop import OnTool, run_tool_loop
 from panelfuse.tools.records import Citation, ToolUsage
 from panelfuse.tools.toolbox import WEB_SEARCH, Toolbox, ToolOutcome
@@ -52,10 +52,28 @@ class CostGuard:
 
 @dataclass
 class CallContext:
+    """What a run's calls share: prices, the cost guard, the toolbox and the run's deadline.
+
+    `timeout` is the whole run's budget (the spec's deadline_ms, in seconds). Each stage may run
+    until its share of it (`stage_share`, cumulative from the run's start, set by the mode: the panel
+    by half, the judge by three quarters…), so a slow stage leaves the later ones their time; every
+    call's own deadline is the least of its provider's and what is left of the stage's."""
+
     prices: PriceTable
     guard: CostGuard
-    timeout: float  # seconds, each call (and the tool loop's deadline for tools)
+    timeout: float
     toolbox: Toolbox | None = None
+    started: float = field(default_factory=time.monotonic)
+    stage_share: float = 1.0
+
+    def time_left(self) -> float:
+        """Seconds until the current stage's share of the run's deadline."""
+        return self.started + self.timeout * self.stage_share - time.monotonic()
+
+    def deadline_passed(self, model: str) -> DeadlineExceeded:
+        ms = int(self.timeout * 1000)
+        until = f" (this stage's share: {int(ms * self.stage_share)} ms)" if self.stage_share < 1 else ""
+        return DeadlineExceeded(f"the run's deadline passed: deadline_ms={ms}{until}", model=model)
 
     def worst_case(self, model: str, req: ChatRequest) -> float:
         price = self.prices.lookup(model)
@@ -74,7 +92,11 @@ async def call_model(
     """Run one call to a planned model and append its CallRecord to `records`, also when it fails or
     is cancelled (then its cost is reckoned from what streamed and marked estimated)."""
     provider, route, model = resolved.provider, resolved.route, resolved.model
-    req = replace(template, model=route.model, timeout=ctx.timeout)
+    left = ctx.time_left()
+    if left <= 0:
+        raise ctx.deadline_passed(model)
+    bound_by_run = left < provider.default_timeout
+    req = replace(template, model=route.model, timeout=min(left, provider.default_timeout))
     if req.response_format and not provider.supports_json_schema:
         req.response_format = None  # the caller parses leniently
     if "reasoning" in req.extra_body and not provider.accepts_reasoning:
@@ -97,7 +119,11 @@ async def call_model(
 
     record = CallRecord(model=model)
     try:
-        completion = await fold_stream(route.model, tee())
+        try:
+            completion = await fold_stream(route.model, tee())
+        except DeadlineExceeded as exc:
+            # The run's deadline (not the provider's own) cut the call: say so.
+            raise (ctx.deadline_passed(model) if bound_by_run else exc) from exc
     except (asyncio.CancelledError, ProviderError):
         # A cut or failed call may still be billed: reckon it from what streamed, and say so.
         if streamed:
@@ -119,6 +145,7 @@ async def call_model(
 # ---- tools ----------------------------------------------------------------------------------------
 
 PRE_RETRIEVAL_RESULTS = 3
+TOOLS_SHARE = 0.6  # of a call's time left, what its tool rounds may use; the answer round gets the rest
 
 
 def tool_event(log: EventLog, who: str) -> OnTool:
@@ -154,7 +181,8 @@ async def call_with_tools(
             ctx.toolbox,
             offered,
             max_tool_calls=max_tool_calls,
-            deadline=time.monotonic() + ctx.timeout,
+            # Tools stop early enough to leave the answer round the rest of the stage's time.
+            deadline=time.monotonic() + ctx.time_left() * TOOLS_SHARE,
             on_tool=on_tool,
             usage=usage,
             citations=citations,
@@ -185,7 +213,7 @@ class SharedRetrieval:
         async with self._lock:
             if self._outcome is None:
                 outcome = await self.ctx.toolbox.run_search(
-                    self.question, PRE_RETRIEVAL_RESULTS, time_left=self.ctx.timeout
+                    self.question, PRE_RETRIEVAL_RESULTS, time_left=max(0.0, self.ctx.time_left())
                 )
                 # Not a tool call the model made: only the search request is counted.
                 usage.add(ToolUsage(search_requests=outcome.usage.search_requests, cost=outcome.usage.cost))

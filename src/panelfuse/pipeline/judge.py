@@ -178,7 +178,7 @@ def _split_leading_json(text: str) -> tuple[str, str]:
         return "", text.strip()
     try:
         _, end = json.JSONDecoder().raw_decode(text, start)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting: parse_analysis reports it unreadable
         return text, ""
     return text[start:end], text[end:].strip()
 

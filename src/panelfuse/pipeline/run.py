@@ -39,6 +39,10 @@ from panelfuse.tools.toolbox import Toolbox
 
 __all__ = ["Fusion", "FusionError", "FusionStream", "normalize_messages"]
 
+# The run's outer bound comes this long after deadline_ms: the calls' own deadlines end them at
+# deadline_ms, and what follows a last failed call (a member's answer given verbatim) takes no time.
+DEADLINE_SLACK_S = 0.25
+
 
 class FusionError(Exception):
     """The run failed; `result` holds every member's outcome and the reason."""
@@ -225,10 +229,26 @@ class FusionStream:
         guard = CostGuard(
             plan.spec.max_cost, later_stages=by_stage.get("analysis", 0.0) + by_stage.get("synthesis", 0.0)
         )
+        # deadline_ms bounds the whole run: each stage's calls end by the stage's share of it (see
+        # CallContext); this outer bound, a little later, also ends what no call deadline covers.
         calls = CallContext(
             self.fusion.prices, guard, timeout=plan.spec.deadline_ms / 1000, toolbox=self._toolbox(plan)
         )
         run = RunContext(plan, calls, self.log, result)
+        bound = asyncio.timeout(plan.spec.deadline_ms / 1000 + DEADLINE_SLACK_S)
+        try:
+            async with bound:
+                await self._answer(plan, run)
+        except TimeoutError as exc:
+            if not bound.expired():
+                raise  # not ours: reported as the bug it is
+            raise RunFailure(
+                f"the run's deadline passed (deadline_ms={plan.spec.deadline_ms}): calls still running were cancelled"
+            ) from exc
+
+    async def _answer(self, plan: RunPlan, run: RunContext) -> None:
+        result = run.result
+        run.calls.stage_share = plan.mode.panel_share
         if plan.reuse_panel is not None:
             result.panel = list(plan.reuse_panel)
             if not any(m.status == "ok" for m in result.panel):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from panelfuse.pipeline import prompts
 from panelfuse.pipeline.analysis import Analysis
 from panelfuse.pipeline.calls import call_model
-from panelfuse.pipeline.chain import run_chain
+from panelfuse.pipeline.chain import EmptyAnswer, run_chain
 from panelfuse.pipeline.context import RunContext
 from panelfuse.pipeline.events import FinalDelta
 from panelfuse.pipeline.judge import answers_of
@@ -21,15 +21,22 @@ async def run_synthesis(
     run: RunContext, ok: Sequence[MemberResult], analysis: Analysis | None, sources: Sequence[Citation] = ()
 ) -> StageResult:
     """Stream the final answer. A fallback is tried only while nothing has streamed yet. `sources`: the
-    URLs the panel (and judge) used, which the synthesizer is asked to cite."""
+    URLs the panel (and judge) used, which the synthesizer is asked to cite. An empty or
+    whitespace-only answer is a failed call (EmptyAnswer): leading whitespace is held back until text
+    comes, so such an answer never reaches the caller and its fallback may still run."""
     spec = run.plan.spec
     stage = StageResult(model=run.plan.synthesizer[0].model)
     streamed = False
+    held: list[str] = []
 
     def emit(text: str) -> None:
         nonlocal streamed
+        if not streamed and not text.strip():
+            held.append(text)
+            return
         streamed = True
-        run.log.emit(FinalDelta(text=text))
+        run.log.emit(FinalDelta(text="".join(held) + text))
+        held.clear()
 
     req = ChatRequest(
         model="",
@@ -47,7 +54,11 @@ async def run_synthesis(
 
     async def attempt(model: ResolvedModel) -> Completion:
         stage.model = model.model
-        return await call_model(run.calls, model, req, stage.calls, on_text=emit)
+        held.clear()
+        completion = await call_model(run.calls, model, req, stage.calls, on_text=emit)
+        if not completion.text.strip():
+            raise EmptyAnswer("the synthesizer returned an empty answer", model=model.model)
+        return completion
 
     chain = await run_chain("synthesis", run.plan.synthesizer, attempt, run.log, may_fall_back=lambda: not streamed)
     if chain.value is None:

@@ -159,6 +159,46 @@ class StreamFold:
         return self.out
 
 
+# The oversize cap: an upstream that ignores max_tokens must not make us buffer without bound. A
+# token is rarely longer than a dozen characters, so 32 per token of max_tokens is never hit by an
+# upstream that honours it; without max_tokens, MAX_ANSWER_CHARS.
+CAP_CHARS_PER_TOKEN = 32
+MAX_ANSWER_CHARS = 4_000_000
+
+
+def answer_cap(req: ChatRequest) -> int:
+    """Characters of text (and refusal) one choice of `req` may carry before it is cut."""
+    if req.max_tokens:
+        return min(MAX_ANSWER_CHARS, req.max_tokens * CAP_CHARS_PER_TOKEN)
+    return MAX_ANSWER_CHARS
+
+
+async def capped(events: AsyncIterator[StreamEvent], req: ChatRequest) -> AsyncIterator[StreamEvent]:
+    """`events` until a choice's text passes `answer_cap(req)`: then that text is cut at the cap, the
+    call ends with finish_reason "length" (usage: max_tokens completion tokens, what the upstream
+    was allowed) and the upstream is closed."""
+    cap = answer_cap(req)
+    sizes: dict[int, int] = {}
+    try:
+        async for ev in events:
+            size = sizes.get(ev.index, 0) + len(ev.text) + len(ev.refusal or "")
+            sizes[ev.index] = size
+            if size <= cap:
+                yield ev
+                continue
+            room = max(0, cap - (size - len(ev.text) - len(ev.refusal or "")))
+            if ev.text[:room]:
+                yield StreamEvent(text=ev.text[:room], index=ev.index)
+            yield StreamEvent(
+                finish_reason="length", index=ev.index, usage=Usage(completion_tokens=req.max_tokens or cap // 4)
+            )
+            return
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 async def fold_stream(model: str, events: AsyncIterator[StreamEvent], *, raise_refusal: bool = True) -> Completion:
     """Accumulate a stream into one Completion; raise RefusedError on the provider's refusal signal
     (unless `raise_refusal` is off, for a proxy that passes the refusal on as it came)."""
@@ -206,13 +246,18 @@ class Provider(abc.ABC):
         return time.monotonic() + (req.timeout if req.timeout is not None else self.default_timeout)
 
     def stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
-        """Yield the completion as it is produced, with retries before the first event."""
-        return retrying_stream(lambda: self._open_stream(req), deadline=self._deadline(req), policy=self.retry_policy)
+        """Yield the completion as it is produced, with retries before the first event, cut at the
+        answer's size cap (`answer_cap`)."""
+        events = retrying_stream(lambda: self._open_stream(req), deadline=self._deadline(req), policy=self.retry_policy)
+        return capped(events, req)
 
     def complete_events(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
         """The non-streaming call (with its deadline and retries) as its events, unfolded: for a proxy
         that passes every choice on as the upstream answered it."""
-        return retrying_stream(lambda: self._open_complete(req), deadline=self._deadline(req), policy=self.retry_policy)
+        events = retrying_stream(
+            lambda: self._open_complete(req), deadline=self._deadline(req), policy=self.retry_policy
+        )
+        return capped(events, req)
 
     async def complete(self, req: ChatRequest) -> Completion:
         return await fold_stream(req.model, self.complete_events(req))

@@ -14,9 +14,11 @@ class Analyze(ModeStrategy):
     name = "analyze"
     judge_repair_retry = True
     expects_analysis = True
+    panel_share = 0.6
 
     async def answer(self, run: RunContext, ok: Sequence[MemberResult]) -> None:
         run.calls.guard.later_stages = 0.0
+        run.calls.stage_share = self.judge_share
         outcome = await run_analysis(run, ok)
         run.result.judge, run.result.analysis = outcome.stage, outcome.analysis
         run.result.analysis_repaired = outcome.repaired

@@ -23,6 +23,11 @@ class ModeStrategy(abc.ABC):
     judge_repair_retry: ClassVar[bool] = False  # an unreadable analysis gets one repair retry
     uses_synthesizer: ClassVar[bool] = False
     expects_analysis: ClassVar[bool] = False  # a run without the analysis is degraded
+    # How far into the run's deadline (deadline_ms) each stage may go, from the run's start: the panel
+    # ends by `panel_share` of it, the judge by `judge_share`, the synthesizer by the whole of it. A
+    # stage that finishes early leaves its time to the next.
+    panel_share: ClassVar[float] = 1.0
+    judge_share: ClassVar[float] = 1.0
 
     def judge_max_tokens(self, spec: FusionSpec) -> int:
         return spec.max_tokens

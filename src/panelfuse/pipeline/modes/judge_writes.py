@@ -14,6 +14,7 @@ from panelfuse.spec import FusionSpec
 class JudgeWrites(ModeStrategy):
     name = "judge-writes"
     expects_analysis = True
+    panel_share = 0.5
 
     def judge_max_tokens(self, spec: FusionSpec) -> int:
         return spec.max_tokens + spec.answer_max_tokens  # the analysis, then the answer, in one call
@@ -21,9 +22,10 @@ class JudgeWrites(ModeStrategy):
     async def answer(self, run: RunContext, ok: Sequence[MemberResult]) -> None:
         result = run.result
         run.calls.guard.later_stages = 0.0
+        run.calls.stage_share = self.judge_share
         outcome = await run_judge_writes(run, ok, sources=result.citations(list(ok)))
         result.judge, result.analysis, result.analysis_repaired = outcome.stage, outcome.analysis, outcome.repaired
-        if not outcome.answer:
+        if not (outcome.answer or "").strip():
             raise RunFailure(f"the judge wrote no answer: {outcome.stage.error or 'empty output'}")
         result.content, result.model = outcome.answer, outcome.stage.model
         result.finish_reason = answer_finish(outcome.stage.finish_reason)

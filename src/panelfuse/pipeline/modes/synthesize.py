@@ -17,6 +17,8 @@ class Synthesize(ModeStrategy):
     judge_repair_retry = True
     uses_synthesizer = True
     expects_analysis = True
+    panel_share = 0.5
+    judge_share = 0.75
 
     def answer_model(self, spec: FusionSpec) -> str:
         return spec.synthesizer_model
@@ -24,9 +26,11 @@ class Synthesize(ModeStrategy):
     async def answer(self, run: RunContext, ok: Sequence[MemberResult]) -> None:
         result, guard = run.result, run.calls.guard
         guard.later_stages = run.plan.estimate.by_stage().get("synthesis", 0.0)
+        run.calls.stage_share = self.judge_share
         outcome = await run_analysis(run, ok)
         result.judge, result.analysis, result.analysis_repaired = outcome.stage, outcome.analysis, outcome.repaired
         guard.later_stages = 0.0
+        run.calls.stage_share = 1.0
         synth = await run_synthesis(run, ok, result.analysis, sources=result.citations(list(ok)))
         result.synthesizer = synth
         if synth.error is None:
