@@ -25,8 +25,9 @@ class JudgeWrites(ModeStrategy):
         run.calls.stage_share = self.judge_share
         outcome = await run_judge_writes(run, ok, sources=result.citations(list(ok)))
         result.judge, result.analysis, result.analysis_repaired = outcome.stage, outcome.analysis, outcome.repaired
-        if not (outcome.answer or "").strip():
+        answer = outcome.answer or ""
+        if not answer.strip():
             raise RunFailure(f"the judge wrote no answer: {outcome.stage.error or 'empty output'}")
-        result.content, result.model = outcome.answer, outcome.stage.model
+        result.content, result.model = answer, outcome.stage.model
         result.finish_reason = answer_finish(outcome.stage.finish_reason)
         result.annotate(list(ok))
