@@ -23,6 +23,7 @@ ENV_NAMES = {
     "auth": "PANELFUSE_AUTH",
     "admin_key": "PANELFUSE_ADMIN_KEY",
     "passthrough_keys": "PANELFUSE_PASSTHROUGH_KEYS",
+    "allowed_hosts": "PANELFUSE_ALLOWED_HOSTS",
     "redis_url": "PANELFUSE_REDIS",
     "retain_days": "PANELFUSE_RETAIN_DAYS",
 }

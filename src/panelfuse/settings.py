@@ -42,6 +42,9 @@ class ServerSettings(BaseSettings):
     auth: bool | None = None  # None: on when a key exists (or off loopback); True/False: --auth/--no-auth
     admin_key: str | None = Field(None, repr=False)  # a secret: kept out of reprs and logs
     passthrough_keys: bool = False
+    # With auth off, only requests whose Host names this machine (or one of these, comma-separated) are
+    # served: a web page cannot reach the gateway through DNS rebinding (docs/security.md).
+    allowed_hosts: str | None = None
     redis_url: str | None = Field(None, validation_alias=AliasChoices("PANELFUSE_REDIS"))  # limits across processes
     retain_days: float | None = None  # purge the content of older runs
 

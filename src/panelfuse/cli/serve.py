@@ -22,6 +22,10 @@ def serve(
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     auth: Annotated[bool | None, typer.Option("--auth/--no-auth", help="default: on if keys exist")] = None,
     passthrough_keys: Annotated[bool, typer.Option("--passthrough-keys", help="use callers' own keys")] = False,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option("--allowed-hosts", help="with auth off, host names besides loopback a request may use (a,b)"),
+    ] = None,
     redis: Annotated[str | None, typer.Option("--redis", help="Redis URL: rate limits shared by all processes")] = None,
     retain_days: Annotated[float | None, typer.Option("--retain-days", min=0.0, help="purge old runs' content")] = None,
     config: ConfigOpt = None,
@@ -43,6 +47,7 @@ def serve(
         "host": host,
         "auth": auth,
         "passthrough_keys": True if passthrough_keys else None,
+        "allowed_hosts": allowed_hosts,
         "redis_url": redis,
         "retain_days": retain_days,
     }

@@ -14,12 +14,14 @@ fusion alias are accepted and ignored.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 FUSION_ALIASES = ("panelfuse/fusion", "openrouter/fusion")
 FUSION_PRESET_PREFIX = "panelfuse/fusion-"
 OPENROUTER_PRESET_PREFIX = "openrouter/fusion-"
+# The bundled local model's name (providers/local.py::EMBEDDED_MODEL; kept here so this module stays pure).
+EMBEDDED_LOCAL_MODEL = "smollm2"
 # OpenRouter's preset names are synonyms of ours; `flash` is its `openrouter/fusion-flash` model (general-fast).
 PRESET_SYNONYMS = {"general-high": "quality", "general-budget": "budget", "general-fast": "fast", "flash": "fast"}
 
@@ -82,3 +84,9 @@ def resolve_model(
     if sep and rest and head in providers:
         return ProviderRoute(provider=head, model=rest)
     return ProviderRoute(provider=default_provider, model=model)
+
+
+def allowed_local_ids(provider: str, configured: Iterable[str]) -> list[str]:
+    """The `provider/model` ids a server request may name on a local provider: the configured names and
+    the bundled model, never a path (a path would let a caller probe and load the server's files)."""
+    return [f"{provider}/{name}" for name in (*configured, EMBEDDED_LOCAL_MODEL)]

@@ -21,6 +21,7 @@ from panelfuse.config import Config, load_config
 from panelfuse.providers.http import close_shared_client
 from panelfuse.providers.registry import Providers
 from panelfuse.server import chat, chatroom, models_api, openrouter_api, responses_api, runs_api
+from panelfuse.server.access import host_allowed
 from panelfuse.server.deps import State
 from panelfuse.server.errors import (
     ApiError,
@@ -41,32 +42,91 @@ log = logging.getLogger("panelfuse.server")
 
 
 class BodyLimit:
-    """413 for bodies over the limit, by Content-Length or by counting a chunked body as it arrives."""
+    """413 for bodies over the limit, by Content-Length or by counting a chunked body as it arrives.
+
+    A chunked body is only known to be too large while the route reads it; an exception raised there
+    would become FastAPI's 400 ("error parsing the body"). So the 413 is sent from here, the route is
+    told the client left, and whatever it answers after that is dropped."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
+
+    def too_big(self) -> ApiError:
+        return ApiError(413, f"the request body is larger than {self.max_bytes} bytes", code="body_too_large")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = ApiError(413, f"the request body is larger than {self.max_bytes} bytes", code="body_too_large")
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await too_big.response()(scope, receive, send)
+            await self.too_big().response()(scope, receive, send)
             return
-        seen = 0
+        seen, started, refused = 0, False, False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 is the answer
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise ApiError(413, too_big.message, code="body_too_large")
+                    if started:  # a route that answered before reading all of it: nothing left to say
+                        raise self.too_big()
+                    await _send_error(send, self.too_big())
+                    refused = True
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counting_receive, send)
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise  # after the 413, the route's complaint about the missing body is expected
+
+
+async def _send_error(send: Send, error: ApiError) -> None:
+    response = error.response()
+    await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+class HostCheck:
+    """With auth off, only requests whose Host names this machine (or an allowed host) are served: a
+    web page whose name the attacker re-points at 127.0.0.1 (DNS rebinding) sends its own name as Host.
+    With auth on, any Host is accepted (a token is needed anyway)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = getattr(scope["app"].state, "gateway", None) if scope["type"] in ("http", "websocket") else None
+        if state is None or await self._allowed(scope, state):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        error = ApiError(
+            403,
+            "this host name is not allowed while auth is off: use localhost, or start the server with "
+            "--allowed-hosts (or turn auth on)",
+            code="host_not_allowed",
+        )
+        await _send_error(send, error)
+
+    @staticmethod
+    async def _allowed(scope: Scope, state: GatewayState) -> bool:
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        return host_allowed(host, state.allowed_hosts) or await state.auth.is_on(state.store)
 
 
 class ApiPrefix:
@@ -183,6 +243,7 @@ def create_app(
     app.add_exception_handler(StoreError, store_error_handler)
     app.add_exception_handler(Exception, unexpected_handler)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HostCheck)  # before the body is read: a refused host never sends it
     app.add_middleware(CountRequests)
     app.add_middleware(ApiPrefix)  # outermost: everything inside sees the /v1 path
     app.include_router(chat.router)
