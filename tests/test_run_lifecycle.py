@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from gateway_helpers import Gateway
 from panelfuse.service import metrics
 from panelfuse.service.runs import RunManager
 from panelfuse.store import RunStore
@@ -69,3 +70,51 @@ def _wait_for(read, ok, attempts: int = 100):
             return value
         time.sleep(0.1)
     return read()
+
+
+def test_replaying_a_long_finished_run_sends_every_event_and_its_end(fake, tmp_path):
+    db = f"sqlite+aiosqlite:///{tmp_path}/runs.db"
+
+    async def stored_long_run() -> None:
+        async with await RunStore.open(db) as store:
+            await store.create_run(
+                "run_long", spec={}, request={}, request_model="m", preset=None, mode="fusion", prompt_version="t"
+            )
+            deltas = [{"seq": i, "type": "panel.delta", "data": {"member": 0, "text": "x"}} for i in range(1, 3611)]
+            done = {"seq": 3611, "type": "run.completed", "data": {"usage": {}, "cost": 0.0, "degraded": False}}
+            await store.finish_run(
+                "run_long",
+                status="completed",
+                result=None,
+                content="x",
+                usage=None,
+                cost=0.0,
+                degraded=False,
+                error=None,
+                latency_ms=1,
+                events=[*deltas, done],
+            )
+
+    asyncio.run(stored_long_run())
+    gw = Gateway(fake, db).start()
+    try:
+        with httpx.stream("GET", f"{gw.url}/v1/fusion/runs/run_long/events", timeout=30) as r:
+            seqs = [int(line[4:]) for line in r.iter_lines() if line.startswith("id: ")]
+        assert seqs == list(range(1, 3612))  # the last one is run.completed
+    finally:
+        gw.stop()
+
+
+async def test_a_run_cancelled_before_it_began_stores_its_cancelled_event(fake, tmp_path):
+    script_panel(fake)
+    async with await RunStore.open(f"sqlite+aiosqlite:///{tmp_path}/runs.db") as store:
+        manager = RunManager(store)
+        f = fusion(fake, spec())
+        run = await manager.start(f, f.plan("q"), run_id="run_early", request={}, request_model="m", background=False)
+        run.cancel("the client disconnected")  # before the run's task had a turn
+        await asyncio.wait_for(run.done.wait(), 10)
+        events = await store.events_after("run_early")
+        assert events[-1].type == "run.cancelled"
+        assert events[-1].data["reason"] == "the client disconnected"
+        stored = await store.get_run("run_early")
+        assert stored is not None and stored.status == "cancelled"

@@ -34,6 +34,7 @@ from panelfuse.store import InvalidCursorError
 
 router = APIRouter()
 TERMINAL_STATUSES = ("completed", "failed", "cancelled", "interrupted")
+EVENT_PAGE = 1000  # stored events read per query while replaying
 POLL_INTERVAL = 0.5  # live tail of a run served by another process: how often to read the store
 # An event's seq is a 32-bit column on PostgreSQL: a larger `after` could only fail in the store.
 MAX_SEQ = 2**31 - 1
@@ -127,9 +128,9 @@ async def _tail(state: GatewayState, run_id: str, after: int) -> AsyncIterator[s
     store (the run may live in another worker or replica) until the run ends. Keep-alives come from
     the SSE writer."""
     while True:
-        for rec in await state.store.events_after(run_id, after):
-            yield _sse_event(rec.to_dict())
-            after = rec.seq
+        async for seq, frame in _stored(state, run_id, after):
+            yield frame
+            after = seq
         active = state.manager.active.get(run_id)
         if active is not None:
             async for ev in active.follow(after):
@@ -137,10 +138,21 @@ async def _tail(state: GatewayState, run_id: str, after: int) -> AsyncIterator[s
                 after = ev.seq
         run = await state.store.get_run(run_id)
         if run is None or run.status in TERMINAL_STATUSES:
-            for rec in await state.store.events_after(run_id, after):
-                yield _sse_event(rec.to_dict())
+            async for _, frame in _stored(state, run_id, after):
+                yield frame
             return
         await asyncio.sleep(POLL_INTERVAL)
+
+
+async def _stored(state: GatewayState, run_id: str, after: int) -> AsyncIterator[tuple[int, str]]:
+    """Every stored event after `after`, a page at a time (a long run has thousands): (seq, frame)."""
+    while True:
+        page = await state.store.events_after(run_id, after, limit=EVENT_PAGE)
+        for rec in page:
+            yield rec.seq, _sse_event(rec.to_dict())
+            after = rec.seq
+        if len(page) < EVENT_PAGE:
+            return
 
 
 @router.delete(

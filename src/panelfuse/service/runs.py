@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from panelfuse.pipeline.events import TERMINAL, Event
+from panelfuse.pipeline.events import TERMINAL, Event, RunCancelled
 from panelfuse.pipeline.plan import RunPlan
 from panelfuse.pipeline.prompts import PROMPT_VERSION
 from panelfuse.pipeline.result import FusionResult
@@ -44,6 +44,7 @@ class ActiveRun:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
+    started: bool = False  # _drive has had its first turn
     ending: bool = False  # the pipeline is done; its outcome is being stored: too late to cancel
     # Settles the budget and frees the rate-limit slot, whatever way the run ends.
     on_finish: Callable[[FusionResult | None], Awaitable[None]] | None = None
@@ -93,7 +94,10 @@ class ActiveRun:
             return
         if self.task is not None and not self.task.done():
             self.cancel_reason = reason
-            self.task.cancel()
+            if self.started:
+                self.task.cancel()
+            # else: a task cancelled before its first turn never runs its clean-up; _drive sees the
+            # reason when it starts and ends the run at once instead.
 
 
 class RunManager:
@@ -173,7 +177,10 @@ class RunManager:
 
     async def _drive(self, run: ActiveRun) -> None:
         started = time.monotonic()
+        run.started = True
         try:
+            if run.cancel_reason is not None:
+                return  # cancelled before its first turn: recorded as cancelled below
             # Closed on the way out whatever happens: a cancel landing outside the stream still cancels
             # the pipeline's task and records its run.cancelled event.
             async with run.stream:
@@ -204,12 +211,18 @@ class RunManager:
     async def _record(self, run: ActiveRun, started: float) -> None:
         """Store the outcome, then publish the events not yet seen (the terminal one, or run.cancelled
         emitted after the consumer stopped reading): a client told "completed" finds the run stored."""
-        log_events = run.stream.log.events
         result = run.stream.result
-        try:
-            status = result.status if result.status != "running" else "cancelled"
-            if status == "cancelled" and run.cancel_reason:
+        status = result.status if result.status != "running" else "cancelled"
+        if status == "cancelled":
+            if run.cancel_reason:
                 result.error = run.cancel_reason
+            log = run.stream.log
+            if not log.events or log.events[-1].type not in TERMINAL:
+                # Cancelled before the pipeline began (or past its last event): the run still ends
+                # with its terminal event, so a follower on another replica sees why it ended.
+                log.emit(RunCancelled(reason=result.error or "cancelled"))
+        log_events = run.stream.log.events
+        try:
             await self.store.finish_run(
                 run.run_id,
                 status=status,
