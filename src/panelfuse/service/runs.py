@@ -216,11 +216,11 @@ class RunManager:
         if status == "cancelled":
             if run.cancel_reason:
                 result.error = run.cancel_reason
-            log = run.stream.log
-            if not log.events or log.events[-1].type not in TERMINAL:
+            events = run.stream.log.events
+            if not events or events[-1].type not in TERMINAL:
                 # Cancelled before the pipeline began (or past its last event): the run still ends
                 # with its terminal event, so a follower on another replica sees why it ended.
-                log.emit(RunCancelled(reason=result.error or "cancelled"))
+                run.stream.log.emit(RunCancelled(reason=result.error or "cancelled"))
         log_events = run.stream.log.events
         try:
             await self.store.finish_run(
