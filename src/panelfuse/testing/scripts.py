@@ -69,7 +69,7 @@ class Script:
     # Texts of the choices when the request asks for `n` > 1 (cycled); None: every choice says `text`.
     choice_texts: list[str] | None = None
     raw_chunk: str = '{"choices": ["x"]}'  # the data of Failure.MALFORMED_CHUNK's event
-    oversize_tokens: int = 100_000  # Failure.OVERSIZE's answer length
+    oversize_tokens: int = 10_000  # Failure.OVERSIZE's answer length
     # How many requests this object has failed so far (for fail_times); not part of equality or repr.
     _failures_served: int = field(default=0, init=False, repr=False, compare=False)
 
