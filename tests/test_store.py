@@ -27,6 +27,7 @@ from panelfuse.store import (
     normalize_url,
 )
 from panelfuse.store.migrate import MIGRATIONS_DIR, head_revision
+from panelfuse.store.recovery import INTERRUPTED_ERROR, interrupt_runs, running_runs, settle_orphaned_reservations
 from panelfuse.store.schema import VERSION_TABLE, run_events, runs
 
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -412,8 +413,8 @@ async def test_delete_cascades_events(store):
 # ---- lifecycle sweeps --------------------------------------------------------------------------
 
 
-async def test_mark_interrupted_flips_only_running_runs(store):
-    for rid in ("run_r1", "run_r2", "run_done", "run_stale"):
+async def test_interrupting_abandoned_runs_ends_them_and_settles_their_reservations(store):
+    for rid in ("run_r1", "run_r2", "run_done"):
         await new_run(store, rid)
     await store.finish_run(
         "run_done",
@@ -426,16 +427,24 @@ async def test_mark_interrupted_flips_only_running_runs(store):
         error=None,
         latency_ms=1,
     )
-    await set_column(store, "run_stale", updated_at=T0)
-    assert await store.mark_interrupted(older_than=T0 + timedelta(hours=1)) == 1
-    assert (await store.get_run("run_stale")).status == "interrupted"
-    assert (await store.get_run("run_r1")).status == "running"
-    assert await store.mark_interrupted(host="some-other-host") == 0
-    assert await store.mark_interrupted() == 2
-    statuses = {r.id: (r.status, r.error) for r in (await store.list_runs()).items}
-    assert statuses["run_done"] == ("completed", None)
-    assert statuses["run_r1"][0] == statuses["run_r2"][0] == "interrupted" and statuses["run_r1"][1]
-    assert await store.mark_interrupted() == 0
+    key = await store.keys.create("team", budget_usd=1.0)
+    assert await store.keys.reserve(key.key.id, "run_r1", 0.25)
+    assert await store.keys.reserve(key.key.id, "proxy_old", 0.125)  # a proxied call of the dead process
+    await store.append_events("run_r1", [{"seq": 1, "type": "run.started", "data": {}}])
+    running = {r.id for r in await running_runs(store.database)}
+    assert running == {"run_r1", "run_r2"}
+    assert sorted(await interrupt_runs(store.database, ["run_r1", "run_r2", "run_done"])) == ["run_r1", "run_r2"]
+    assert await interrupt_runs(store.database, ["run_r1"]) == []  # once only (another replica raced it)
+    r1 = await store.get_run("run_r1")
+    assert r1.status == "interrupted" and r1.error == INTERRUPTED_ERROR and r1.cost == 0.25
+    assert (await store.get_run("run_done")).status == "completed"
+    events = await store.events_after("run_r1")
+    assert [e.type for e in events] == ["run.started", "run.failed"] and events[-1].seq == 2
+    fresh = await store.keys.get(key.key.id)
+    assert fresh.spent_usd == 0.25 and fresh.reserved_usd == 0.125
+    assert await settle_orphaned_reservations(store.database, older_than=datetime.now(UTC) + timedelta(hours=1)) == 1
+    fresh = await store.keys.get(key.key.id)
+    assert fresh.spent_usd == 0.375 and fresh.reserved_usd == 0.0
 
 
 async def test_purge_content_blanks_old_runs_but_keeps_cost(store):

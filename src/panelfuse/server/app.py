@@ -205,13 +205,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cfg = config or load_config(settings.config_path)
         store = await RunStore.open(settings.db_url or RunStore.default_url(), schema=settings.db_schema)
-        # Runs left 'running' by a dead process (no heartbeat for a while) are interrupted, not lost.
-        stale = datetime.now(UTC) - timedelta(seconds=settings.stale_after_s)
-        found = await store.mark_interrupted(older_than=stale)
-        if found:
-            log.warning("marked %d abandoned run(s) interrupted", found)
         app.state.gateway = state = GatewayState.build(cfg, store, settings, providers)
         app.state.fusion_service = FusionService(state)
+        # Runs a dead process left 'running' are interrupted, not lost: at once for a process of this
+        # host that is gone (a restart after a crash), and by any replica once their heartbeat stops.
+        await state.manager.sweep_abandoned(settings.stale_after_s)
+        sweeper = asyncio.create_task(state.manager.sweep_forever(settings.stale_after_s), name="run-sweeper")
         retention = None
         if settings.retain_days is not None:
             retention = asyncio.create_task(retain(store, settings.retain_days))
@@ -224,6 +223,7 @@ def create_app(
             yield
         finally:
             gc.unfreeze()  # what this app froze can be collected once it is gone (tests start many)
+            sweeper.cancel()
             if retention is not None:
                 retention.cancel()
             await state.manager.shutdown(settings.shutdown_grace_s)

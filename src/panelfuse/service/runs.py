@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from panelfuse.pipeline.events import TERMINAL, Event, RunCancelled
@@ -20,6 +23,7 @@ from panelfuse.pipeline.run import Fusion, FusionStream
 from panelfuse.service import metrics
 from panelfuse.service.carry import carry_through
 from panelfuse.store import RunStore
+from panelfuse.store.recovery import RunningRun, interrupt_runs, running_runs, settle_orphaned_reservations
 
 log = logging.getLogger("panelfuse.server")
 
@@ -28,6 +32,10 @@ log = logging.getLogger("panelfuse.server")
 # memory at once; followers on other replicas read the store, this much later at most).
 FLUSH_INTERVAL = 0.25
 HEARTBEAT_INTERVAL = 10.0  # a running run's updated_at is refreshed this often
+SWEEP_INTERVAL = 15.0  # how often each process looks for runs a dead process left `running`
+# A reservation with no running run behind it, this old, belongs to a request of a dead process
+# (no proxied or server-tool request lives this long: each upstream call has its deadline).
+ORPHAN_RESERVATION_AGE = timedelta(hours=1)
 
 
 @dataclass
@@ -105,6 +113,40 @@ class RunManager:
         self.store = store
         self.active: dict[str, ActiveRun] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._started_at = datetime.now(UTC)
+
+    async def sweep_abandoned(self, stale_after: float) -> list[str]:
+        """Interrupt the runs nobody drives any more (their reservations settled, a last event stored):
+        those created on this host by a process that no longer exists, found at once (a restart after
+        kill -9), and any run whose heartbeat stopped `stale_after` seconds ago (a dead replica)."""
+        now = datetime.now(UTC)
+        host, me = socket.gethostname(), os.getpid()
+
+        def abandoned(run: RunningRun) -> bool:
+            if run.id in self.active:
+                return False
+            if run.updated_at < now - timedelta(seconds=stale_after):
+                return True
+            if run.host != host or run.owner_pid is None:
+                return False
+            if run.owner_pid == me:  # our pid, but a run we do not drive: a former process's, if older than us
+                return run.updated_at < self._started_at
+            return not _process_exists(run.owner_pid)
+
+        db = self.store.database
+        found = await interrupt_runs(db, [r.id for r in await running_runs(db) if abandoned(r)])
+        if found:
+            log.warning("marked %d abandoned run(s) interrupted", len(found))
+        await settle_orphaned_reservations(db, now - ORPHAN_RESERVATION_AGE)
+        return found
+
+    async def sweep_forever(self, stale_after: float) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                await self.sweep_abandoned(stale_after)
+            except Exception:  # the store is briefly down: the next sweep retries
+                log.debug("sweep failed", exc_info=True)
 
     async def _flush_and_beat(self) -> None:
         """Write every live run's new events in one transaction each FLUSH_INTERVAL; refresh every
@@ -259,3 +301,13 @@ class RunManager:
         if still:
             with contextlib.suppress(Exception):
                 await asyncio.wait(still, timeout=10)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True

@@ -33,7 +33,6 @@ from panelfuse.store.url import mask_url
 UPDATABLE = frozenset(c.name for c in runs.columns) - {"id", "created_at", "updated_at"}
 MAX_PAGE = 1000
 _EVENT_CHUNK = 500  # rows per INSERT; keeps SQLite well under its bound-parameter limit
-INTERRUPTED_ERROR = "interrupted: the gateway stopped before the run finished"
 
 
 def _now() -> datetime:
@@ -316,26 +315,6 @@ class RunStore:
         async with self._db.write() as conn:
             res = await conn.execute(stmt)
         return res.rowcount > 0
-
-    async def mark_interrupted(
-        self, *, older_than: datetime | None = None, host: str | None = None, owner_pid: int | None = None
-    ) -> int:
-        """Runs still `running` become `interrupted`; returns how many. With several processes on one
-        database, narrow it: `older_than` compares updated_at (update_run(id) is a heartbeat), and
-        `host` / `owner_pid` match the process that created the run."""
-        stmt = runs.update().where(runs.c.status == "running")
-        if older_than is not None:
-            stmt = stmt.where(runs.c.updated_at < older_than)
-        if host is not None:
-            stmt = stmt.where(runs.c.host == host)
-        if owner_pid is not None:
-            stmt = stmt.where(runs.c.owner_pid == owner_pid)
-        stmt = stmt.values(
-            status="interrupted", updated_at=_now(), error=sa.func.coalesce(runs.c.error, INTERRUPTED_ERROR)
-        )
-        async with self._db.write() as conn:
-            res = await conn.execute(stmt)
-        return res.rowcount
 
     async def purge_content(self, older_than: datetime) -> int:
         """Retention: for finished runs created before `older_than`, blank request, result, content and
