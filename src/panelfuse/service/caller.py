@@ -105,8 +105,8 @@ def providers_for(
         if extra_headers:
             update["headers"] = {**pc.headers, **extra_headers}
         if keys:
-            update["api_key"] = keys.get(name)
-        if update or keys:
+            update["api_key"] = keys.get(name)  # None for every provider but the caller's
+        if update:
             config.providers[name] = ProviderConfig.model_validate(pc.model_dump() | update)
     # Passthrough: no environment either, so no provider finds the operator's key variable.
     return Providers(config, {} if keys else providers.env)
