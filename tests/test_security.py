@@ -342,11 +342,6 @@ def test_no_other_local_id_is_allowed(name):
 # --- 6. no internals ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/records.py::RunRecord.to_dict includes owner_pid and host, and server/runs_api.py::get_run "
-    "and list_runs render it whole (server/responses.py::Run allows extra fields): owned by another engineer",
-)
 def test_runs_do_not_show_the_servers_pid_or_host(fake, db, started):
     gw = start(started, Gateway(fake, db))
     script_panel(fake)

@@ -42,8 +42,10 @@ class RunRecord:
     purged_at: datetime | None  # set when purge_content blanked request/result/content
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: timestamps as ISO 8601 UTC strings."""
+        """JSON-able: timestamps as ISO 8601 UTC strings. Which process drove the run (pid, host name)
+        is the store's own crash-recovery bookkeeping, never shown to callers."""
         out = asdict(self)
+        del out["owner_pid"], out["host"]
         for key in ("created_at", "updated_at", "purged_at"):
             if out[key] is not None:
                 out[key] = out[key].isoformat()
