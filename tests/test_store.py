@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from conftest import require_service
@@ -26,6 +29,7 @@ from panelfuse.store import (
     StoreURLError,
     normalize_url,
 )
+from panelfuse.store.keys import settled_charge
 from panelfuse.store.migrate import MIGRATIONS_DIR, head_revision
 from panelfuse.store.recovery import INTERRUPTED_ERROR, interrupt_runs, running_runs, settle_orphaned_reservations
 from panelfuse.store.schema import VERSION_TABLE, run_events, runs
@@ -485,3 +489,31 @@ async def test_purge_content_blanks_old_runs_but_keeps_cost(store):
     assert (await store.get_run("run_old_running")).content == ""  # never finished; still not purged:
     assert (await store.get_run("run_old_running")).purged_at is None
     assert await store.purge_content(cutoff) == 0
+
+
+async def test_settling_never_overspends_a_budget_nor_credits_a_key(store):
+    key = (await store.keys.create("tight", budget_usd=0.02)).key
+    assert await store.keys.reserve(key.id, "run_neg", 0.001)
+    await store.keys.settle("run_neg", -5.0)  # a negative reported cost
+    assert (await store.keys.get(key.id)).spent_usd == 0.0
+    assert await store.keys.reserve(key.id, "run_over", 0.006)
+    await store.keys.settle("run_over", 0.031)  # the provider reported more than our worst case
+    fresh = await store.keys.get(key.id)
+    assert fresh.reserved_usd == 0.0
+    assert fresh.spent_usd == pytest.approx(0.02)  # charged up to the budget, nothing credited
+
+
+@given(
+    reserved=st.floats(0, 10),
+    actual=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+    budget=st.one_of(st.none(), st.floats(0, 20)),
+    spent=st.floats(0, 20),
+    others=st.floats(0, 5),
+)
+def test_a_settled_charge_is_finite_non_negative_and_within_the_budget(reserved, actual, budget, spent, others):
+    headroom = None if budget is None else budget - spent
+    charge = settled_charge(reserved, actual, headroom, reserved + others)
+    assert math.isfinite(charge) and charge >= 0.0
+    assert charge >= min(reserved, charge)  # never below the admitted reservation unless it cost less
+    if headroom is not None and charge > reserved:
+        assert charge <= headroom - others + 1e-9  # past the reservation only into free budget

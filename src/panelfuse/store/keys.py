@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import math
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -94,6 +95,21 @@ def _row_to_key(row: Mapping[Any, Any]) -> ApiKey:
         max_concurrent=row["max_concurrent"],
         models=tuple(models) if models is not None else None,
     )
+
+
+def settled_charge(reserved: float, actual: float | None, headroom: float | None, reserved_total: float) -> float:
+    """What a run is charged: what it cost (the reservation when that is unknown or not a finite
+    number), never below zero (a negative reported cost never credits a key), and never past the
+    budget: a provider that reports more than our worst case (its prices changed) is charged only up
+    to what the budget has left beside the other runs' reservations, and always at least the
+    reservation, which was admitted. `headroom` is budget minus spent (None: no budget)."""
+    if actual is None or not math.isfinite(actual):
+        return reserved
+    charge = max(0.0, actual)
+    if headroom is None or charge <= reserved:
+        return charge
+    others_reserved = max(0.0, reserved_total - reserved)
+    return max(reserved, min(charge, headroom - others_reserved))
 
 
 class KeyStore:
@@ -211,7 +227,12 @@ class KeyStore:
             res = (await conn.execute(query)).first()
             if res is None:
                 return
-            charge = res.amount_usd if actual_usd is None else actual_usd
+            key_query = sa.select(api_keys.c.budget_usd, api_keys.c.spent_usd, api_keys.c.reserved_usd).where(
+                api_keys.c.id == res.key_id
+            )
+            key = (await conn.execute(key_query)).first()
+            headroom = None if key is None or key.budget_usd is None else key.budget_usd - key.spent_usd
+            charge = settled_charge(res.amount_usd, actual_usd, headroom, key.reserved_usd if key else 0.0)
             await conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == res.key_id)
