@@ -21,7 +21,8 @@ MODE_SYNONYMS: dict[str, PublicMode] = {"full": "synthesize", "fast": "single"}
 PUBLIC_MODES: tuple[str, ...] = get_args(PublicMode)
 MAX_MEMBERS = 8
 LABELS = string.ascii_uppercase[:MAX_MEMBERS]
-# Field limits (docs/limits.md): generous, but finite, so every figure stays a float and fits the store.
+# Field limits (the request edge uses them too): generous, but finite, so every figure stays a float
+# and fits the store.
 MAX_INNER_TOKENS = 200_000  # per call
 MAX_DEADLINE_MS = 3_600_000  # an hour per upstream call
 MAX_GRACE_MS = 3_600_000
@@ -100,7 +101,7 @@ class FusionSpec(BaseModel):
     mode: Mode = "synthesize"
     quorum: int | None = Field(default=None, ge=1, le=MAX_MEMBERS)
     grace_ms: int | None = Field(default=None, ge=0, le=MAX_GRACE_MS)
-    deadline_ms: int = Field(default=120_000, ge=100, le=MAX_DEADLINE_MS, description="deadline of each upstream call")
+    deadline_ms: int = Field(default=120_000, ge=100, le=MAX_DEADLINE_MS, description="deadline of the whole run")
     max_tokens: int = Field(default=1024, ge=1, le=MAX_INNER_TOKENS, description="per inner call")
     max_tool_calls: int = Field(default=8, ge=0, le=16)
     panel_tools: list[str] = Field(default_factory=lambda: ["web_search", "web_fetch"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import Request
@@ -22,8 +23,16 @@ class ApiError(ServiceError):
         return error_response(self)
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error may echo what the caller sent (a field name, an id), and a
+    lone surrogate in it could not be encoded as UTF-8; escaped, any string can be."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_response(exc: ServiceError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    return AsciiJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -1,8 +1,8 @@
 """Request models at the HTTP edge (pydantic): chat completions and the fusion plugin.
 
-Bad input is a 400 here, before anything runs or is stored (docs/limits.md lists the limits): a body
-nested deeper than MAX_JSON_DEPTH, a non-finite number anywhere (1e400, NaN), a number out of its
-field's range, a NUL in an identifier the store keeps as text."""
+Bad input is a 400 here, before anything runs or is stored (the limits are the constants below): a body
+nested deeper than MAX_JSON_DEPTH, a non-finite number anywhere (1e400, NaN), a lone surrogate in any
+string, a number out of its field's range, a NUL in an identifier the store keeps as text."""
 
 from __future__ import annotations
 
@@ -48,8 +48,13 @@ def body_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
         item, path = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
             return f"{_path(path)}: numbers must be finite (got {item})"
+        if isinstance(item, str) and not _valid_unicode(item):
+            return f"{_path(path)}: strings must be valid Unicode (a lone surrogate escape such as \\ud800 is not)"
         if isinstance(item, dict):
-            children: list[tuple[Any, str | int]] = [(v, str(k)) for k, v in item.items()]
+            bad_key = next((k for k in item if isinstance(k, str) and not _valid_unicode(k)), None)
+            if bad_key is not None:
+                return f"{_path(path)}: keys must be valid Unicode (a lone surrogate escape such as \\ud800 is not)"
+            children: list[tuple[Any, str | int]] = [(v, _printable(k)) for k, v in item.items()]
         elif isinstance(item, list):
             children = [(v, i) for i, v in enumerate(item)]
         else:
@@ -58,6 +63,22 @@ def body_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
             return f"{_path(path[:1])}: nested more than {limit} levels deep (the limit)"
         stack.extend((v, (*path, key)) for v, key in children)
     return None
+
+
+def _valid_unicode(text: str) -> bool:
+    # JSON's \\ud800 escapes decode to lone surrogates, which no UTF-8 writer (responses, the store,
+    # an upstream) can encode.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(key: Any) -> str:
+    # A key is echoed in the error: a lone surrogate could not be encoded, and a long one is cut.
+    text = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def _path(path: tuple[str | int, ...]) -> str:
