@@ -1,0 +1,41 @@
+"""Concurrency slots through Redis after a crash: a process that dies holding slots (kill -9) must not
+lock its key out. Real Redis (127.0.0.1:6379); under CI=true a missing server fails."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from conftest import require_service
+from panelfuse.service.ratelimit import RedisLimiter
+
+URL = "redis://127.0.0.1:6379/0"
+
+
+async def test_slots_of_a_dead_process_are_taken_back_and_refusals_renew_nothing():
+    require_service(6379, "Redis")
+    prefix = f"pf_test_{uuid.uuid4().hex[:8]}"
+    dead = RedisLimiter(URL, prefix=prefix, alive_ttl=1)
+    live = RedisLimiter(URL, prefix=prefix, alive_ttl=1)
+    try:
+        assert await dead.acquire("key", None, 2) is None
+        assert await dead.acquire("key", None, 2) is None
+        # kill -9: no release, no clean close; its liveness beat stops with it.
+        assert dead._beat is not None
+        dead._beat.cancel()
+        refusals = 0
+        for _ in range(100):  # polls until the dead process's liveness key expires; asserts no duration
+            if await live.acquire("key", None, 2) is None:
+                break
+            refusals += 1  # each refusal must not extend anything
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the dead process's slots were never taken back")
+        assert refusals > 0  # while it was alive, its two slots held
+        assert await live.acquire("key", None, 2) is None  # both slots are free again
+        assert await live.acquire("key", None, 2) is not None  # and the limit still holds
+        await live.release("key", 2)
+        assert await live.acquire("key", None, 2) is None
+    finally:
+        await live.close()
+        await dead._redis.aclose()
