@@ -484,3 +484,12 @@ def test_non_finite_number_anywhere_in_the_body_is_400(gw):
     body = '{"model": "fake/m1", "messages": [{"role": "user", "content": "q"}], "frequency_penalty": NaN}'
     err = assert_openai_error(post_raw(gw.url, "/v1/chat/completions", body))
     assert err["param"] == "frequency_penalty" and "finite" in err["message"]
+
+
+@pytest.mark.parametrize("field", ["instructions", "user", "metadata"])
+def test_lone_surrogate_on_responses_is_400(gw, field):
+    """The Responses API echoes these fields into its response object, which could not be encoded: a 500."""
+    value = '{"k": "a\\ud800"}' if field == "metadata" else '"a\\ud800"'
+    body = '{"model": "fake/m1", "input": "q", "' + field + '": ' + value + "}"
+    err = assert_openai_error(post_raw(gw.url, "/v1/responses", body))
+    assert err["param"].startswith(field) and "Unicode" in err["message"]
