@@ -277,7 +277,7 @@ def test_fusion_alias_in_server_tool_is_400(gw, params, param):
     tools = [{"type": "openrouter:fusion", "parameters": params}]
     r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "fake/m1", "messages": USER, "tools": tools})
     err = assert_openai_error(r)
-    assert err["param"] == param and "fusion model" in err["message"]
+    assert err["param"] == param and "fusion alias" in err["message"]
     assert run_ids(gw.url) == before
 
 

@@ -49,7 +49,7 @@ def refuse_fusion_models(spec: FusionSpec, presets: Collection[str] | None = Non
         if _is_fusion_alias(model, presets):
             raise ServiceError(
                 400,
-                f"{where}: '{model}' is a fusion model; a fusion's members, judge and synthesizer must be "
+                f"{where}: '{model}' is a fusion alias; a fusion's members, judge and synthesizer must be "
                 "plain models (e.g. 'openai/gpt-4o')",
                 param=where,
                 code="fusion_model_not_allowed",
