@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import socket
 import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -31,7 +33,14 @@ from panelfuse.store import (
 )
 from panelfuse.store.keys import settled_charge
 from panelfuse.store.migrate import MIGRATIONS_DIR, head_revision
-from panelfuse.store.recovery import INTERRUPTED_ERROR, interrupt_runs, running_runs, settle_orphaned_reservations
+from panelfuse.store.recovery import (
+    INTERRUPTED_ERROR,
+    interrupt_runs,
+    runless_reservations,
+    running_runs,
+    settle_finished_reservations,
+    settle_reservations,
+)
 from panelfuse.store.schema import VERSION_TABLE, run_events, runs
 
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -446,9 +455,15 @@ async def test_interrupting_abandoned_runs_ends_them_and_settles_their_reservati
     assert [e.type for e in events] == ["run.started", "run.failed"] and events[-1].seq == 2
     fresh = await store.keys.get(key.key.id)
     assert fresh.spent_usd == 0.25 and fresh.reserved_usd == 0.125
-    assert await settle_orphaned_reservations(store.database, older_than=datetime.now(UTC) + timedelta(hours=1)) == 1
+    assert await store.keys.reserve(key.key.id, "run_done", 0.0625)  # stored, then the process died unsettled
+    assert await settle_finished_reservations(store.database) == 1
     fresh = await store.keys.get(key.key.id)
-    assert fresh.spent_usd == 0.375 and fresh.reserved_usd == 0.0
+    assert fresh.spent_usd == pytest.approx(0.35) and fresh.reserved_usd == 0.125  # at run_done's stored cost, 0.1
+    left = await runless_reservations(store.database)
+    assert [(r.run_id, r.host, r.owner_pid) for r in left] == [("proxy_old", socket.gethostname(), os.getpid())]
+    assert await settle_reservations(store.database, {"proxy_old": None}) == 1
+    fresh = await store.keys.get(key.key.id)
+    assert fresh.spent_usd == pytest.approx(0.475) and fresh.reserved_usd == 0.0
 
 
 async def test_purge_content_blanks_old_runs_but_keeps_cost(store):

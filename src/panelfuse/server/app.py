@@ -266,6 +266,7 @@ def create_app(
                 "version": __version__,
                 "pid": os.getpid(),
                 "active_runs": len(state.manager.active),
+                "tasks": len(asyncio.all_tasks()),  # the reliability load test checks they return to baseline
             }
         )
 

@@ -23,14 +23,14 @@ from panelfuse.service.admission import Admission, admit
 from panelfuse.service.caller import Principal, providers_for
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.gateway import FUSION_HEADERS, Gateway
-from panelfuse.service.runs import ActiveRun
+from panelfuse.service.runs import RUN_ID_PREFIX, ActiveRun
 from panelfuse.spec import FusionSpec
 
 DISCONNECT_POLL = 0.5  # seconds between checks that a waiting caller is still there
 
 
 def new_run_id() -> str:
-    return f"run_{uuid.uuid4().hex[:24]}"
+    return f"{RUN_ID_PREFIX}{uuid.uuid4().hex[:24]}"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,14 @@ from panelfuse.pipeline.run import Fusion, FusionStream
 from panelfuse.service import metrics
 from panelfuse.service.carry import carry_through
 from panelfuse.store import RunStore
-from panelfuse.store.recovery import RunningRun, interrupt_runs, running_runs, settle_orphaned_reservations
+from panelfuse.store.recovery import (
+    RunningRun,
+    interrupt_runs,
+    runless_reservations,
+    running_runs,
+    settle_finished_reservations,
+    settle_reservations,
+)
 
 log = logging.getLogger("panelfuse.server")
 
@@ -31,6 +38,7 @@ log = logging.getLogger("panelfuse.server")
 # transaction per interval, not one per event or per run (followers in this process read them from
 # memory at once; followers on other replicas read the store, this much later at most).
 FLUSH_INTERVAL = 0.25
+RUN_ID_PREFIX = "run_"  # a fusion run's id (its budget reservation has the same id)
 HEARTBEAT_INTERVAL = 10.0  # a running run's updated_at is refreshed this often
 SWEEP_INTERVAL = 15.0  # how often each process looks for runs a dead process left `running`
 # A reservation with no running run behind it, this old, belongs to a request of a dead process
@@ -117,28 +125,40 @@ class RunManager:
 
     async def sweep_abandoned(self, stale_after: float) -> list[str]:
         """Interrupt the runs nobody drives any more (their reservations settled, a last event stored):
-        those created on this host by a process that no longer exists, found at once (a restart after
-        kill -9), and any run whose heartbeat stopped `stale_after` seconds ago (a dead replica)."""
+        those a process of this host that no longer exists left, found at once (a restart after
+        kill -9), and any run whose heartbeat stopped `stale_after` seconds ago (a dead replica). Then
+        settle the reservations such processes left without a running run."""
         now = datetime.now(UTC)
-        host, me = socket.gethostname(), os.getpid()
+        stale = now - timedelta(seconds=stale_after)
+        db = self.store.database
 
         def abandoned(run: RunningRun) -> bool:
-            if run.id in self.active:
-                return False
-            if run.updated_at < now - timedelta(seconds=stale_after):
-                return True
-            if run.host != host or run.owner_pid is None:
-                return False
-            if run.owner_pid == me:  # our pid, but a run we do not drive: a former process's, if older than us
-                return run.updated_at < self._started_at
-            return not _process_exists(run.owner_pid)
+            return run.id not in self.active and (
+                run.updated_at < stale or self._owner_gone(run.host, run.owner_pid, run.updated_at)
+            )
 
-        db = self.store.database
         found = await interrupt_runs(db, [r.id for r in await running_runs(db) if abandoned(r)])
         if found:
             log.warning("marked %d abandoned run(s) interrupted", len(found))
-        await settle_orphaned_reservations(db, now - ORPHAN_RESERVATION_AGE)
+        await settle_finished_reservations(db)  # a process that died between storing a run and settling it
+        # Without a heartbeat, another host's reservation is known dead only by its age.
+        charges = {
+            r.run_id: _unknown_cost(r.run_id)
+            for r in await runless_reservations(db)
+            if self._owner_gone(r.host, r.owner_pid, r.created_at) or r.created_at < now - ORPHAN_RESERVATION_AGE
+        }
+        if charges:
+            log.warning("settled %d reservation(s) a stopped process left", await settle_reservations(db, charges))
         return found
+
+    def _owner_gone(self, host: str | None, pid: int | None, since: datetime) -> bool:
+        """The process of this host that wrote a row is gone: its pid is ours but the row predates us
+        (a former process with our pid, as in a container), or no process has that pid now."""
+        if host != socket.gethostname() or pid is None:
+            return False
+        if pid == os.getpid():
+            return since < self._started_at
+        return not _process_exists(pid)
 
     async def sweep_forever(self, stale_after: float) -> None:
         while True:
@@ -301,6 +321,13 @@ class RunManager:
         if still:
             with contextlib.suppress(Exception):
                 await asyncio.wait(still, timeout=10)
+
+
+def _unknown_cost(reservation_id: str) -> float | None:
+    """What a reservation a dead process left is charged: nothing for a fusion whose run's row was
+    never written (it died between admitting the run and starting it: no call went out), else the
+    reservation (a proxied or server-tool request: what it spent upstream is unknown)."""
+    return 0.0 if reservation_id.startswith(RUN_ID_PREFIX) else None
 
 
 def _process_exists(pid: int) -> bool:

@@ -7,7 +7,9 @@ import fnmatch
 import hashlib
 import hmac
 import math
+import os
 import secrets
+import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,6 +114,35 @@ def settled_charge(reserved: float, actual: float | None, headroom: float | None
     return max(reserved, min(charge, headroom - others_reserved))
 
 
+def settle_reservation(
+    conn: sa.Connection, run_id: str, cost: float | None, *, now: datetime, lock: bool
+) -> float | None:
+    """Settle the run's unsettled reservation at `cost` (None: at the reservation, the cost being
+    unknown) by `settled_charge`, inside the caller's transaction; the charge, or None when there is no
+    reservation left to settle. `lock`: take the reservation's row lock (PostgreSQL)."""
+    query = sa.select(budget_reservations).where(
+        budget_reservations.c.run_id == run_id, budget_reservations.c.settled_at.is_(None)
+    )
+    res = conn.execute(query.with_for_update() if lock else query).first()
+    if res is None:
+        return None
+    key_query = sa.select(api_keys.c.budget_usd, api_keys.c.spent_usd, api_keys.c.reserved_usd)
+    key = conn.execute(key_query.where(api_keys.c.id == res.key_id)).first()
+    headroom = None if key is None or key.budget_usd is None else key.budget_usd - key.spent_usd
+    charge = settled_charge(res.amount_usd, cost, headroom, key.reserved_usd if key else 0.0)
+    conn.execute(
+        api_keys.update()
+        .where(api_keys.c.id == res.key_id)
+        .values(reserved_usd=api_keys.c.reserved_usd - res.amount_usd, spent_usd=api_keys.c.spent_usd + charge)
+    )
+    conn.execute(
+        budget_reservations.update()
+        .where(budget_reservations.c.run_id == run_id)
+        .values(settled_usd=charge, settled_at=now)
+    )
+    return charge
+
+
 class KeyStore:
     """API keys and budgets in `database` (the run store's: `RunStore.keys`)."""
 
@@ -211,6 +242,8 @@ class KeyStore:
                     key_id=key_id,
                     amount_usd=amount_usd,
                     created_at=datetime.now(UTC),
+                    host=socket.gethostname(),
+                    owner_pid=os.getpid(),
                 )
             )
         return True
@@ -218,31 +251,5 @@ class KeyStore:
     async def settle(self, run_id: str, actual_usd: float | None) -> None:
         """Release the run's reservation and charge what it really cost (the reservation itself when
         the cost is unknown). Settling twice does nothing."""
-        async with self._db.write() as conn:
-            query = sa.select(budget_reservations).where(
-                budget_reservations.c.run_id == run_id, budget_reservations.c.settled_at.is_(None)
-            )
-            if not self._db.is_sqlite:  # SQLite has no FOR UPDATE; its write lock is already held
-                query = query.with_for_update()
-            res = (await conn.execute(query)).first()
-            if res is None:
-                return
-            key_query = sa.select(api_keys.c.budget_usd, api_keys.c.spent_usd, api_keys.c.reserved_usd).where(
-                api_keys.c.id == res.key_id
-            )
-            key = (await conn.execute(key_query)).first()
-            headroom = None if key is None or key.budget_usd is None else key.budget_usd - key.spent_usd
-            charge = settled_charge(res.amount_usd, actual_usd, headroom, key.reserved_usd if key else 0.0)
-            await conn.execute(
-                api_keys.update()
-                .where(api_keys.c.id == res.key_id)
-                .values(
-                    reserved_usd=api_keys.c.reserved_usd - res.amount_usd,
-                    spent_usd=api_keys.c.spent_usd + charge,
-                )
-            )
-            await conn.execute(
-                budget_reservations.update()
-                .where(budget_reservations.c.run_id == run_id)
-                .values(settled_usd=charge, settled_at=datetime.now(UTC))
-            )
+        now, lock = datetime.now(UTC), not self._db.is_sqlite  # SQLite's write lock is already held
+        await self._db.transact(lambda conn: settle_reservation(conn, run_id, actual_usd, now=now, lock=lock))

@@ -5,7 +5,7 @@ is the caller's decision (heartbeats, process liveness); this module only applie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -13,7 +13,8 @@ import sqlalchemy as sa
 
 from panelfuse.store.database import Database
 from panelfuse.store.events import event_row
-from panelfuse.store.schema import api_keys, budget_reservations, run_events, runs
+from panelfuse.store.keys import settle_reservation
+from panelfuse.store.schema import budget_reservations, run_events, runs
 
 INTERRUPTED_ERROR = "interrupted: the gateway stopped before the run finished"
 
@@ -51,7 +52,7 @@ async def interrupt_runs(db: Database, run_ids: Sequence[str], error: str = INTE
             if not marked:
                 continue  # it ended meanwhile, or another replica got there first
             changed.append(run_id)
-            charge = _settle(conn, run_id, now, lock)
+            charge = settle_reservation(conn, run_id, None, now=now, lock=lock)
             if charge is not None:
                 conn.execute(runs.update().where(runs.c.id == run_id).values(cost=charge))
             last = conn.execute(sa.select(sa.func.max(run_events.c.seq)).where(run_events.c.run_id == run_id)).scalar()
@@ -62,42 +63,56 @@ async def interrupt_runs(db: Database, run_ids: Sequence[str], error: str = INTE
     return await db.transact(work)
 
 
-async def settle_orphaned_reservations(db: Database, older_than: datetime) -> int:
-    """Reservations with no running run behind them (a proxied or server-tool request of a process
-    that died), older than any request lives: charged at the reservation. Returns how many."""
+async def settle_finished_reservations(db: Database) -> int:
+    """Reservations of runs whose outcome is stored but whose settling never happened (the process
+    died between the two): charged at the stored run's cost. Returns how many."""
     now = datetime.now(UTC)
     lock = not db.is_sqlite
-    running = sa.select(runs.c.id).where(runs.c.id == budget_reservations.c.run_id, runs.c.status == "running")
+    query = (
+        sa.select(budget_reservations.c.run_id, runs.c.cost)
+        .join(runs, runs.c.id == budget_reservations.c.run_id)
+        .where(budget_reservations.c.settled_at.is_(None), runs.c.status != "running")
+    )
 
     def work(conn: sa.Connection) -> int:
-        ids = conn.execute(
-            sa.select(budget_reservations.c.run_id).where(
-                budget_reservations.c.settled_at.is_(None),
-                budget_reservations.c.created_at < older_than,
-                ~sa.exists(running),
-            )
-        ).scalars()
-        return sum(_settle(conn, run_id, now, lock) is not None for run_id in list(ids))
+        settled = [
+            settle_reservation(conn, run_id, cost, now=now, lock=lock) for run_id, cost in conn.execute(query).all()
+        ]
+        return sum(charge is not None for charge in settled)
 
     return await db.transact(work)
 
 
-def _settle(conn: sa.Connection, run_id: str, now: datetime, lock: bool) -> float | None:
-    """Charge an unsettled reservation at its amount; the charge, or None when there is none."""
-    query = sa.select(budget_reservations).where(
-        budget_reservations.c.run_id == run_id, budget_reservations.c.settled_at.is_(None)
-    )
-    res = conn.execute(query.with_for_update() if lock else query).first()
-    if res is None:
-        return None
-    conn.execute(
-        api_keys.update()
-        .where(api_keys.c.id == res.key_id)
-        .values(reserved_usd=api_keys.c.reserved_usd - res.amount_usd, spent_usd=api_keys.c.spent_usd + res.amount_usd)
-    )
-    conn.execute(
-        budget_reservations.update()
-        .where(budget_reservations.c.run_id == run_id)
-        .values(settled_usd=res.amount_usd, settled_at=now)
-    )
-    return float(res.amount_usd)
+@dataclass(frozen=True)
+class HeldReservation:
+    run_id: str
+    host: str | None
+    owner_pid: int | None
+    created_at: datetime
+
+
+async def runless_reservations(db: Database) -> list[HeldReservation]:
+    """Unsettled reservations with no running run behind them: a proxied or server-tool request, or a
+    fusion between its admission and its run's row; alive, or left by a process that died."""
+    running = sa.select(runs.c.id).where(runs.c.id == budget_reservations.c.run_id, runs.c.status == "running")
+    query = sa.select(
+        budget_reservations.c.run_id,
+        budget_reservations.c.host,
+        budget_reservations.c.owner_pid,
+        budget_reservations.c.created_at,
+    ).where(budget_reservations.c.settled_at.is_(None), ~sa.exists(running))
+    async with db.read() as conn:
+        return [HeldReservation(*row) for row in (await conn.execute(query)).all()]
+
+
+async def settle_reservations(db: Database, charges: Mapping[str, float | None]) -> int:
+    """Settle these reservations, each at its cost (None: at its amount, the cost being unknown).
+    Returns how many."""
+    now = datetime.now(UTC)
+    lock = not db.is_sqlite
+
+    def work(conn: sa.Connection) -> int:
+        settled = [settle_reservation(conn, run_id, cost, now=now, lock=lock) for run_id, cost in charges.items()]
+        return sum(charge is not None for charge in settled)
+
+    return await db.transact(work)

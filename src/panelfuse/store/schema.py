@@ -119,6 +119,8 @@ budget_reservations = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("settled_usd", sa.Double, nullable=True),
     sa.Column("settled_at", UTCDateTime, nullable=True),
+    sa.Column("host", sa.String, nullable=True),  # the process holding it (crash recovery; migration 0005)
+    sa.Column("owner_pid", sa.Integer, nullable=True),
     sa.Index("ix_budget_reservations_key", "key_id"),
 )
 
