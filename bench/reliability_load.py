@@ -333,7 +333,7 @@ def check(
                 problems["status"].append(f"{o.tag}: saw {o.seen}, stored {row['status']}")
             elif o.seen == "completed" and row["content"] != o.content:
                 problems["lost"].append(f"{o.tag}: stored answer differs from the one the client got")
-        elif o.seen.startswith("rejected") and row is not None:
+        elif (o.seen.startswith("rejected") or o.seen == "unsent") and row is not None:
             problems["one_run"].append(f"{o.tag}: rejected ({o.seen}) but a run was stored")
         elif o.seen == "left" and row is not None and row["status"] not in ("cancelled", "completed", "failed"):
             if not (o.tag.startswith("kill-") and row["status"] == "interrupted"):  # left, then the gateway died
@@ -388,8 +388,9 @@ async def run_phase_kill(args: argparse.Namespace, port: int, keys: Any, outcome
     tags = [f"kill-{i}" for i in range(args.requests // 2)]
     mine: list[Outcome] = []
     task = asyncio.create_task(load(port, keys, tags, args.concurrency, args.seed + 2, args.leave_rate, mine))
-    while len(mine) < len(tags) // 2 and not task.done():  # half-way through: the pipe is full
-        await asyncio.sleep(0.02)  # noqa: ASYNC110 - polls a list another task fills
+    # Half-way through, the pipe full: then kill. (Polls a list the load task fills.)
+    while len(mine) < len(tags) // 2 and not task.done():  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
     kill_group(proc, signal.SIGKILL)
     await asyncio.gather(task, return_exceptions=True)
     done = {o.tag for o in mine}
@@ -398,8 +399,9 @@ async def run_phase_kill(args: argparse.Namespace, port: int, keys: Any, outcome
         if o.tag in killed:
             o.seen = "killed"  # its connection died with the gateway: it saw no outcome
     outcomes.extend(mine)
-    outcomes.extend(Outcome(t, "", False, seen="killed") for t in tags if t not in done)
-    return killed | {t for t in tags if t not in done}
+    # Never sent (their clients were waiting for a turn): they must have left no run behind.
+    outcomes.extend(Outcome(t, "", False, seen="unsent") for t in tags if t not in done)
+    return killed
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from panelfuse.testing import Script
 from pipeline_helpers import script_panel
 from serve_helpers import start_server, stop
 
-
 PRICES = "[prices]\n" + "".join(
     f'"fake/{m}" = {{ input = 1.0, output = 2.0 }}\n' for m in ("m1", "m2", "m3", "judge", "synth")
 )
@@ -58,7 +57,8 @@ def test_kill_9_then_restart_interrupts_the_runs_it_left(tmp_path, fake):
     finally:
         stop(proc)
     fake.reset()
-    proc, url = start_server(tmp_path, fake, db=db, config_extra=PRICES)  # at once: well inside the heartbeat's stale window
+    # At once: well inside the heartbeat's stale window.
+    proc, url = start_server(tmp_path, fake, db=db, config_extra=PRICES)
     try:
         after, runs = asyncio.run(_key_and_runs(db, key.key.id))
         status = {r.id: r for r in runs}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import threading
 import time
@@ -77,3 +78,33 @@ def test_graceful_shutdown_records_the_run(tmp_path, fake):
     assert runs[0].status == "cancelled"
     assert "shut down" in (runs[0].error or "")
     assert fake.wait_idle(10)
+
+
+def test_sigterm_ends_a_streaming_fusion_with_an_error_chunk_not_a_dropped_connection(tmp_path, fake):
+    script_panel(
+        fake, m1=Script(text="x", latency=60), m2=Script(text="x", latency=60), m3=Script(text="x", latency=60)
+    )
+    proc, url = start_server(tmp_path, fake, "--shutdown-grace", "1")
+    body = {"model": "panelfuse/fusion", "stream": True, "messages": [{"role": "user", "content": "q"}]}
+    frames = []
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    frames.append(line[6:])
+                    if len(frames) == 1:  # the stream is open and the panel is thinking: stop the server
+                        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    last = json.loads(frames[-1])
+    assert last["error"]["metadata"]["error_code"] == "shutting_down"
+    assert last["choices"][0]["finish_reason"] == "error"
+
+    async def read_runs():
+        async with await RunStore.open(f"sqlite:///{tmp_path}/runs.db") as store:
+            return (await store.list_runs(limit=5)).items
+
+    runs = asyncio.run(read_runs())
+    assert [r.status for r in runs] == ["cancelled"]
+    assert runs[0].error == "the gateway shut down before the run finished"

@@ -35,10 +35,9 @@ from panelfuse.store.keys import settled_charge
 from panelfuse.store.migrate import MIGRATIONS_DIR, head_revision
 from panelfuse.store.recovery import (
     INTERRUPTED_ERROR,
+    held_reservations,
     interrupt_runs,
-    runless_reservations,
     running_runs,
-    settle_finished_reservations,
     settle_reservations,
 )
 from panelfuse.store.schema import VERSION_TABLE, run_events, runs
@@ -456,12 +455,15 @@ async def test_interrupting_abandoned_runs_ends_them_and_settles_their_reservati
     fresh = await store.keys.get(key.key.id)
     assert fresh.spent_usd == 0.25 and fresh.reserved_usd == 0.125
     assert await store.keys.reserve(key.key.id, "run_done", 0.0625)  # stored, then the process died unsettled
-    assert await settle_finished_reservations(store.database) == 1
+    held = {h.run_id: h for h in await held_reservations(store.database)}
+    assert set(held) == {"run_done", "proxy_old"}  # run_r1's was settled with its interruption
+    assert (held["run_done"].run_status, held["run_done"].run_cost) == ("completed", 0.1)
+    proxy = held["proxy_old"]
+    assert (proxy.run_status, proxy.host, proxy.owner_pid) == (None, socket.gethostname(), os.getpid())
+    assert await settle_reservations(store.database, {"run_done": 0.1}) == 1
     fresh = await store.keys.get(key.key.id)
-    assert fresh.spent_usd == pytest.approx(0.35) and fresh.reserved_usd == 0.125  # at run_done's stored cost, 0.1
-    left = await runless_reservations(store.database)
-    assert [(r.run_id, r.host, r.owner_pid) for r in left] == [("proxy_old", socket.gethostname(), os.getpid())]
-    assert await settle_reservations(store.database, {"proxy_old": None}) == 1
+    assert fresh.spent_usd == pytest.approx(0.35) and fresh.reserved_usd == 0.125  # at run_done's stored cost
+    assert await settle_reservations(store.database, {"proxy_old": None, "run_done": 0.1}) == 1  # once each
     fresh = await store.keys.get(key.key.id)
     assert fresh.spent_usd == pytest.approx(0.475) and fresh.reserved_usd == 0.0
 

@@ -64,5 +64,7 @@ def serve(
         port=port,
         workers=workers,
         log_level=log_level,
-        timeout_graceful_shutdown=max(1, round(shutdown_grace)),
+        # Past the runs' grace (server/draining.py cancels them then, and their streams end with an
+        # error chunk): only then does the server close what is still open.
+        timeout_graceful_shutdown=round(shutdown_grace) + 5,
     )

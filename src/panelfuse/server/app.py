@@ -23,6 +23,7 @@ from panelfuse.providers.registry import Providers
 from panelfuse.server import chat, chatroom, models_api, openrouter_api, responses_api, runs_api
 from panelfuse.server.access import host_allowed
 from panelfuse.server.deps import State
+from panelfuse.server.draining import on_termination
 from panelfuse.server.errors import (
     ApiError,
     ServiceError,
@@ -211,6 +212,13 @@ def create_app(
         # host that is gone (a restart after a crash), and by any replica once their heartbeat stops.
         await state.manager.sweep_abandoned(settings.stale_after_s)
         sweeper = asyncio.create_task(state.manager.sweep_forever(settings.stale_after_s), name="run-sweeper")
+        draining: list[asyncio.Task[None]] = []
+
+        def begin_draining() -> None:  # SIGTERM: runs get the grace now, before connections are closed
+            if not draining:
+                draining.append(asyncio.create_task(state.manager.drain(settings.shutdown_grace_s), name="drain"))
+
+        restore_signals = on_termination(begin_draining)
         retention = None
         if settings.retain_days is not None:
             retention = asyncio.create_task(retain(store, settings.retain_days))
@@ -224,6 +232,7 @@ def create_app(
         finally:
             gc.unfreeze()  # what this app froze can be collected once it is gone (tests start many)
             sweeper.cancel()
+            restore_signals()
             if retention is not None:
                 retention.cancel()
             await state.manager.shutdown(settings.shutdown_grace_s)

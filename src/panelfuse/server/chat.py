@@ -13,14 +13,13 @@ from fastapi.responses import JSONResponse
 from panelfuse.pipeline.events import PanelCompleted
 from panelfuse.server import responses, shapes
 from panelfuse.server.deps import Caller, Service, State
-from panelfuse.server.errors import ApiError
 from panelfuse.server.proxy import proxy_completion
 from panelfuse.server.server_tool import server_tool_completion
 from panelfuse.server.sse import DONE, ready_batches, sse, sse_response
 from panelfuse.service.requests import ChatCompletionRequest
 from panelfuse.service.routing import route_chat
 from panelfuse.service.runs import ActiveRun
-from panelfuse.service.server_tool import failure_reason, fusion_depth
+from panelfuse.service.server_tool import fusion_depth
 from panelfuse.service.specs import fusion_spec
 
 router = APIRouter()
@@ -66,16 +65,7 @@ async def chat_completions(
         )
     result = await service.wait(run, request.is_disconnected)
     if result.status != "completed":
-        raise ApiError(
-            499 if result.status == "cancelled" else 502,
-            f"fusion failed: {result.error}",
-            code="fusion_failed",
-            extra={
-                "run_id": result.run_id,
-                "failed_models": [f.to_dict() for f in result.failed_models],
-                "failure_reason": failure_reason(result),
-            },
-        )
+        raise shapes.fusion_error(result)
     return JSONResponse(shapes.chat_completion(result, include_panel=include_panel), headers=headers)
 
 

@@ -18,6 +18,8 @@ from panelfuse.pipeline.prompts import PROMPT_VERSION
 from panelfuse.pipeline.result import FusionResult
 from panelfuse.providers.base import Completion, StreamEvent
 from panelfuse.service.errors import ServiceError
+from panelfuse.service.fusion import shutting_down
+from panelfuse.service.runs import SHUTDOWN_REASON
 from panelfuse.service.server_tool import failure_reason
 
 T = TypeVar("T")
@@ -170,6 +172,8 @@ def fusion_error(result: FusionResult, *, cancelled: bool | None = None) -> Serv
     (server/chat.py builds the same one) and of a stream's error chunk."""
     if cancelled is None:
         cancelled = result.status == "cancelled"
+    if cancelled and result.error == SHUTDOWN_REASON:
+        return shutting_down(result.run_id)
     return ServiceError(
         499 if cancelled else 502,
         f"fusion failed: {result.error}",

@@ -23,7 +23,7 @@ from panelfuse.service.admission import Admission, admit
 from panelfuse.service.caller import Principal, providers_for
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.gateway import FUSION_HEADERS, Gateway
-from panelfuse.service.runs import RUN_ID_PREFIX, ActiveRun
+from panelfuse.service.runs import RUN_ID_PREFIX, SHUTDOWN_REASON, ActiveRun
 from panelfuse.spec import FusionSpec
 
 DISCONNECT_POLL = 0.5  # seconds between checks that a waiting caller is still there
@@ -142,13 +142,18 @@ class FusionService:
                         return run.result
         except asyncio.CancelledError:
             if not run.background:
-                run.cancel("the gateway shut down before the run finished")
+                run.cancel(SHUTDOWN_REASON)
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(run.done.wait()), timeout=10)
-            raise ServiceError(
-                503,
-                "the gateway is shutting down; the run was stopped and recorded",
-                code="shutting_down",
-                extra={"run_id": run.run_id},
-            ) from None
+            raise shutting_down(run.run_id) from None
         return run.result
+
+
+def shutting_down(run_id: str) -> ServiceError:
+    """What the caller of a run the gateway stopped on its way down is told (503: try again)."""
+    return ServiceError(
+        503,
+        "the gateway is shutting down; the run was stopped and recorded",
+        code="shutting_down",
+        extra={"run_id": run_id},
+    )

@@ -25,10 +25,9 @@ from panelfuse.service.carry import carry_through
 from panelfuse.store import RunStore
 from panelfuse.store.recovery import (
     RunningRun,
+    held_reservations,
     interrupt_runs,
-    runless_reservations,
     running_runs,
-    settle_finished_reservations,
     settle_reservations,
 )
 
@@ -38,6 +37,7 @@ log = logging.getLogger("panelfuse.server")
 # transaction per interval, not one per event or per run (followers in this process read them from
 # memory at once; followers on other replicas read the store, this much later at most).
 FLUSH_INTERVAL = 0.25
+SHUTDOWN_REASON = "the gateway shut down before the run finished"
 RUN_ID_PREFIX = "run_"  # a fusion run's id (its budget reservation has the same id)
 HEARTBEAT_INTERVAL = 10.0  # a running run's updated_at is refreshed this often
 SWEEP_INTERVAL = 15.0  # how often each process looks for runs a dead process left `running`
@@ -140,13 +140,14 @@ class RunManager:
         found = await interrupt_runs(db, [r.id for r in await running_runs(db) if abandoned(r)])
         if found:
             log.warning("marked %d abandoned run(s) interrupted", len(found))
-        await settle_finished_reservations(db)  # a process that died between storing a run and settling it
-        # Without a heartbeat, another host's reservation is known dead only by its age.
-        charges = {
-            r.run_id: _unknown_cost(r.run_id)
-            for r in await runless_reservations(db)
-            if self._owner_gone(r.host, r.owner_pid, r.created_at) or r.created_at < now - ORPHAN_RESERVATION_AGE
-        }
+        charges = {}
+        for held in await held_reservations(db):
+            gone = self._owner_gone(held.host, held.owner_pid, held.created_at)
+            if held.run_status is not None:  # the run's outcome is stored; its settling never came
+                if gone or (held.run_ended_at is not None and held.run_ended_at < stale):
+                    charges[held.run_id] = held.run_cost
+            elif gone or held.created_at < now - ORPHAN_RESERVATION_AGE:  # another host's: known dead by age only
+                charges[held.run_id] = _unknown_cost(held.run_id)
         if charges:
             log.warning("settled %d reservation(s) a stopped process left", await settle_reservations(db, charges))
         return found
@@ -308,19 +309,24 @@ class RunManager:
                     log.exception("could not settle run %s", run.run_id)
             run.publish_through(len(log_events))
 
-    async def shutdown(self, grace: float) -> None:
-        """Let runs finish for `grace` seconds, then cancel the rest and record them."""
-        if self._flusher is not None:
-            self._flusher.cancel()
+    async def drain(self, grace: float) -> None:
+        """Let the runs in flight finish for `grace` seconds, then cancel the rest with the shutdown
+        reason (their readers are told) and wait for them to be recorded."""
         pending = [r.task for r in self.active.values() if r.task is not None]
         if not pending:
             return
         _, still = await asyncio.wait(pending, timeout=grace)
         for run in list(self.active.values()):
-            run.cancel("the gateway shut down before the run finished")
+            run.cancel(SHUTDOWN_REASON)
         if still:
             with contextlib.suppress(Exception):
                 await asyncio.wait(still, timeout=10)
+
+    async def shutdown(self, grace: float) -> None:
+        """The last of the process: drain what is left, stop the flusher."""
+        await self.drain(grace)
+        if self._flusher is not None:
+            self._flusher.cancel()
 
 
 def _unknown_cost(reservation_id: str) -> float | None:

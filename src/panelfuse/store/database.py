@@ -9,6 +9,7 @@ thread on a plain connection, one thread hop instead of one per statement.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -24,6 +25,9 @@ from panelfuse.store.engine import SQLITE_BEGIN_OPTION, build_engine, build_sqli
 from panelfuse.store.errors import StoreConnectError, StoreError
 from panelfuse.store.migrate import migrate
 from panelfuse.store.url import mask_url, normalize_url, sqlite_file
+
+TRANSACTION_ATTEMPTS = 4
+RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 
 T = TypeVar("T")
 
@@ -85,10 +89,19 @@ class Database:
         raises) and return its result. `work` is plain, synchronous SQLAlchemy Core: on SQLite it runs
         in the writer thread in one hop (BEGIN IMMEDIATE, as `write` does); on PostgreSQL on the async
         connection through `run_sync`. The write completes even if the awaiting task is cancelled."""
-        if self._writer is None:
-            async with self.write() as conn:
-                return await conn.run_sync(work)
-        return await asyncio.get_running_loop().run_in_executor(self._writer, self._transact_sqlite, work)
+        if self._writer is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, self._transact_sqlite, work)
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            try:
+                async with self.write() as conn:
+                    return await conn.run_sync(work)
+            except DBAPIError as exc:
+                # PostgreSQL picked this transaction as a deadlock's (or a serialization conflict's)
+                # victim: it was rolled back whole, so running `work` again is safe.
+                if attempt == TRANSACTION_ATTEMPTS or getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES:
+                    raise
+                await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
+        raise AssertionError("unreachable")
 
     def _transact_sqlite(self, work: Callable[[sa.Connection], T]) -> T:
         assert self._writer_engine is not None

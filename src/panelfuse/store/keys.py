@@ -222,31 +222,32 @@ class KeyStore:
     async def reserve(self, key_id: str, run_id: str, amount_usd: float) -> bool:
         """Hold `amount_usd` against the key's budget, atomically: one conditional UPDATE, so two
         processes can never both take the last dollars. False when it does not fit."""
-        async with self._db.write() as conn:
-            res = await conn.execute(
-                api_keys.update()
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .where(
-                    sa.or_(
-                        api_keys.c.budget_usd.is_(None),
-                        api_keys.c.spent_usd + api_keys.c.reserved_usd + amount_usd <= api_keys.c.budget_usd + EPSILON,
-                    )
-                )
-                .values(reserved_usd=api_keys.c.reserved_usd + amount_usd)
-            )
-            if (res.rowcount or 0) != 1:
+        fits = sa.or_(
+            api_keys.c.budget_usd.is_(None),
+            api_keys.c.spent_usd + api_keys.c.reserved_usd + amount_usd <= api_keys.c.budget_usd + EPSILON,
+        )
+        hold = (
+            api_keys.update()
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .where(fits)
+            .values(reserved_usd=api_keys.c.reserved_usd + amount_usd)
+        )
+        record = budget_reservations.insert().values(
+            run_id=run_id,
+            key_id=key_id,
+            amount_usd=amount_usd,
+            created_at=datetime.now(UTC),
+            host=socket.gethostname(),  # the holder: a restart after a crash settles what it left
+            owner_pid=os.getpid(),
+        )
+
+        def work(conn: sa.Connection) -> bool:
+            if (conn.execute(hold).rowcount or 0) != 1:
                 return False
-            await conn.execute(
-                budget_reservations.insert().values(
-                    run_id=run_id,
-                    key_id=key_id,
-                    amount_usd=amount_usd,
-                    created_at=datetime.now(UTC),
-                    host=socket.gethostname(),
-                    owner_pid=os.getpid(),
-                )
-            )
-        return True
+            conn.execute(record)
+            return True
+
+        return await self._db.transact(work)
 
     async def settle(self, run_id: str, actual_usd: float | None) -> None:
         """Release the run's reservation and charge what it really cost (the reservation itself when
