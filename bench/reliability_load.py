@@ -400,10 +400,13 @@ async def run_phase_kill(args: argparse.Namespace, port: int, keys: Any, outcome
     kill_group(proc, signal.SIGKILL)
     await asyncio.gather(task, return_exceptions=True)
     done = {o.tag for o in mine}
-    killed = {o.tag for o in mine if o.seen.startswith("broken")}
+    killed = set()
     for o in mine:
-        if o.tag in killed:
+        if o.seen == "broken:ClientConnectorError":
+            o.seen = "unsent"  # sent after the gateway was gone: the connection was refused
+        elif o.seen.startswith("broken"):
             o.seen = "killed"  # its connection died with the gateway: it saw no outcome
+            killed.add(o.tag)
     outcomes.extend(mine)
     # Never sent (their clients were waiting for a turn): they must have left no run behind.
     outcomes.extend(Outcome(t, "", False, seen="unsent") for t in tags if t not in done)
