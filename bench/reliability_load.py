@@ -375,18 +375,22 @@ async def run_phase_load(args: argparse.Namespace, port: int, pids: list[int], k
     await load(port, keys, warm, min(args.concurrency, 50), args.seed, 0.0, outcomes)
     baseline_health = await settle(port)
     baseline = footprint(pids) | {"tasks": baseline_health.get("tasks")}
-    tags = [f"load-{i}" for i in range(args.requests)]
-    started = time.monotonic()
-    await load(port, keys, tags, args.concurrency, args.seed + 1, args.leave_rate, outcomes)
-    wall = time.monotonic() - started
-    after_health = await settle(port)
-    # Idle pooled connections to the upstream close after their keep-alive (30 s): wait for that,
-    # not for ever, before comparing with the warm-up's level.
-    deadline = time.monotonic() + 40
-    while footprint(pids)["sockets"] > baseline["sockets"] + SOCKET_SLACK and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(1.0)
-    after = footprint(pids) | {"tasks": after_health.get("tasks")}
-    return {"baseline": baseline, "after": after, "wall_s": round(wall, 1)}
+    rounds = []
+    for r in range(args.rounds):  # the same load again: what it leaves behind must not grow
+        tags = [f"load-{r}-{i}" for i in range(args.requests)]
+        started = time.monotonic()
+        await load(port, keys, tags, args.concurrency, args.seed + 1 + 10 * r, args.leave_rate, outcomes)
+        wall = time.monotonic() - started
+        after_health = await settle(port)
+        # Idle pooled connections to the upstream close after their keep-alive (30 s): wait for that,
+        # not for ever, before comparing with the warm-up's level.
+        deadline = time.monotonic() + 40
+        while footprint(pids)["sockets"] > baseline["sockets"] + SOCKET_SLACK and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(1.0)
+        rounds.append(footprint(pids) | {"tasks": after_health.get("tasks"), "wall_s": round(wall, 1)})
+    after = rounds[-1]
+    wall = sum(r["wall_s"] for r in rounds)
+    return {"baseline": baseline, "rounds": rounds, "after": after, "wall_s": round(wall, 1)}
 
 
 async def run_phase_kill(args: argparse.Namespace, port: int, keys: Any, outcomes: list[Outcome], proc) -> set[str]:
@@ -427,7 +431,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     outcomes: list[Outcome] = []
     result: dict[str, Any] = {"db": args.db, "workers": target.workers, "requests": args.requests}
-    result |= {"concurrency": args.concurrency, "fault_rate": args.fault_rate, "leave_rate": args.leave_rate}
+    result |= {
+        "rounds": args.rounds,
+        "concurrency": args.concurrency,
+        "fault_rate": args.fault_rate,
+        "leave_rate": args.leave_rate,
+    }
     gateway = start_gateway(workdir, config, target, port)
     try:
         pids = gateway_pids(gateway)
@@ -473,6 +482,9 @@ def verdict(result: dict[str, Any]) -> list[str]:
     load = result["load"]
     if load["after"]["tasks"] is not None and load["after"]["tasks"] > load["baseline"]["tasks"] + 5:
         failed.append(f"tasks: {load['baseline']['tasks']} after warm-up, {load['after']['tasks']} after the load")
+    first, last = load["rounds"][0], load["rounds"][-1]
+    if last["rss_mb"] > first["rss_mb"] * 1.1 + 10:  # a leak grows with every round; a high-water mark does not
+        failed.append(f"memory: {first['rss_mb']} MB after the first round, {last['rss_mb']} MB after the last")
     if load["after"]["sockets"] > load["baseline"]["sockets"] + SOCKET_SLACK:
         failed.append(f"sockets: {load['baseline']['sockets']} after warm-up, {load['after']['sockets']} after")
     if result.get("integrity_check", "ok") != "ok":
@@ -484,7 +496,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--workers", type=int, default=2, help="gateway workers on PostgreSQL (with Redis)")
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--requests", type=int, default=2000, help="per round of the load phase")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the load phase (memory must not grow)")
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--fault-rate", type=float, default=0.3)
     ap.add_argument("--leave-rate", type=float, default=0.1, help="share of clients that leave midway")
@@ -494,11 +507,15 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.quick:
-        args.requests, args.concurrency = 300, 60
+        args.requests, args.concurrency, args.rounds = 300, 60, 1
     result = asyncio.run(main_async(args))
     result["failed"] = verdict(result)
     load = result["load"]
-    print(f"{args.db} ({result['workers']} worker(s)): {args.requests} requests at concurrency {args.concurrency}")
+    print(
+        f"{args.db} ({result['workers']} worker(s)): {args.rounds} x {args.requests} requests at concurrency "
+        f"{args.concurrency}, then {args.requests // 2} with kill -9 half-way"
+    )
+    print(f"  RSS after each round: {[r['rss_mb'] for r in load['rounds']]} MB")
     print(f"  wall {load['wall_s']} s; clients saw {result['seen']}; runs stored {result['stored']}")
     print(f"  warm-up {load['baseline']} -> after {load['after']}")
     print(
