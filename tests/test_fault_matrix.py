@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -180,10 +182,10 @@ class Site:
 
     async def _serve(self) -> None:
         app = web.Application()
-        app.router.add_get("/page", lambda r: web.Response(text=f"<p>{PAGE_FACT}</p>", content_type="text/html"))
-        app.router.add_get("/big", lambda r: web.Response(text="deep " * 200_000, content_type="text/plain"))
+        app.router.add_get("/page", _answer(web.Response, text=f"<p>{PAGE_FACT}</p>", content_type="text/html"))
+        app.router.add_get("/big", _answer(web.Response, text="deep " * 200_000, content_type="text/plain"))
         app.router.add_get("/slow", self._slow)
-        app.router.add_get("/broken", lambda r: web.Response(status=500, text="boom"))
+        app.router.add_get("/broken", _answer(web.Response, status=500, text="boom"))
         app.router.add_get("/search", self._search)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
@@ -208,6 +210,15 @@ class Site:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+
+def _answer(make: Callable[..., web.Response], **kw: Any) -> Callable[[web.Request], Any]:
+    """An aiohttp handler (a coroutine function, as aiohttp wants) answering the same every time."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return make(**kw)
+
+    return handler
 
 
 class MatrixGateway(Gateway):
@@ -751,6 +762,42 @@ def _(env: Env, c: str) -> None:
     outer_error(ask_outer(env, c, Script(failure=Failure.MALFORMED_CHUNK)), 502, "malformed response from upstream")
 
 
+@case("server-tool outer model", "402")
+def _(env: Env, c: str) -> None:
+    r = ask_outer(env, c, Script(failure=Failure.HTTP, status_code=402))
+    error = r.json()["error"]
+    assert r.status_code == 502 and error["metadata"]["status_code"] == 402, r.text  # the upstream's own status kept
+    assert len(env.fake.requests_for(f"{c}-outer")) == 1  # never retried
+
+
+@case("server-tool outer model", "stream cut midway")
+def _(env: Env, c: str) -> None:
+    outer_error(ask_outer(env, c, Script(text="one two three four", failure=Failure.CUT, cut_after_tokens=2)), 502, "")
+
+
+@case("server-tool outer model", "malformed SSE")
+def _(env: Env, c: str) -> None:
+    outer_error(ask_outer(env, c, Script(text="one two", failure=Failure.MALFORMED_SSE)), 502, "malformed")
+
+
+@case("server-tool outer model", "empty completion")
+def _(env: Env, c: str) -> None:
+    r = ask_outer(env, c, Script(failure=Failure.EMPTY))
+    assert r.status_code == 200 and not r.json()["choices"][0]["message"]["content"]  # as the upstream answered
+
+
+@case("server-tool outer model", "refusal")
+def _(env: Env, c: str) -> None:
+    r = ask_outer(env, c, Script(failure=Failure.REFUSAL))
+    message = r.json()["choices"][0]["message"]
+    assert r.status_code == 200 and (message.get("refusal") or message.get("content"))  # the refusal, passed on
+
+
+@case("server-tool outer model", "very slow first byte")
+def _(env: Env, c: str) -> None:
+    outer_error(ask_outer(env, c, Script(text="late", latency=PROVIDER_TIMEOUT * 4)), 504, "upstream timed out")
+
+
 @case("server-tool outer model", "oversize answer")
 def _(env: Env, c: str) -> None:
     r = ask_outer(env, c, oversize())
@@ -805,6 +852,22 @@ def _(env: Env, c: str) -> None:
 def _(env: Env, c: str) -> None:
     _out, result = tool_case(env, c, "web_search", {"query": "slow"})
     assert "timed out" in result
+
+
+@case("search backend", "connection refused")
+def _(env: Env, c: str) -> None:
+    # The search backend is configured per gateway: a second gateway whose SearXNG address refuses
+    # connections (bound, never listening).
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))
+    nowhere = SimpleNamespace(url=f"http://127.0.0.1:{refusing.getsockname()[1]}")
+    gw = MatrixGateway(env.fake, nowhere, f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/runs.db").start()  # type: ignore
+    try:
+        _out, result = tool_case(Env(env.fake, env.site, gw), c, "web_search", {"query": "sky"})
+    finally:
+        gw.stop()
+        refusing.close()
+    assert "web_search" in result and "Sky" not in result
 
 
 @case("search backend", "500")
