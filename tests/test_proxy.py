@@ -308,3 +308,19 @@ def test_the_plain_streaming_loop_reads_a_proxied_stream_to_the_end(fake, sdk):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == TEXT
     assert chunks[-1].usage is not None and chunks[-1].choices[0].finish_reason is None
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["stop"]
+
+
+def test_a_whole_answer_past_the_size_cap_is_refused_not_read(fake, gateway, monkeypatch):
+    # An upstream that ignores max_tokens on a non-streamed call: the gateway reads no more than the
+    # cap and answers 502 with the reason, rather than holding the whole answer in memory.
+    from panelfuse.providers import http as provider_http
+    from panelfuse.testing import Failure, Script
+
+    monkeypatch.setattr(provider_http, "MAX_ANSWER_BYTES", 4096)
+    fake.script("m1", Script(failure=Failure.OVERSIZE, oversize_tokens=5000))
+    body = {"model": "fake/m1", "messages": [{"role": "user", "content": "q"}]}
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 502
+    assert "larger than" in r.json()["error"]["message"]
+    fake.script("m1", Script(text="small"))
+    assert httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=30).status_code == 200

@@ -11,7 +11,13 @@ from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, TextRun
 from panelfuse.providers.errors import AuthError, BadResponseError, ProviderError, UpstreamError
 from panelfuse.providers.http import TRANSPORT_ERRORS, request
 from panelfuse.providers.openai_compat import count as _count
-from panelfuse.providers.openai_compat import error_from_status, error_message, fetch_model_ids, transport_error
+from panelfuse.providers.openai_compat import (
+    error_from_status,
+    error_message,
+    fetch_model_ids,
+    oversize_answer,
+    transport_error,
+)
 from panelfuse.providers.sse import SHAPE_ERRORS, json_batches, malformed
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -306,6 +312,8 @@ class AnthropicProvider(Provider):
             raise transport_error(exc, provider=self.name, model=req.model) from exc
         if resp.status >= 400:
             raise self._error(resp.status, resp.body, resp.headers, req.model)
+        if resp.oversize:
+            raise oversize_answer(self.name, req.model)
         try:
             event = _message_event(resp.json())
         except SHAPE_ERRORS as exc:

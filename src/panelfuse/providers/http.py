@@ -28,6 +28,7 @@ _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient
 _LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=30)
 # Errors of the transport (not of the upstream's answer): connection refused or reset, a cut body, a timeout.
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+MAX_ANSWER_BYTES = 32 * 1024 * 1024  # a whole (non-streamed) answer longer than this is refused, not read
 
 
 def shared_session() -> aiohttp.ClientSession:
@@ -65,6 +66,7 @@ class HttpAnswer:
     status: int
     headers: Mapping[str, str]
     body: bytes
+    oversize: bool = False  # the answer was longer than MAX_ANSWER_BYTES: `body` is its beginning only
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -88,7 +90,15 @@ async def request(method: str, url: str, *, headers: Mapping[str, str], body: An
     of TRANSPORT_ERRORS."""
     data = encode_json(body) if body is not None else None
     async with shared_session().request(method, url, headers=dict(headers), data=data) as resp:
-        return HttpAnswer(resp.status, resp.headers, await resp.read())
+        # Read no more than the cap: an upstream that never stops must not fill the memory.
+        body_read = await resp.content.read(MAX_ANSWER_BYTES + 1)
+        while len(body_read) <= MAX_ANSWER_BYTES and not resp.content.at_eof():
+            more = await resp.content.read(MAX_ANSWER_BYTES + 1 - len(body_read))
+            if not more:
+                break
+            body_read += more
+        oversize = len(body_read) > MAX_ANSWER_BYTES
+        return HttpAnswer(resp.status, resp.headers, body_read[:MAX_ANSWER_BYTES], oversize)
 
 
 def run(main: Awaitable[T]) -> T:

@@ -19,7 +19,7 @@ from panelfuse.providers.errors import (
     RateLimitedError,
     UpstreamError,
 )
-from panelfuse.providers.http import TRANSPORT_ERRORS, request
+from panelfuse.providers.http import MAX_ANSWER_BYTES, TRANSPORT_ERRORS, request
 from panelfuse.providers.retry import parse_retry_after
 from panelfuse.providers.sse import DONE, SHAPE_ERRORS, SSEItem, json_batches, malformed
 
@@ -53,6 +53,14 @@ def error_message(body: bytes) -> str:
     if isinstance(err, str):
         return err
     return text[:500]
+
+
+def oversize_answer(provider: str, model: str) -> BadResponseError:
+    return BadResponseError(
+        f"malformed response from upstream: the answer is larger than {MAX_ANSWER_BYTES} bytes",
+        provider=provider,
+        model=model,
+    )
 
 
 def transport_error(exc: BaseException, *, provider: str, model: str) -> ProviderError:
@@ -313,6 +321,8 @@ class OpenAICompatProvider(Provider):
             raise transport_error(exc, provider=self.name, model=req.model) from exc
         if resp.status >= 400:
             raise self._error(resp.status, resp.body, resp.headers, req.model)
+        if resp.oversize:
+            raise oversize_answer(self.name, req.model)
         try:
             data = resp.json()
             choices = sorted(data["choices"], key=lambda c: int(c.get("index") or 0))
