@@ -474,3 +474,14 @@ async def test_list_models_connection_refused_is_upstream_error() -> None:
     p = OpenAICompatProvider("dead", f"http://127.0.0.1:{port}/v1")
     with pytest.raises(UpstreamError):
         await p.list_models()
+
+
+async def test_streamed_tool_calls_past_the_cap_are_a_bad_response(fake: FakeUpstream, monkeypatch) -> None:
+    # An upstream that streams a call's arguments without end must not fill the memory.
+    from panelfuse.providers import openai_compat
+
+    monkeypatch.setattr(openai_compat, "MAX_TOOL_CALL_CHARS", 100)
+    fake.script("m", Script(tool_calls=[{"name": "web_search", "arguments": {"query": "sky " * 200}}]))
+    tools = [{"type": "function", "function": {"name": "web_search", "parameters": {"type": "object"}}}]
+    with pytest.raises(BadResponseError, match="tool calls longer than 100"):
+        await fold_stream("m", provider(fake).stream(req(tools=tools)))

@@ -69,18 +69,25 @@ def transport_error(exc: BaseException, *, provider: str, model: str) -> Provide
     return UpstreamError(f"connection failed: {exc!r}", provider=provider, model=model)
 
 
+MAX_TOOL_CALL_CHARS = 4 * 1024 * 1024  # one streamed choice's tool calls, names and arguments together
+
+
 class ToolCallAccumulator:
     """Joins streamed tool-call fragments (keyed by index) into whole calls."""
 
     def __init__(self) -> None:
         self._calls: dict[int, dict[str, str]] = {}
+        self._size = 0
 
     def add(self, fragments: list[dict[str, Any]]) -> None:
         for frag in fragments:
+            fn = frag.get("function") or {}
+            self._size += len(fn.get("name") or "") + len(fn.get("arguments") or "")
+            if self._size > MAX_TOOL_CALL_CHARS:  # an upstream that never ends a call must not fill the memory
+                raise ValueError(f"tool calls longer than {MAX_TOOL_CALL_CHARS} characters")
             slot = self._calls.setdefault(int(frag.get("index", 0)), {"id": "", "name": "", "arguments": ""})
             if frag.get("id"):
                 slot["id"] = frag["id"]
-            fn = frag.get("function") or {}
             if fn.get("name"):
                 slot["name"] += fn["name"]
             if fn.get("arguments"):
