@@ -45,7 +45,7 @@ def test_options_reach_the_workers_environment(launched: list[dict[str, Any]], c
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     (call,) = launched
-    assert call["workers"] == 2 and call["timeout_graceful_shutdown"] == 2 and call["factory"] is True
+    assert call["workers"] == 2 and call["timeout_graceful_shutdown"] == 2 + 5 and call["factory"] is True
     worker = ServerSettings()  # what app_factory() builds in each worker
     assert worker == ServerSettings(
         config_path=config,

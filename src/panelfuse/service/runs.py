@@ -37,6 +37,9 @@ log = logging.getLogger("panelfuse.server")
 # transaction per interval, not one per event or per run (followers in this process read them from
 # memory at once; followers on other replicas read the store, this much later at most).
 FLUSH_INTERVAL = 0.25
+# When this process began (near enough: when it imported this module). A row with our pid written
+# before it is a former process's (a container restarts with the same pid).
+PROCESS_STARTED = datetime.now(UTC)
 SHUTDOWN_REASON = "the gateway shut down before the run finished"
 RUN_ID_PREFIX = "run_"  # a fusion run's id (its budget reservation has the same id)
 HEARTBEAT_INTERVAL = 10.0  # a running run's updated_at is refreshed this often
@@ -121,7 +124,6 @@ class RunManager:
         self.store = store
         self.active: dict[str, ActiveRun] = {}
         self._flusher: asyncio.Task[None] | None = None
-        self._started_at = datetime.now(UTC)
 
     async def sweep_abandoned(self, stale_after: float) -> list[str]:
         """Interrupt the runs nobody drives any more (their reservations settled, a last event stored):
@@ -158,7 +160,7 @@ class RunManager:
         if host != socket.gethostname() or pid is None:
             return False
         if pid == os.getpid():
-            return since < self._started_at
+            return since < PROCESS_STARTED
         return not _process_exists(pid)
 
     async def sweep_forever(self, stale_after: float) -> None:
