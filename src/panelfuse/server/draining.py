@@ -29,6 +29,9 @@ def on_termination(callback: Callable[[], None]) -> Callable[[], None]:
         chained = previous.get(sig)
         if callable(chained):
             chained(sig, frame)
+        elif chained == signal.SIG_DFL:  # nobody else handles it: do what the signal does by default
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
 
     for sig in SIGNALS:
         signal.signal(sig, handler)
