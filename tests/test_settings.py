@@ -26,6 +26,9 @@ ENV_NAMES = {
     "allowed_hosts": "PANELFUSE_ALLOWED_HOSTS",
     "redis_url": "PANELFUSE_REDIS",
     "retain_days": "PANELFUSE_RETAIN_DAYS",
+    "mcp_wait_s": "PANELFUSE_MCP_WAIT_S",
+    "mcp_max_fusions_per_session": "PANELFUSE_MCP_MAX_FUSIONS_PER_SESSION",
+    "mcp_max_fusions_per_minute": "PANELFUSE_MCP_MAX_FUSIONS_PER_MINUTE",
 }
 
 
@@ -55,6 +58,9 @@ def test_defaults(clean_env: None) -> None:
         "PANELFUSE_STALE_AFTER_S": "60.0",
         "PANELFUSE_HOST": "127.0.0.1",
         "PANELFUSE_PASSTHROUGH_KEYS": "0",
+        "PANELFUSE_MCP_WAIT_S": "45.0",
+        "PANELFUSE_MCP_MAX_FUSIONS_PER_SESSION": "20",
+        "PANELFUSE_MCP_MAX_FUSIONS_PER_MINUTE": "10",
     }
 
 

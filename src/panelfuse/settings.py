@@ -47,6 +47,12 @@ class ServerSettings(BaseSettings):
     allowed_hosts: str | None = None
     redis_url: str | None = Field(None, validation_alias=AliasChoices("PANELFUSE_REDIS"))  # limits across processes
     retain_days: float | None = None  # purge the content of older runs
+    # MCP (server/mcp_server.py): a `fusion` tool call still running after this many seconds returns its
+    # run id instead (MCP clients give up on a tool call after about 60 s); the run goes on.
+    mcp_wait_s: float = Field(45.0, gt=0)
+    # A looping agent cannot spend without bound: fusions one MCP session may start, in all and per minute.
+    mcp_max_fusions_per_session: int = Field(20, ge=0)
+    mcp_max_fusions_per_minute: int = Field(10, ge=0)
 
     @classmethod
     def load(cls, **overrides: Any) -> ServerSettings:

@@ -11,6 +11,7 @@ from panelfuse.cli.config_cmd import config_app
 from panelfuse.cli.context import CliContext
 from panelfuse.cli.index import index_cmd
 from panelfuse.cli.keys import keys_app
+from panelfuse.cli.mcp import mcp
 from panelfuse.cli.models import models_app
 from panelfuse.cli.serve import serve
 from panelfuse.evals.cli import eval_command
@@ -30,6 +31,7 @@ app.command()(ask)
 app.command()(estimate)
 app.add_typer(models_app, name="models")
 app.command()(serve)
+app.command()(mcp)
 app.add_typer(keys_app, name="keys")
 app.command("index")(index_cmd)
 

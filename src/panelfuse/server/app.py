@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from panelfuse import __version__
@@ -33,6 +34,7 @@ from panelfuse.server.errors import (
     unexpected_handler,
     validation_handler,
 )
+from panelfuse.server.mcp_server import McpHttp
 from panelfuse.server.state import GatewayState
 from panelfuse.service import metrics
 from panelfuse.service.fusion import FusionService
@@ -201,6 +203,7 @@ def create_app(
     settings: ServerSettings | None = None, config: Config | None = None, providers: Providers | None = None
 ) -> FastAPI:
     settings = settings or ServerSettings()
+    mcp_http = McpHttp()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -208,6 +211,7 @@ def create_app(
         store = await RunStore.open(settings.db_url or RunStore.default_url(), schema=settings.db_schema)
         app.state.gateway = state = GatewayState.build(cfg, store, settings, providers)
         app.state.fusion_service = FusionService(state)
+        mcp_sessions = await mcp_http.start(state, app.state.fusion_service)  # /mcp's sessions live with the app
         # Runs a dead process left 'running' are interrupted, not lost: at once for a process of this
         # host that is gone (a restart after a crash), and by any replica once their heartbeat stops.
         await state.manager.sweep_abandoned(settings.stale_after_s)
@@ -236,6 +240,7 @@ def create_app(
             if retention is not None:
                 retention.cancel()
             await state.manager.shutdown(settings.shutdown_grace_s)
+            await mcp_sessions.aclose()  # after the drain: MCP calls waiting on runs have their outcome
             await state.limiter.close()
             await store.close()
             await close_shared_client()
@@ -261,6 +266,7 @@ def create_app(
     app.include_router(models_api.router)
     app.include_router(openrouter_api.router)
     app.include_router(chatroom.router)
+    app.router.routes.append(Route("/mcp", mcp_http, include_in_schema=False))  # MCP over HTTP (mcp_server.py)
 
     @app.get("/healthz", summary="Liveness and store check")
     async def healthz(state: State) -> JSONResponse:
