@@ -5,11 +5,14 @@ upstream. The README's "MCP" section is what `connect_stdio` / `connect_http` do
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -317,3 +320,40 @@ def test_session_caps_per_minute_and_per_session():
     assert caps.take("b") is None and caps.take("b") is None
     now[0] = 200.0 + caps.idle_s + 1  # an idle session is forgotten
     assert caps.take("a") is None
+
+
+# ---- the README's section, as written ----------------------------------------------------------------
+
+
+def readme_mcp_section() -> str:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    return readme.split("### MCP\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_mcp_snippets_work_as_written(tmp_path, fake, monkeypatch):
+    section = readme_mcp_section()
+    configs = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, re.S)]
+    assert configs[0]["mcpServers"]["panelfuse"] == {"command": "panelfuse", "args": ["mcp"]}
+    http_config = configs[1]["mcpServers"]["panelfuse"]
+    assert http_config["url"] == "http://127.0.0.1:8000/mcp" and http_config["headers"]["Authorization"]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+
+    # stdio: `panelfuse` on PATH, its config and store where a user's are (HOME is what the SDK passes on).
+    script_panel(fake)
+    home = tmp_path / "home"
+    (home / ".config" / "panelfuse").mkdir(parents=True)
+    (home / ".config" / "panelfuse" / "config.toml").write_text(Path(write_config(tmp_path, fake, PRICES)).read_text())
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    key, key_id = make_key(tmp_path)
+    proc, url = start_server(tmp_path, fake, "--shutdown-grace", "1", config_extra=PRICES)
+    namespace: dict[str, Any] = {}
+    exec(compile(code.replace("http://127.0.0.1:8000", url), "README.md", "exec"), namespace)
+    try:
+        local = asyncio.run(namespace["ask_over_stdio"]("Why is the sky blue?"))
+        remote = asyncio.run(namespace["ask_over_http"]("Why is the sky blue?", key))
+    finally:
+        stop(proc)
+    assert local["status"] == remote["status"] == "completed"
+    assert local["answer"] == remote["answer"] == "The sky is blue because air scatters short wavelengths."
+    assert stored_runs(tmp_path) == [(remote["run_id"], "completed", key_id)]
