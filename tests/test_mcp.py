@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from mcp import ClientSession, StdioServerParameters
+from mcp import Client, ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
@@ -199,13 +199,13 @@ def test_stdio_bad_arguments_and_refusals_are_tool_errors(tmp_path, fake):
 # ---- streamable HTTP ---------------------------------------------------------------------------------
 
 
-def make_key(tmp_path) -> tuple[str, str]:
+def make_key(tmp_path, **limits: Any) -> tuple[str, str]:
     """A key in the store the server will use (its first key: auth is on from then on); (secret, id)."""
 
     async def create() -> tuple[str, str]:
         store = await RunStore.open(f"sqlite:///{tmp_path}/runs.db")
         try:
-            new = await store.keys.create("agent")
+            new = await store.keys.create("agent", **limits)
             return new.secret, new.key.id
         finally:
             await store.close()
@@ -272,6 +272,37 @@ def test_http_session_cap(tmp_path, fake, keyed_server):
 
     asyncio.run(go())
     assert len(stored_runs(tmp_path)) == 3
+
+
+def test_http_budget_refusal_is_a_tool_error_and_starts_no_run(tmp_path, keyed_server):
+    url, _, _ = keyed_server
+    poor, _ = make_key(tmp_path, budget_usd=1e-9)
+
+    async def go() -> None:
+        async with connect_http(url, poor) as session:
+            refused = await session.call_tool("fusion", QUESTION)
+            assert refused.is_error and "status 402" in text(refused)
+
+    asyncio.run(go())
+    assert stored_runs(tmp_path) == []
+
+
+def test_http_sessionless_client_is_served(keyed_server):
+    """The SDK's `Client` negotiates the 2026-07-28 protocol where it can (no Mcp-Session-Id): still
+    authenticated, still capped (per key while it has no session)."""
+    url, key, _ = keyed_server
+
+    async def go() -> None:
+        transport = streamable_http_client(
+            f"{url}/mcp", http_client=httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        )
+        async with Client(transport) as client:
+            assert structured(await client.call_tool("fusion", QUESTION))["status"] == "completed"
+            assert structured(await client.call_tool("fusion", QUESTION))["status"] == "completed"
+            refused = await client.call_tool("fusion", QUESTION)
+            assert refused.is_error and "per-session cap" in text(refused)
+
+    asyncio.run(go())
 
 
 def test_http_progress_then_a_slow_run_through_fusion_result(tmp_path, fake):
