@@ -44,9 +44,9 @@ def gateway_config(fake: FakeUpstream) -> Config:
 
 
 class Gateway:
-    def __init__(self, fake: FakeUpstream, db_url: str, **settings: Any) -> None:
+    def __init__(self, fake: FakeUpstream, db_url: str, config: Config | None = None, **settings: Any) -> None:
         self.settings = ServerSettings(db_url=db_url, keepalive_s=settings.pop("keepalive_s", 0.2), **settings)
-        self.app = create_app(self.settings, config=gateway_config(fake))
+        self.app = create_app(self.settings, config=config or gateway_config(fake))
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

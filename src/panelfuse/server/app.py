@@ -21,7 +21,7 @@ from panelfuse import __version__
 from panelfuse.config import Config, load_config
 from panelfuse.providers.http import close_shared_client
 from panelfuse.providers.registry import Providers
-from panelfuse.server import chat, chatroom, models_api, openrouter_api, responses_api, runs_api
+from panelfuse.server import chat, chatroom, messages_api, models_api, openrouter_api, responses_api, runs_api
 from panelfuse.server.access import host_allowed
 from panelfuse.server.deps import State
 from panelfuse.server.draining import on_termination
@@ -262,6 +262,7 @@ def create_app(
     app.add_middleware(ApiPrefix)  # outermost: everything inside sees the /v1 path
     app.include_router(chat.router)
     app.include_router(responses_api.router)
+    app.include_router(messages_api.router)
     app.include_router(runs_api.router)
     app.include_router(models_api.router)
     app.include_router(openrouter_api.router)

@@ -1,4 +1,6 @@
-"""Errors in OpenAI's shape ({"error": {"message", "type", "param", "code"}}) with the right status."""
+"""Errors in the caller's API's shape with the right status: OpenAI's ({"error": {"message", "type",
+"param", "code"}}) everywhere, Anthropic's ({"type": "error", "error": {"type", "message"}}) on the
+Messages API's routes."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from panelfuse.service.errors import ServiceError, from_provider_error
+from panelfuse.service.messages_output import error_body as anthropic_error_body
 from panelfuse.service.requests import MAX_JSON_DEPTH, first_problem
 
 __all__ = ["ApiError", "ServiceError", "error_response", "from_provider_error"]
@@ -31,8 +34,14 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def error_response(exc: ServiceError) -> JSONResponse:
-    return AsciiJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+def error_response(exc: ServiceError, request: Request | None = None) -> JSONResponse:
+    body = anthropic_error_body(exc) if request is not None and speaks_anthropic(request) else exc.body()
+    return AsciiJSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+def speaks_anthropic(request: Request) -> bool:
+    """The Messages API's routes answer errors in Anthropic's shape (the Anthropic SDK reads it)."""
+    return request.url.path.endswith("/v1/messages")
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -43,20 +52,21 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "body"
 
 
-async def validation_handler(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if errors and errors[0].get("type") == "json_invalid":
-        return ApiError(400, f"the body is not valid JSON: {errors[0].get('msg')}", code="invalid_json").response()
+        invalid = ApiError(400, f"the body is not valid JSON: {errors[0].get('msg')}", code="invalid_json")
+        return error_response(invalid, request)
     loc, msg = first_problem(errors)
     where = _loc(loc)
     if any(e.get("type") == "unreadable_body" for e in errors):
         # too deep or a non-finite number: the message names the field itself
-        return ApiError(400, msg, param=msg.split(":", 1)[0], code="invalid_json").response()
+        return error_response(ApiError(400, msg, param=msg.split(":", 1)[0], code="invalid_json"), request)
     message = f"{where}: {msg}"
     others = len({tuple(e.get("loc", ()))[:2] for e in errors}) - 1  # a union's branches are one problem
     if others > 0:
         message += f" (and {others} more problem{'s' if others > 1 else ''})"
-    return ApiError(400, message, param=where, code="invalid_value").response()
+    return error_response(ApiError(400, message, param=where, code="invalid_value"), request)
 
 
 # FastAPI's own words when the body cannot be decoded at all (e.g. nested past the decoder's recursion
@@ -64,25 +74,27 @@ async def validation_handler(_: Request, exc: RequestValidationError) -> JSONRes
 _BODY_PARSE_ERROR = "There was an error parsing the body"
 
 
-async def http_handler(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def http_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:
-        return ApiError(
+        unparsed = ApiError(
             400,
             f"the body could not be parsed as JSON (nested too deep? the limit is {MAX_JSON_DEPTH} levels)",
             code="invalid_json",
-        ).response()
-    return ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})).response()
+        )
+        return error_response(unparsed, request)
+    return error_response(ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})), request)
 
 
-async def api_error_handler(_: Request, exc: ServiceError) -> JSONResponse:
-    return error_response(exc)
+async def api_error_handler(request: Request, exc: ServiceError) -> JSONResponse:
+    return error_response(exc, request)
 
 
-async def unexpected_handler(_: Request, exc: Exception) -> JSONResponse:
-    # A bug of ours: still OpenAI's shape, never a traceback in the body.
-    return ApiError(500, f"internal error ({type(exc).__name__})", code="internal_error").response()
+async def unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
+    # A bug of ours: still the caller's error shape, never a traceback in the body.
+    return error_response(ApiError(500, f"internal error ({type(exc).__name__})", code="internal_error"), request)
 
 
-async def store_error_handler(_: Request, exc: Exception) -> JSONResponse:
+async def store_error_handler(request: Request, exc: Exception) -> JSONResponse:
     # The database is unreachable or refused the write: a service problem, said plainly.
-    return ApiError(503, f"the run store is unavailable: {exc}", code="store_unavailable").response()
+    unavailable = ApiError(503, f"the run store is unavailable: {exc}", code="store_unavailable")
+    return error_response(unavailable, request)

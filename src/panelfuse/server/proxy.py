@@ -248,7 +248,7 @@ async def opened_stream(
     return chained()
 
 
-async def _close_and_settle(
+async def close_and_settle(
     upstream: AsyncGenerator[StreamEvent, None], admission: Admission, cost: float | None
 ) -> None:
     try:
@@ -315,7 +315,7 @@ async def proxy_chunks(
     finally:
         # One carried task: a client that left cancels every await of ours, and closing the upstream
         # may await (its connection), which must not cut the settling short.
-        await carry_through(_close_and_settle(upstream, admission, cost))
+        await carry_through(close_and_settle(upstream, admission, cost))
     if completed and on_done is not None:
         await on_done(usage, finish_reason, cost)
     yield DONE

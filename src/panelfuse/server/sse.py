@@ -23,9 +23,10 @@ def sse(data: Mapping[str, Any] | str, *, event: str | None = None, event_id: in
     return f"{head}data: {text}\n\n"
 
 
-async def with_keepalive(source: AsyncIterator[str], every: float) -> AsyncIterator[str]:
-    """`source`'s frames, plus a keep-alive comment whenever it is quiet for `every` seconds (the
-    panel may think for minutes: proxies must not time the stream out). Closing this closes `source`."""
+async def with_keepalive(source: AsyncIterator[str], every: float, ping: str = KEEPALIVE) -> AsyncIterator[str]:
+    """`source`'s frames, plus a keep-alive `ping` (a comment by default) whenever it is quiet for
+    `every` seconds (the panel may think for minutes: proxies must not time the stream out). Closing
+    this closes `source`."""
     pending: asyncio.Future[str] | None = None
     try:
         while True:
@@ -33,7 +34,7 @@ async def with_keepalive(source: AsyncIterator[str], every: float) -> AsyncItera
                 pending = asyncio.ensure_future(anext(source))
             done, _ = await asyncio.wait({pending}, timeout=every)
             if not done:
-                yield KEEPALIVE
+                yield ping
                 continue
             try:
                 frame = pending.result()
@@ -100,9 +101,13 @@ async def ready_batches(source: AsyncIterator[T]) -> AsyncGenerator[list[T], Non
 
 
 def sse_response(
-    source: AsyncIterator[str], *, keepalive: float | None = None, headers: Mapping[str, str] | None = None
+    source: AsyncIterator[str],
+    *,
+    keepalive: float | None = None,
+    keepalive_frame: str = KEEPALIVE,
+    headers: Mapping[str, str] | None = None,
 ) -> StreamingResponse:
-    frames = with_keepalive(source, keepalive) if keepalive else source
+    frames = with_keepalive(source, keepalive, keepalive_frame) if keepalive else source
     return StreamingResponse(
         frames,
         media_type="text/event-stream",
