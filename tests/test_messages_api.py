@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from pathlib import Path
 
 import anthropic
 import httpx
@@ -199,3 +201,15 @@ def test_keys_apply_to_the_messages_api(fake, tmp_path):
         assert spend > 0 and held == 0.0  # billed like any proxied call
     finally:
         gateway.stop()
+
+
+def test_the_readme_example_works_as_written(fake, gw, capsys):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### The Anthropic Messages API", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    script_panel(fake)
+    exec(compile(code.replace("http://127.0.0.1:8000", gw.url), "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == SYNTH  # the answer
+    assert printed[1].endswith("['the sky scatters blue light']")  # usage, then the analysis's consensus
+    assert printed[2] == SYNTH  # the stream, printed as it came
