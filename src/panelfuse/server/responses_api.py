@@ -8,7 +8,6 @@ it (`service/generations.py`)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from panelfuse.pricing import messages_tokens, token_cost
 from panelfuse.providers.errors import ProviderError
 from panelfuse.server.deps import Caller, Service, State
+from panelfuse.server.disconnect import unless_client_leaves
 from panelfuse.server.errors import ApiError, from_provider_error
 from panelfuse.server.proxy import PROXY_DEFAULT_MAX_TOKENS, opened_stream
 from panelfuse.server.responses import SSE_OR_JSON
@@ -29,8 +29,9 @@ from panelfuse.server.sse import sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service import generations
 from panelfuse.service.caller import Principal, providers_for
+from panelfuse.service.carry import carry_through
 from panelfuse.service.errors import ServiceError
-from panelfuse.service.fusion import DISCONNECT_POLL, FusionService
+from panelfuse.service.fusion import FusionService
 from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin, upstream_request
 from panelfuse.service.responses import (
     fusion_failure,
@@ -123,19 +124,10 @@ class Exchange:
         )
 
 
-_recording: set[asyncio.Future[None]] = set()
-
-
 async def carried_through(store: RunStore, gen: generations.Generation) -> None:
-    """Record `gen` in a task of its own, finished even when the client leaves meanwhile (a stream's
-    response task is cancelled at its next await)."""
-    task = asyncio.ensure_future(generations.record(store, gen))
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        _recording.add(task)
-        task.add_done_callback(_recording.discard)
-        raise
+    """Record `gen` even when the client leaves meanwhile (a stream's response task is cancelled at
+    its next await)."""
+    await carry_through(generations.record(store, gen))
 
 
 @router.post(
@@ -332,10 +324,15 @@ async def frames(
                 await before_end()
             yield sse(ev, event=ev["type"])
     finally:
-        try:
-            await events.aclose()
-        finally:
-            await after()
+        # One carried task: a client that left cancels our every await, and closing the events awaits.
+        await carry_through(_close_then(events, after))
+
+
+async def _close_then(events: AsyncGenerator[dict[str, Any], None], after: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await events.aclose()
+    finally:
+        await after()
 
 
 async def drain(events: AsyncIterator[dict[str, Any]], request: Request) -> None:
@@ -345,14 +342,4 @@ async def drain(events: AsyncIterator[dict[str, Any]], request: Request) -> None
         async for _ in events:
             pass
 
-    task = asyncio.ensure_future(consume())
-    try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=DISCONNECT_POLL)
-            if not task.done() and await request.is_disconnected():
-                task.cancel()  # the caller is gone: stop the upstream calls too
-                raise ApiError(499, "the client disconnected", code="client_disconnected")
-        task.result()
-    except BaseException:
-        task.cancel()
-        raise
+    await unless_client_leaves(consume(), request)
