@@ -23,7 +23,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
-from panelfuse.server.mcp_server import SessionCaps
+from panelfuse.service.session_caps import SessionCaps
 from panelfuse.store import RunStore
 from panelfuse.testing import Script
 from pipeline_helpers import script_panel
@@ -358,7 +358,7 @@ def test_session_caps_per_minute_and_per_session():
 
 def readme_mcp_section() -> str:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    return readme.split("### MCP\n", 1)[1].split("\n## ", 1)[0]
+    return re.split(r"\n##+ ", readme.split("### MCP\n", 1)[1], maxsplit=1)[0]  # to the next heading
 
 
 def test_readme_mcp_snippets_work_as_written(tmp_path, fake, monkeypatch):

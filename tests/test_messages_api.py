@@ -205,7 +205,7 @@ def test_keys_apply_to_the_messages_api(fake, tmp_path):
 
 def test_the_readme_example_works_as_written(fake, gw, capsys):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### The Anthropic Messages API", 1)[1].split("\n## ", 1)[0]
+    section = re.split(r"\n##+ ", readme.split("### The Anthropic Messages API", 1)[1], maxsplit=1)[0]
     (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
     script_panel(fake)
     exec(compile(code.replace("http://127.0.0.1:8000", gw.url), "README.md", "exec"), {})

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -47,6 +45,7 @@ from panelfuse.service.errors import ServiceError
 from panelfuse.service.fusion import FusionService, PlannedFusion
 from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin, Identifier
 from panelfuse.service.runs import ActiveRun
+from panelfuse.service.session_caps import SessionCaps
 from panelfuse.service.specs import fusion_spec, validation_error
 from panelfuse.settings import ServerSettings
 from panelfuse.spec import MAX_MEMBERS, ModeSynonym, PublicMode
@@ -164,61 +163,6 @@ def tool_result(out: FusionOutcome) -> CallToolResult:
         structured_content=out.model_dump(mode="json"),
         is_error=failed,
     )
-
-
-# ---- per-session caps ----------------------------------------------------------------------------
-
-
-@dataclass
-class _Tally:
-    started: int = 0
-    recent: deque[float] = field(default_factory=deque)  # when the last minute's fusions started
-    seen: float = 0.0
-
-
-@dataclass
-class SessionCaps:
-    """Fusions per session, in all and per minute. `take` counts one or says why not."""
-
-    per_session: int
-    per_minute: int
-    idle_s: float = SESSION_IDLE_S
-    clock: Callable[[], float] = time.monotonic
-    _tallies: dict[str, _Tally] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, settings: ServerSettings) -> SessionCaps:
-        return cls(settings.mcp_max_fusions_per_session, settings.mcp_max_fusions_per_minute)
-
-    def take(self, session: str) -> str | None:
-        now = self.clock()
-        self._forget_idle(now)
-        tally = self._tallies.setdefault(session, _Tally())
-        tally.seen = now
-        while tally.recent and tally.recent[0] <= now - 60:
-            tally.recent.popleft()
-        if tally.started >= self.per_session:
-            return (
-                f"this MCP session has started its {self.per_session} fusions (the per-session cap); "
-                "start a new session to run more"
-            )
-        if len(tally.recent) >= self.per_minute:
-            return f"at most {self.per_minute} fusions a minute per MCP session; wait a minute and call again"
-        tally.started += 1
-        tally.recent.append(now)
-        return None
-
-    def give_back(self, session: str) -> None:
-        """A fusion counted by `take` that never started."""
-        tally = self._tallies.get(session)
-        if tally is not None and tally.started:
-            tally.started -= 1
-            if tally.recent:
-                tally.recent.pop()
-
-    def _forget_idle(self, now: float) -> None:
-        for key in [k for k, t in self._tallies.items() if now - t.seen > self.idle_s]:
-            del self._tallies[key]
 
 
 # ---- the tools -----------------------------------------------------------------------------------
@@ -464,7 +408,7 @@ class McpHttp:
 
     async def start(self, gateway: GatewayState, service: FusionService) -> contextlib.AsyncExitStack:
         """Run the session manager until the returned stack is closed (after the runs are drained)."""
-        server = build_server(FusionTools(gateway, service, SessionCaps.of(gateway.settings)))
+        server = build_server(FusionTools(gateway, service, SessionCaps.of(gateway.settings, SESSION_IDLE_S)))
         # The Host check is the gateway's (HostCheck middleware, --allowed-hosts), not the SDK's own.
         server.streamable_http_app(transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
         stack = contextlib.AsyncExitStack()
@@ -497,7 +441,9 @@ async def serve_stdio(settings: ServerSettings, config: Any) -> None:
     try:
         await gateway.manager.sweep_abandoned(settings.stale_after_s)
         local = Principal(is_admin=True, policy=gateway.auth.policy)
-        tools = FusionTools(gateway, FusionService(gateway), SessionCaps.of(settings), local_caller=local)
+        tools = FusionTools(
+            gateway, FusionService(gateway), SessionCaps.of(settings, SESSION_IDLE_S), local_caller=local
+        )
         await build_server(tools).run_stdio_async()
     finally:
         await _close(
