@@ -388,3 +388,22 @@ def test_readme_mcp_snippets_work_as_written(tmp_path, fake, monkeypatch):
     assert local["status"] == remote["status"] == "completed"
     assert local["answer"] == remote["answer"] == "The sky is blue because air scatters short wavelengths."
     assert stored_runs(tmp_path) == [(remote["run_id"], "completed", key_id)]
+
+
+def test_an_http_sessions_cap_tally_is_bound_to_its_caller():
+    # Two keys presenting the same Mcp-Session-Id count against their own tallies, never each other's.
+    from types import SimpleNamespace
+
+    from panelfuse.server.mcp_server import FusionTools
+    from panelfuse.service.caller import Principal
+
+    tools = FusionTools(gateway=None, service=None, caps=SessionCaps(per_session=1, per_minute=5))  # type: ignore[arg-type]
+    ctx = SimpleNamespace(headers={"mcp-session-id": "shared"})
+
+    def caller(key_id: str) -> Principal:
+        return Principal(key=SimpleNamespace(id=key_id) if key_id else None)  # type: ignore[arg-type]
+
+    a, b = tools.session(ctx, caller("key_a")), tools.session(ctx, caller("key_b"))  # type: ignore[arg-type]
+    assert a != b
+    assert tools.caps.take(a) is None and tools.caps.take(b) is None  # one each: b is not refused for a's run
+    assert tools.caps.take(a) is not None

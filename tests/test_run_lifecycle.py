@@ -118,3 +118,23 @@ async def test_a_run_cancelled_before_it_began_stores_its_cancelled_event(fake, 
         assert events[-1].data["reason"] == "the client disconnected"
         stored = await store.get_run("run_early")
         assert stored is not None and stored.status == "cancelled"
+
+
+async def test_a_run_whose_outcome_fails_to_store_once_is_stored_on_the_next_try(fake, tmp_path):
+    script_panel(fake)
+    async with await RunStore.open(f"sqlite+aiosqlite:///{tmp_path}/runs.db") as store:
+        real, failures = store.finish_run, []
+
+        async def flaky(*args, **kwargs):
+            if not failures:
+                failures.append("disk I/O error (injected)")
+                raise OSError(failures[0])
+            return await real(*args, **kwargs)
+
+        store.finish_run = flaky  # type: ignore[method-assign]
+        manager = RunManager(store)
+        f = fusion(fake, spec())
+        run = await manager.start(f, f.plan("q"), run_id="run_flaky", request={}, request_model="m", background=False)
+        await asyncio.wait_for(run.done.wait(), 30)
+        stored = await store.get_run("run_flaky")
+        assert failures and stored is not None and stored.status == "completed"  # as the client was told

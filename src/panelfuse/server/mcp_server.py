@@ -202,8 +202,10 @@ class FusionTools:
     def session(self, ctx: Context, caller: Principal) -> str:
         if self.local_caller is not None:
             return "stdio"
+        # Bound to the caller: another key presenting this session's id counts against its own tally.
+        who = caller.key_id or caller.passthrough_id or "local"
         session_id = (ctx.headers or {}).get("mcp-session-id")
-        return f"session:{session_id}" if session_id else f"caller:{caller.key_id or 'local'}"
+        return f"session:{who}:{session_id}" if session_id else f"caller:{who}"
 
     def plan(
         self, caller: Principal, question: str, preset: str | None, options: dict[str, Any], *, enforce: bool = True

@@ -23,6 +23,7 @@ from panelfuse.pipeline.run import Fusion, FusionStream
 from panelfuse.service import metrics
 from panelfuse.service.carry import carry_through
 from panelfuse.store import RunStore
+from panelfuse.store.errors import RunNotFoundError
 from panelfuse.store.recovery import (
     RunningRun,
     held_reservations,
@@ -43,6 +44,8 @@ PROCESS_STARTED = datetime.now(UTC)
 SHUTDOWN_REASON = "the gateway shut down before the run finished"
 RUN_ID_PREFIX = "run_"  # a fusion run's id (its budget reservation has the same id)
 HEARTBEAT_INTERVAL = 10.0  # a running run's updated_at is refreshed this often
+FINISH_ATTEMPTS = 3  # storing a run's outcome: tries before it is left to the crash sweep
+FINISH_RETRY_S = 0.2  # seconds before the second try (then twice that)
 SWEEP_INTERVAL = 15.0  # how often each process looks for runs a dead process left `running`
 # A reservation with no running run behind it, this old, belongs to a request of a dead process
 # (no proxied or server-tool request lives this long: each upstream call has its deadline).
@@ -288,7 +291,7 @@ class RunManager:
                 run.stream.log.emit(RunCancelled(reason=result.error or "cancelled"))
         log_events = run.stream.log.events
         try:
-            await self.store.finish_run(
+            await self._finish_run(
                 run.run_id,
                 status=status,
                 result=result.to_dict(),
@@ -310,6 +313,21 @@ class RunManager:
                 except Exception:
                     log.exception("could not settle run %s", run.run_id)
             run.publish_through(len(log_events))
+
+    async def _finish_run(self, run_id: str, **outcome: Any) -> None:
+        """`RunStore.finish_run`, tried again on a store error (a busy or failing-over database): the
+        stored run must say what the client was told. A run deleted meanwhile is not retried."""
+        for attempt in range(1, FINISH_ATTEMPTS + 1):
+            try:
+                await self.store.finish_run(run_id, **outcome)
+                return
+            except RunNotFoundError:
+                raise
+            except Exception:
+                if attempt == FINISH_ATTEMPTS:
+                    raise
+                log.warning("storing run %s failed (attempt %d); trying again", run_id, attempt, exc_info=True)
+                await asyncio.sleep(FINISH_RETRY_S * attempt)
 
     async def drain(self, grace: float) -> None:
         """Let the runs in flight finish for `grace` seconds, then cancel the rest with the shutdown
