@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -35,6 +36,7 @@ from panelfuse.server.mcp_server import McpHttp
 from panelfuse.server.middleware import ApiPrefix, BodyLimit, CountRequests, HostCheck
 from panelfuse.server.state import GatewayState
 from panelfuse.service import metrics
+from panelfuse.service.carry import carried_work_done
 from panelfuse.service.fusion import FusionService
 from panelfuse.settings import ServerSettings
 from panelfuse.store import GenerationStore, RunStore, StoreError
@@ -102,6 +104,9 @@ def create_app(
                 retention.cancel()
             await state.manager.shutdown(settings.shutdown_grace_s)
             await mcp_sessions.aclose()  # after the drain: MCP calls waiting on runs have their outcome
+            # Settling and recording that departed clients left running finish before the store closes.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(carried_work_done(), timeout=10)
             await state.limiter.close()
             await store.close()
             await close_shared_client()

@@ -26,6 +26,6 @@ async def carry_through(work: Awaitable[T]) -> T:
 
 
 async def carried_work_done() -> None:
-    """Wait for every carried task still running (shutdown, tests)."""
+    """Wait for every carried task still running (the server's shutdown, before its store closes)."""
     while _carried:
         await asyncio.gather(*list(_carried), return_exceptions=True)
