@@ -6,6 +6,10 @@ and this load generator are separate processes; everything is on loopback.
     python bench/reliability_load.py [--db sqlite|postgres] [--requests 2000] [--concurrency 200]
     python bench/reliability_load.py --quick          # the reduced size .ci/run runs (tests/test_reliability_load.py)
 
+Then a SIGTERM half-way through more load, with a short grace: every client in flight gets its answer
+or is told the gateway shut down (a 503, or an error chunk on a stream), never a dropped connection,
+and those runs are stored `cancelled`.
+
 Afterwards it checks, from the database itself: every request has at most one run, exactly one when
 its client saw an answer or an error; each run's status is what its client saw; no run is left
 `running`; each key's spend equals the sum of its runs' costs, nothing stays reserved and no budget
@@ -113,9 +117,9 @@ class Target:
         return args
 
 
-def start_gateway(workdir: Path, config: Path, target: Target, port: int) -> subprocess.Popen[str]:
+def start_gateway(workdir: Path, config: Path, target: Target, port: int, grace: float = 5.0) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "panelfuse.cli", "serve", "--config", str(config), "--port", str(port)]
-    cmd += [*target.serve_args(), "--auth", "--log-level", "warning", "--shutdown-grace", "5"]
+    cmd += [*target.serve_args(), "--auth", "--log-level", "warning", "--shutdown-grace", str(grace)]
     log = (workdir / "gateway.log").open("a")
     env = {**os.environ, "PANELFUSE_DB_SCHEMA": target.schema} if target.schema else None
     # Its own session: kill -9 reaches every worker at once (os.killpg).
@@ -259,6 +263,8 @@ async def one_request(
                 data = orjson.loads(await resp.read())
                 if resp.status == 200:
                     out.seen, out.content = "completed", data["choices"][0]["message"]["content"] or ""
+                elif resp.status == 503 and _code(data) == "shutting_down":
+                    out.seen = "shut down"
                 elif resp.status == 502 and data.get("error"):
                     out.seen = "failed"
                     out.run_id = out.run_id or (data["error"].get("metadata") or {}).get("run_id")
@@ -279,7 +285,7 @@ async def one_request(
                         continue
                     chunk = orjson.loads(frame[6:])
                     if chunk.get("error"):
-                        out.seen = "failed"
+                        out.seen = "shut down" if _code(chunk) == "shutting_down" else "failed"
                         return out
                     delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
                     if delta.get("content"):
@@ -290,6 +296,11 @@ async def one_request(
     except aiohttp.ClientError as exc:
         out.seen = f"broken:{type(exc).__name__}"
     return out
+
+
+def _code(body: dict[str, Any]) -> str | None:
+    """Our own reason in an error (OpenRouter's shape keeps it in metadata)."""
+    return ((body.get("error") or {}).get("metadata") or {}).get("error_code")
 
 
 async def load(
@@ -357,6 +368,8 @@ def check(
         elif o.seen == "left" and row is not None and row["status"] not in ("cancelled", "completed", "failed"):
             if not (o.tag.startswith("kill-") and row["status"] == "interrupted"):  # left, then the gateway died
                 problems["status"].append(f"{o.tag}: client left, stored {row['status']}")
+        elif o.seen == "shut down" and (row is None or row["status"] != "cancelled"):
+            problems["status"].append(f"{o.tag}: told the gateway shut down, stored {row and row['status']}")
         elif o.seen == "killed" and row is not None and row["status"] not in ("interrupted", "completed", "failed"):
             problems["status"].append(f"{o.tag}: in flight at kill -9, stored {row['status']}")
     problems["running"] = [r["id"] for r in runs if r["status"] == "running"]
@@ -432,6 +445,27 @@ async def run_phase_kill(args: argparse.Namespace, port: int, keys: Any, outcome
     return killed
 
 
+async def run_phase_sigterm(args: argparse.Namespace, port: int, keys: Any, outcomes: list[Outcome], proc) -> int:
+    """Load, then SIGTERM half-way with a short grace: the runs in flight finish or are cancelled as
+    "shut down", and every client in flight is told so (a 503, or an error chunk on a stream), never
+    a dropped connection. Returns how many clients were told."""
+    tags = [f"term-{i}" for i in range(args.requests // 4)]
+    mine: list[Outcome] = []
+    task = asyncio.create_task(load(port, keys, tags, args.concurrency, args.seed + 3, 0.0, mine))
+    while len(mine) < len(tags) // 2 and not task.done():  # noqa: ASYNC110 - polls a list the load task fills
+        await asyncio.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.to_thread(proc.wait, 60)
+    done = {o.tag for o in mine}
+    for o in mine:
+        if o.seen == "broken:ClientConnectorError":
+            o.seen = "unsent"  # sent after the gateway stopped accepting
+    outcomes.extend(mine)
+    outcomes.extend(Outcome(t, "", False, seen="unsent") for t in tags if t not in done)
+    return sum(o.seen == "shut down" for o in mine)
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="pf-reliability-"))
     if args.db == "sqlite":
@@ -458,7 +492,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         result["load"] = await run_phase_load(args, port, pids, upstream_port, keys, outcomes)
         killed = await run_phase_kill(args, port, keys, outcomes, gateway) if args.kill else set()
         if args.kill:
-            gateway = start_gateway(workdir, config, target, port)  # at once: well inside the heartbeat window
+            # At once: well inside the heartbeat window. A short grace for the SIGTERM phase next.
+            gateway = start_gateway(workdir, config, target, port, grace=0.5)
+            await settle(port)
+            result["told_shut_down"] = await run_phase_sigterm(args, port, keys, outcomes, gateway)
+            gateway = start_gateway(workdir, config, target, port)
             await settle(port)
         runs, key_rows = await read_db(target)
         result["checks"] = check(outcomes, runs, key_rows, killed)
@@ -519,7 +557,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--fault-rate", type=float, default=0.3)
     ap.add_argument("--leave-rate", type=float, default=0.1, help="share of clients that leave midway")
-    ap.add_argument("--no-kill", dest="kill", action="store_false")
+    ap.add_argument("--no-kill", dest="kill", action="store_false", help="skip the kill -9 and SIGTERM phases")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="the reduced size: 300 requests at concurrency 60")
     ap.add_argument("--json", type=Path)
@@ -531,14 +569,15 @@ def main() -> None:
     load = result["load"]
     print(
         f"{args.db} ({result['workers']} worker(s)): {args.rounds} x {args.requests} requests at concurrency "
-        f"{args.concurrency}, then {args.requests // 2} with kill -9 half-way"
+        f"{args.concurrency}, then {args.requests // 2} with kill -9 half-way, "
+        f"{args.requests // 4} with SIGTERM half-way"
     )
     print(f"  RSS after each round: {[r['rss_mb'] for r in load['rounds']]} MB")
     print(f"  wall {load['wall_s']} s; clients saw {result['seen']}; runs stored {result['stored']}")
     print(f"  warm-up {load['baseline']} -> after {load['after']}")
-    print(
-        f"  in flight at kill -9: {result['checks']['in_flight_at_kill']}; violations: {result['checks']['violations']}"
-    )
+    checks = result["checks"]
+    print(f"  in flight at kill -9: {checks['in_flight_at_kill']}; violations: {checks['violations']}")
+    print(f"  told 'shut down' at SIGTERM (and stored cancelled): {result.get('told_shut_down')}")
     print("  " + ("every check held" if not result["failed"] else "FAILED: " + "; ".join(result["failed"])))
     text = json.dumps(result, indent=2, default=str)
     if args.json:

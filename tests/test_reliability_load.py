@@ -1,6 +1,6 @@
 """The reliability load test at its reduced size (bench/reliability_load.py --quick): 300 fusion
 requests at concurrency 60 with injected upstream faults and clients that leave, then kill -9 of the
-gateway mid-load and a restart, on SQLite (one process) and PostgreSQL (two workers, Redis). The
+gateway mid-load and a restart, then SIGTERM mid-load, on SQLite (one process) and PostgreSQL (two workers, Redis). The
 bench checks the invariants itself from the database; this test runs it and reads its verdict.
 Full-size figures: docs/reliability.md."""
 
@@ -39,6 +39,7 @@ def test_nothing_is_lost_under_load_faults_disconnects_and_kill_9(db, tmp_path):
     assert seen.get("completed", 0) > 0 and seen.get("failed", 0) > 0 and seen.get("left", 0) > 0
     assert seen.get("rejected:402", 0) > 0 and seen.get("rejected:429", 0) > 0
     assert result["checks"]["in_flight_at_kill"] > 0 and stored.get("interrupted", 0) > 0
+    assert result["told_shut_down"] > 0 and stored.get("cancelled", 0) > 0  # the SIGTERM phase's clients
     assert "running" not in stored
     if db == "sqlite":
         assert result["integrity_check"] == "ok"
