@@ -235,7 +235,9 @@ class Outcome:
     tag: str
     key: str
     stream: bool
-    seen: str  # completed | failed | left | rejected:<status> | broken:<why> | killed
+    # completed | failed | left | shut down | rejected:<status> | killed | unsent
+    # | unserved:<why> (the connection failed before any answer) | broken:<why> (after it began)
+    seen: str
     run_id: str | None = None
     content: str = ""
 
@@ -253,8 +255,10 @@ async def one_request(
     body = {"model": "panelfuse/fusion", "messages": [{"role": "user", "content": f"why is the sky blue? ({tag})"}]}
     body |= {"user": tag, "stream": stream}
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    answered = False
     try:
         async with asyncio.timeout(leave_after), session.post(url, data=orjson.dumps(body), headers=headers) as resp:
+            answered = True
             out.run_id = resp.headers.get("X-Panelfuse-Run-Id")
             if resp.status in (400, 402, 429):
                 out.seen = f"rejected:{resp.status}"
@@ -294,7 +298,7 @@ async def one_request(
     except TimeoutError:
         out.seen = "left"  # the client gave up midway
     except aiohttp.ClientError as exc:
-        out.seen = f"broken:{type(exc).__name__}"
+        out.seen = f"{'broken' if answered else 'unserved'}:{type(exc).__name__}"
     return out
 
 
@@ -354,7 +358,7 @@ def check(
             problems["one_run"].append(f"{o.tag}: {len(rows)} runs")
             continue
         row = rows[0] if rows else None
-        if o.seen.startswith("broken"):
+        if o.seen.startswith(("broken", "unserved")):
             problems["client"].append(f"{o.tag}: {o.seen}")
         if o.seen in ("completed", "failed"):
             if row is None:
@@ -434,9 +438,9 @@ async def run_phase_kill(args: argparse.Namespace, port: int, keys: Any, outcome
     done = {o.tag for o in mine}
     killed = set()
     for o in mine:
-        if o.seen == "broken:ClientConnectorError":
+        if o.seen == "unserved:ClientConnectorError":
             o.seen = "unsent"  # sent after the gateway was gone: the connection was refused
-        elif o.seen.startswith("broken"):
+        elif o.seen.startswith(("broken", "unserved")):
             o.seen = "killed"  # its connection died with the gateway: it saw no outcome
             killed.add(o.tag)
     outcomes.extend(mine)
@@ -459,8 +463,11 @@ async def run_phase_sigterm(args: argparse.Namespace, port: int, keys: Any, outc
     await asyncio.to_thread(proc.wait, 60)
     done = {o.tag for o in mine}
     for o in mine:
-        if o.seen == "broken:ClientConnectorError":
-            o.seen = "unsent"  # sent after the gateway stopped accepting
+        if o.seen.startswith("unserved"):
+            # Sent after the gateway stopped accepting: refused, or (several workers share one listening
+            # socket) reset from the queue when the last worker left. The check below makes sure no run
+            # was stored for it.
+            o.seen = "unsent"
     outcomes.extend(mine)
     outcomes.extend(Outcome(t, "", False, seen="unsent") for t in tags if t not in done)
     return sum(o.seen == "shut down" for o in mine)
@@ -501,7 +508,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         runs, key_rows = await read_db(target)
         result["checks"] = check(outcomes, runs, key_rows, killed)
         result["seen"] = dict(
-            Counter(o.seen.split(":")[0] if o.seen.startswith("broken") else o.seen for o in outcomes)
+            Counter(o.seen.split(":")[0] if o.seen.startswith(("broken", "unserved")) else o.seen for o in outcomes)
         )
         result["stored"] = dict(Counter(r["status"] for r in runs))
         result["spent_usd"] = {k["name"]: round(k["spent_usd"], 6) for k in key_rows.values()}
