@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from panelfuse.pricing import Price, call_cost, messages_tokens, token_cost
+from panelfuse.pricing import Price, call_cost
 from panelfuse.providers.anthropic import AnthropicProvider
 from panelfuse.providers.base import StreamEvent, Usage, fold_stream
 from panelfuse.providers.errors import ProviderError
@@ -24,7 +24,7 @@ from panelfuse.server import shapes
 from panelfuse.server.deps import Caller, Service, State
 from panelfuse.server.disconnect import unless_client_leaves
 from panelfuse.server.errors import ApiError, from_provider_error
-from panelfuse.server.proxy import PROXY_DEFAULT_MAX_TOKENS, close_and_settle, opened_stream
+from panelfuse.server.proxy import admit_proxied, close_and_settle, opened_stream
 from panelfuse.server.sse import ready_batches, sse, sse_response
 from panelfuse.service.admission import Admission
 from panelfuse.service.caller import providers_for
@@ -163,12 +163,8 @@ async def proxy_message(
     caller.check_models([route.qualified])
     req = upstream_request(chat, route.model)
     req.extra_body.update(body.native_extra(anthropic_upstream=isinstance(provider, AnthropicProvider)))
-    price = state.prices.lookup(route.qualified)
     mid = new_message_id()
-    worst = (
-        token_cost(messages_tokens(req.messages), req.max_tokens or PROXY_DEFAULT_MAX_TOKENS, price) if price else 0.0
-    )
-    admission = await service.admit(caller, f"proxy_{mid}", worst, [] if price else [route.qualified])
+    admission, price = await admit_proxied(service, caller, route, req, f"proxy_{mid}")
     if body.stream:
         upstream = await opened_stream(provider.stream(req), admission)
         return sse_response(proxy_frames(upstream, MessageEvents(mid, body.model), admission, price))

@@ -18,8 +18,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from panelfuse.pricing import Price, call_cost, messages_tokens, token_cost
-from panelfuse.providers.base import StreamEvent, ToolCall, Usage
+from panelfuse.providers.base import ChatRequest, StreamEvent, ToolCall, Usage
 from panelfuse.providers.errors import ProviderError
+from panelfuse.providers.resolve import ProviderRoute
 from panelfuse.server import shapes
 from panelfuse.server.disconnect import unless_client_leaves
 from panelfuse.server.errors import ApiError, from_provider_error
@@ -60,13 +61,7 @@ async def proxy_completion(
     req = upstream_request(body, route.model)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
-    price = state.prices.lookup(route.qualified)
-    worst = (
-        token_cost(messages_tokens(req.messages), (req.max_tokens or PROXY_DEFAULT_MAX_TOKENS) * n, price)
-        if price
-        else 0.0
-    )
-    admission = await service.admit(principal, f"proxy_{cid}", worst, [] if price else [route.qualified])
+    admission, price = await admit_proxied(service, principal, route, req, f"proxy_{cid}", choices=n)
     headers = {GENERATION_HEADER: cid}
 
     async def recorded(usage: Usage | None, finish_reason: str | None, cost: float | None) -> None:
@@ -246,6 +241,24 @@ async def opened_stream(
                 await aclose()
 
     return chained()
+
+
+async def admit_proxied(
+    service: FusionService,
+    caller: Principal,
+    route: ProviderRoute,
+    req: ChatRequest,
+    admission_id: str,
+    *,
+    choices: int = 1,
+) -> tuple[Admission, Price | None]:
+    """Admit one proxied call (rate limits, then its worst case reserved against the budget: the prompt
+    and `max_tokens` per choice at the model's price); returns the admission and that price."""
+    price = service.gateway.prices.lookup(route.qualified)
+    output = (req.max_tokens or PROXY_DEFAULT_MAX_TOKENS) * choices
+    worst = token_cost(messages_tokens(req.messages), output, price) if price else 0.0
+    admission = await service.admit(caller, admission_id, worst, [] if price else [route.qualified])
+    return admission, price
 
 
 async def close_and_settle(

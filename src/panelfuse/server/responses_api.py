@@ -18,12 +18,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from panelfuse.pricing import messages_tokens, token_cost
 from panelfuse.providers.errors import ProviderError
 from panelfuse.server.deps import Caller, Service, State
 from panelfuse.server.disconnect import unless_client_leaves
 from panelfuse.server.errors import ApiError, from_provider_error
-from panelfuse.server.proxy import PROXY_DEFAULT_MAX_TOKENS, opened_stream
+from panelfuse.server.proxy import admit_proxied, opened_stream
 from panelfuse.server.responses import SSE_OR_JSON
 from panelfuse.server.sse import sse, sse_response
 from panelfuse.server.state import GatewayState
@@ -271,11 +270,7 @@ async def proxy_response(ex: Exchange, service: FusionService) -> Any:
     caller.check_models([route.qualified])
     req = upstream_request(chat, route.model)
     builder = ResponseBuilder(new_id("resp"), ex.body.model, ex.body)
-    price = state.prices.lookup(route.qualified)
-    worst = (
-        token_cost(messages_tokens(req.messages), req.max_tokens or PROXY_DEFAULT_MAX_TOKENS, price) if price else 0.0
-    )
-    admission = await service.admit(caller, f"proxy_{builder.id}", worst, [] if price else [route.qualified])
+    admission, price = await admit_proxied(service, caller, route, req, f"proxy_{builder.id}")
     # The upstream is asked the way the caller asked (as the chat proxy does): streamed or not.
     upstream = provider.stream(req) if ex.body.stream else provider.complete_events(req)
 
