@@ -22,16 +22,14 @@ from panelfuse.providers.base import StreamEvent, Usage, fold_stream
 from panelfuse.providers.errors import ProviderError
 from panelfuse.server import shapes
 from panelfuse.server.deps import Caller, Service, State
-from panelfuse.server.disconnect import unless_client_leaves
 from panelfuse.server.errors import ApiError, from_provider_error
-from panelfuse.server.proxy import admit_proxied, close_and_settle, opened_stream
+from panelfuse.server.proxy import admit_proxied, answered_or_released, close_and_settle, opened_stream, resolve_proxied
 from panelfuse.server.sse import ready_batches, sse, sse_response
 from panelfuse.service.admission import Admission
-from panelfuse.service.caller import providers_for
 from panelfuse.service.carry import carry_through
 from panelfuse.service.messages_output import MessageEvents, error_body, message, new_message_id
 from panelfuse.service.messages_requests import MessagesRequest
-from panelfuse.service.requests import ChatCompletionRequest, upstream_request
+from panelfuse.service.requests import ChatCompletionRequest
 from panelfuse.service.routing import Route, route_chat
 from panelfuse.service.runs import ActiveRun
 from panelfuse.service.server_tool import fusion_depth
@@ -156,12 +154,7 @@ def render(events: list[dict[str, Any]]) -> str:
 async def proxy_message(
     body: MessagesRequest, chat: ChatCompletionRequest, request: Request, state: State, service: Service, caller: Caller
 ) -> Any:
-    try:
-        provider, route = providers_for(caller, state.providers).for_model(chat.model)
-    except ProviderError as exc:
-        raise from_provider_error(exc) from exc
-    caller.check_models([route.qualified])
-    req = upstream_request(chat, route.model)
+    provider, route, req = resolve_proxied(state, caller, chat)
     req.extra_body.update(body.native_extra(anthropic_upstream=isinstance(provider, AnthropicProvider)))
     mid = new_message_id()
     admission, price = await admit_proxied(service, caller, route, req, f"proxy_{mid}")
@@ -169,16 +162,8 @@ async def proxy_message(
         upstream = await opened_stream(provider.stream(req), admission)
         return sse_response(proxy_frames(upstream, MessageEvents(mid, body.model), admission, price))
     started = time.monotonic()
-    try:
-        answer = await unless_client_leaves(
-            fold_stream(body.model, provider.complete_events(req), raise_refusal=False), request
-        )
-    except ProviderError as exc:
-        await admission.release(0.0)  # the upstream refused or failed: nothing to charge
-        raise from_provider_error(exc) from exc
-    except BaseException:
-        await admission.release_shielded(None)
-        raise
+    folded = fold_stream(body.model, provider.complete_events(req), raise_refusal=False)
+    answer = await answered_or_released(folded, admission, request)
     cost = call_cost(answer.usage, price)
     await admission.release(cost)
     out = message(

@@ -12,13 +12,13 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from panelfuse.pricing import Price, call_cost, messages_tokens, token_cost
-from panelfuse.providers.base import ChatRequest, StreamEvent, ToolCall, Usage
+from panelfuse.providers.base import ChatRequest, Provider, StreamEvent, ToolCall, Usage
 from panelfuse.providers.errors import ProviderError
 from panelfuse.providers.resolve import ProviderRoute
 from panelfuse.server import shapes
@@ -33,6 +33,7 @@ from panelfuse.service.fusion import FusionService
 from panelfuse.service.generations import Generation, record
 from panelfuse.service.requests import ChatCompletionRequest, upstream_request
 
+T = TypeVar("T")
 PROXY_DEFAULT_MAX_TOKENS = 4096  # the worst case of a proxied call that sets no max_tokens
 GENERATION_HEADER = "X-Generation-Id"
 
@@ -45,11 +46,7 @@ async def proxy_completion(
 ) -> Any:
     started = time.monotonic()
     created_at = datetime.now(UTC)
-    try:
-        provider, route = providers_for(principal, state.providers).for_model(body.model)
-    except ProviderError as exc:
-        raise from_provider_error(exc) from exc
-    principal.check_models([route.qualified])
+    provider, route, req = resolve_proxied(state, principal, body)
     n = body.n or 1
     if n > 1 and not provider.supports_n:
         raise ApiError(
@@ -58,7 +55,6 @@ async def proxy_completion(
             param="n",
             code="unsupported_parameter",
         )
-    req = upstream_request(body, route.model)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     admission, price = await admit_proxied(service, principal, route, req, f"proxy_{cid}", choices=n)
@@ -83,14 +79,7 @@ async def proxy_completion(
 
     if not body.stream:
         # The upstream is asked the way the caller asked: a non-streamed call, every choice as it answers.
-        try:
-            answer = await unless_client_leaves(_fold_choices(provider.complete_events(req)), request)
-        except ProviderError as exc:
-            await admission.release(0.0)
-            raise from_provider_error(exc) from exc
-        except BaseException:
-            await admission.release_shielded(None)
-            raise
+        answer = await answered_or_released(_fold_choices(provider.complete_events(req)), admission, request)
         cost = call_cost(answer.usage, price)
         await admission.release(cost)
         out = answer.completion(model=body.model, cid=cid, created=created, cost=cost)
@@ -241,6 +230,33 @@ async def opened_stream(
                 await aclose()
 
     return chained()
+
+
+def resolve_proxied(
+    state: GatewayState, caller: Principal, chat: ChatCompletionRequest
+) -> tuple[Provider, ProviderRoute, ChatRequest]:
+    """A plain model's provider (the caller's own key for passthrough), its route (checked against the
+    caller's allowlist and model policy) and the request as that provider reads it."""
+    try:
+        provider, route = providers_for(caller, state.providers).for_model(chat.model)
+    except ProviderError as exc:
+        raise from_provider_error(exc) from exc
+    caller.check_models([route.qualified])
+    return provider, route, upstream_request(chat, route.model)
+
+
+async def answered_or_released(work: Awaitable[T], admission: Admission, request: Request) -> T:
+    """A non-streamed proxied call's answer. If the upstream fails, the reservation is released at no
+    cost and the error raised in the caller's shape; if the client leaves (or anything else stops it),
+    the reservation is settled as held. On success the caller settles it at the real cost."""
+    try:
+        return await unless_client_leaves(work, request)
+    except ProviderError as exc:
+        await admission.release(0.0)  # the upstream refused or failed: nothing to charge
+        raise from_provider_error(exc) from exc
+    except BaseException:
+        await admission.release_shielded(None)
+        raise
 
 
 async def admit_proxied(

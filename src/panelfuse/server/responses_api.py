@@ -18,20 +18,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from panelfuse.providers.errors import ProviderError
 from panelfuse.server.deps import Caller, Service, State
 from panelfuse.server.disconnect import unless_client_leaves
-from panelfuse.server.errors import ApiError, from_provider_error
-from panelfuse.server.proxy import admit_proxied, opened_stream
+from panelfuse.server.errors import ApiError
+from panelfuse.server.proxy import admit_proxied, opened_stream, resolve_proxied
 from panelfuse.server.responses import SSE_OR_JSON
 from panelfuse.server.sse import sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service import generations
-from panelfuse.service.caller import Principal, providers_for
+from panelfuse.service.caller import Principal
 from panelfuse.service.carry import carry_through
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.fusion import FusionService
-from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin, upstream_request
+from panelfuse.service.requests import ChatCompletionRequest, FusionPlugin
 from panelfuse.service.responses import (
     fusion_failure,
     fusion_result_events,
@@ -263,12 +262,7 @@ async def proxy_response(ex: Exchange, service: FusionService) -> Any:
     """A plain model proxied: a chat request to its provider, admitted and billed as the chat proxy is
     (server/proxy.py); the completion comes back as a response."""
     state, caller, chat = ex.state, ex.caller, ex.chat
-    try:
-        provider, route = providers_for(caller, state.providers).for_model(chat.model)
-    except ProviderError as exc:
-        raise from_provider_error(exc) from exc
-    caller.check_models([route.qualified])
-    req = upstream_request(chat, route.model)
+    provider, route, req = resolve_proxied(state, caller, chat)
     builder = ResponseBuilder(new_id("resp"), ex.body.model, ex.body)
     admission, price = await admit_proxied(service, caller, route, req, f"proxy_{builder.id}")
     # The upstream is asked the way the caller asked (as the chat proxy does): streamed or not.
