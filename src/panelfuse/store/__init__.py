@@ -1,4 +1,4 @@
-"""Persistence of fusion runs and their events, keys and generations (SQLite by default, PostgreSQL by URL).
+"""Persistence of fusion runs and their events, keys, generations and experiments (SQLite by default, PostgreSQL by URL).
 
 The server writes here; the store knows nothing of HTTP nor of the pipeline. `Database` owns the engine
 and the write rule; `RunStore`, `KeyStore` (and the evals' `EvalStore`) take one. Schema changes are
@@ -16,6 +16,7 @@ from panelfuse.store.errors import (
     StoreMigrationError,
     StoreURLError,
 )
+from panelfuse.store.experiments import ExperimentRequest, ExperimentRow, ExperimentStore
 from panelfuse.store.generations import GenerationRecord, GenerationStore
 from panelfuse.store.keys import ApiKey, KeyStore, NewKey, looks_like_panelfuse_key
 from panelfuse.store.records import EventRecord, RunPage, RunRecord
@@ -27,6 +28,9 @@ __all__ = [
     "Database",
     "DuplicateRunError",
     "EventRecord",
+    "ExperimentRequest",
+    "ExperimentRow",
+    "ExperimentStore",
     "GenerationRecord",
     "GenerationStore",
     "InvalidCursorError",
