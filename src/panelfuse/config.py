@@ -17,6 +17,8 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from panelfuse.experiment_spec import ExperimentSpec
+
 ProviderKind = Literal["openai_compat", "anthropic", "local"]
 
 
@@ -104,6 +106,8 @@ class Config(BaseModel):
     presets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    # [experiments.NAME]: A/B experiments on a model alias (experiment_spec.py; service/experiments.py).
+    experiments: dict[str, ExperimentSpec] = Field(default_factory=dict)
     source: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="before")
@@ -277,6 +281,7 @@ def effective_config(cfg: Config, env: Mapping[str, str] | None = None) -> dict[
         "presets": cfg.presets,
         "prices": cfg.prices,
         "tools": _effective_tools(cfg.tools, env),
+        "experiments": {name: e.model_dump(exclude_none=True) for name, e in cfg.experiments.items()},
     }
 
 
