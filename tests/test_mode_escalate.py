@@ -138,7 +138,8 @@ async def test_one_member_first_stage_asks_the_judge_for_a_verdict(fake, verdict
     result = await fusion(fake, escalate(first_stage=1, rule="judge")).run("Why is the sky blue?")
     assert result.escalated is escalated and result.escalation.first_stage == ("A",)
     verdict_prompt = json.dumps(fake.requests_for("judge")[0].body["messages"])
-    assert '\\"verdict\\"' in verdict_prompt and 'label=\\"A\\"' in verdict_prompt and 'label=\\"B\\"' not in verdict_prompt
+    assert '\\"verdict\\"' in verdict_prompt and 'label=\\"A\\"' in verdict_prompt
+    assert 'label=\\"B\\"' not in verdict_prompt
     if escalated:
         assert calls_by_model(fake) == {"m1": 1, "m2": 1, "m3": 1, "judge": 2, "synth": 1}
         assert result.content == "The synthesized answer."
