@@ -234,3 +234,23 @@ def test_decisions():
     assert by_verdict(Verdict(True, "ok"), None).escalate is False
     assert by_verdict(Verdict(False, "hedges"), None).reason == "the judge is unsure: hedges"
     assert by_analysis(None, "timeout").escalate is True
+
+
+# --- what the CLI shows -----------------------------------------------------------------------------
+
+
+async def test_the_cli_progress_shows_the_decision_and_the_gate(fake):
+    from rich.console import Console
+
+    from panelfuse.cli.progress import ProgressPrinter
+
+    script(fake, "Rayleigh [scattering].", "The ocean reflects.", contradicts=True)
+    console = Console(record=True, width=200)
+    printer = ProgressPrinter(console)
+    stream = fusion(fake, escalate(rule="judge")).stream("Why is the sky blue?")
+    async for ev in stream:
+        printer.handle(ev)
+    printer.totals(stream.result)
+    text = console.export_text()
+    assert "Escalation (judge): escalated to the full panel: the judge found 1 contradiction(s)" in text
+    assert "escalation" in text and "The synthesized answer." in text

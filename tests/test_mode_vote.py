@@ -99,3 +99,17 @@ async def test_the_estimate_counts_no_synthesis(fake):
     judged = fusion(fake, s.model_copy(update={"vote": VoteSpec(reading="judge")})).plan("q")
     assert {c.stage for c in judged.estimate.calls} == {"panel", "analysis"}
     assert all(c.max_tokens <= 200 for c in judged.estimate.calls if c.stage == "analysis")
+
+
+async def test_the_cli_progress_shows_the_tally(fake):
+    from rich.console import Console
+
+    from panelfuse.cli.progress import ProgressPrinter
+
+    s = samples(fake, "[7]", "8", "8")
+    console = Console(record=True, width=200)
+    printer = ProgressPrinter(console)
+    stream = fusion(fake, s).stream("q")
+    async for ev in stream:
+        printer.handle(ev)
+    assert "Vote (normalise): 8 ×2, 7 ×1; B's answer" in console.export_text()
