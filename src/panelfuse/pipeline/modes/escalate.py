@@ -25,16 +25,16 @@ from panelfuse.pipeline.result import MemberResult, answer_finish
 from panelfuse.spec import FusionSpec
 
 VERDICT_MAX_TOKENS = 200  # a word and a sentence
-# Shares of the run's deadline (see ModeStrategy): first stage, decision, the rest of the panel, the
-# analysis; the synthesizer has the rest.
-FIRST_STAGE_SHARE, GATE_SHARE, REST_SHARE = 0.3, 0.4, 0.6
+# Shares of the run's deadline (see ModeStrategy), cumulative: first stage, decision, the rest of the
+# panel (calls as long as the first stage's: as much time), the analysis; the synthesizer has the rest.
+FIRST_STAGE_SHARE, GATE_SHARE, REST_SHARE = 0.35, 0.45, 0.7
 
 
 class Escalate(Synthesize):
     name = "escalate"
     expects_analysis = False  # until the run escalates: then the full path's analysis is expected
     panel_share = FIRST_STAGE_SHARE
-    judge_share = 0.8
+    judge_share = 0.85
 
     def first_stage(self, spec: FusionSpec) -> int:
         return spec.escalation.first_stage
