@@ -92,7 +92,7 @@ class Outcome:
             cost=result.cost,
             degraded=result.degraded,
             error=result.error,
-            calls=result.call_count,
+            calls=result.calls,
             run_id=result.run_id,
             response_id=response_id,
             answer=result.content if status == "completed" else None,
