@@ -335,26 +335,20 @@ async def proxy_chunks(
     """The upstream's stream as chunks. Usage comes last: in OpenAI's usage-only chunk (empty
     `choices`) when the caller asked for it with `stream_options.include_usage`, else, as OpenRouter
     sends it, on a last chunk that still has `choices[0]` (an empty delta), so a plain loop over
-    `chunk.choices[0]` never breaks.
-
-    Frames go out in as few writes as keep the answer prompt: on loopback a write costs the sender the
-    receiver's TCP work too, about as much as the rest of a chunk's handling. The role chunk goes with
-    the first event (already read before the response began), an event's frames in one write, and the
-    frames of an event with no answer text (the finish reason, the usage) wait for the next write,
-    which is usually the stream's end: tokens are never held back."""
+    `chunk.choices[0]` never breaks."""
     cost: float | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
     completed = failed = False
     text: list[str] = []  # the first choice's answer, kept only for `on_end`
-    held = [sse(_chunk(cid, model, created, index=i, delta={"role": "assistant", "content": ""})) for i in range(n)]
 
     try:
         # Inside the try: a client gone before the first chunk still gets the upstream closed and the
         # admission settled.
+        for index in range(n):
+            yield sse(_chunk(cid, model, created, index=index, delta={"role": "assistant", "content": ""}))
         async for ev in upstream:
             i = ev.index
-            answered = False
             if ev.text or ev.refusal or ev.logprobs or ev.annotations:
                 delta: dict[str, Any] = {}
                 if ev.text:
@@ -365,34 +359,28 @@ async def proxy_chunks(
                     delta["refusal"] = ev.refusal
                 if ev.annotations:
                     delta["annotations"] = ev.annotations
-                held.append(sse(_chunk(cid, model, created, index=i, delta=delta, logprobs=ev.logprobs)))
-                answered = True
+                yield sse(_chunk(cid, model, created, index=i, delta=delta, logprobs=ev.logprobs))
             if ev.tool_calls:
                 calls = [{"index": k, **t.to_openai()} for k, t in enumerate(ev.tool_calls)]
-                held.append(sse(_chunk(cid, model, created, index=i, delta={"tool_calls": calls})))
-                answered = True
+                yield sse(_chunk(cid, model, created, index=i, delta={"tool_calls": calls}))
             if ev.finish_reason:
                 if i == 0:
                     finish_reason = ev.finish_reason
-                held.append(sse(_chunk(cid, model, created, index=i, delta={}, finish_reason=ev.finish_reason)))
+                yield sse(_chunk(cid, model, created, index=i, delta={}, finish_reason=ev.finish_reason))
             if ev.usage is not None:
                 usage = ev.usage
                 cost = call_cost(ev.usage, price)
                 if usage_alone:
-                    held.append(sse(_chunk(cid, model, created, usage=usage_object(ev.usage, cost))))
+                    yield sse(_chunk(cid, model, created, usage=usage_object(ev.usage, cost)))
                 else:
-                    held.append(sse(_chunk(cid, model, created, delta={}, usage=usage_object(ev.usage, cost))))
-            if answered:
-                frames, held = "".join(held), []
-                yield frames
+                    yield sse(_chunk(cid, model, created, delta={}, usage=usage_object(ev.usage, cost)))
         completed = True
     except ProviderError as exc:
         failed = True
         err = from_provider_error(exc)
         if on_end is not None:
             on_end("failed", error=err.message)
-        held.append(sse(shapes.error_chunk(err, cid, model, created)))
-        yield "".join(held)
+        yield sse(shapes.error_chunk(err, cid, model, created))
         return  # OpenRouter ends the stream with its error chunk: no [DONE]
     finally:
         if on_end is not None and not completed and not failed:
@@ -404,5 +392,4 @@ async def proxy_chunks(
         await on_done(usage, finish_reason, cost)
     if completed and on_end is not None:
         on_end("completed", cost=cost, answer="".join(text))
-    held.append(DONE)
-    yield "".join(held)
+    yield DONE
