@@ -1,6 +1,6 @@
 """FastAPI dependencies: the gateway's state, its fusion service, its experiments and the caller, per
 request. Each is `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
-request and dependency (about a third of a proxied request's CPU at C=1, in a py-spy profile)."""
+request and dependency."""
 
 from __future__ import annotations
 
