@@ -159,7 +159,9 @@ def markdown(report: ExperimentReport) -> str:
         state += f", chosen arm `{r.chosen_arm}`"
     if r.paused_arms:
         state += ", paused: " + ", ".join(f"`{a}`" for a in r.paused_arms)
-    window = "—" if r.first_at is None or r.last_at is None else f"{r.first_at:%Y-%m-%d %H:%M} to {r.last_at:%Y-%m-%d %H:%M} UTC"
+    window = "—"
+    if r.first_at is not None and r.last_at is not None:
+        window = f"{r.first_at:%Y-%m-%d %H:%M} to {r.last_at:%Y-%m-%d %H:%M} UTC"
     lines = [
         f"# Experiment: {r.name}",
         "",
@@ -297,13 +299,12 @@ def plot_png(report: ExperimentReport) -> bytes:
         ys = list(range(len(ds)))
         for y, d in zip(ys, ds, strict=True):
             color = "tab:purple" if (a := report.arm(d.arm)) is not None and a.shadow else "tab:blue"
-            ax.errorbar(
-                [d.difference], [y], xerr=[[d.difference - d.ci_low], [d.ci_high - d.difference]], fmt="o", capsize=4, color=color
-            )
+            xerr = [[d.difference - d.ci_low], [d.ci_high - d.difference]]
+            ax.errorbar([d.difference], [y], xerr=xerr, fmt="o", capsize=4, color=color)
         ax.axvline(0, color="0.4", linewidth=1)
         labels = [f"{d.arm} (shadow)" if (a := report.arm(d.arm)) is not None and a.shadow else d.arm for d in ds]
         ax.set_yticks(ys, labels)
-        ax.set_ylim(-0.7, len(ds) - 0.3)
+        ax.set_ylim(len(ds) - 0.3, -0.7)  # the definition's order, top to bottom
         ax.set_title(f"{METRIC_LABELS[metric]}: arm − {report.control}", fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(f"Experiment {report.name}: {round(report.confidence * 100)}% bootstrap intervals", fontsize=10)

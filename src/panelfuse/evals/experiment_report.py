@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from panelfuse.evals.experiment_grading import ArmScores, stored_scores
 from panelfuse.evals.experiment_stats import ExperimentReport, build_report
 from panelfuse.experiment_spec import ExperimentSpec
+from panelfuse.providers.registry import Providers
+from panelfuse.providers.resolve import ProviderRoute
 from panelfuse.store.database import Database
 from panelfuse.store.experiments import ExperimentRequest, ExperimentRow, ExperimentStore
 
@@ -49,6 +51,16 @@ async def load_inputs(
     return ExperimentInputs(name, spec, state, await store.requests(name))
 
 
+def grader_id(providers: Providers, model: str) -> str:
+    """The grader's qualified id, as the grades store it (`grader` → `openrouter/grader`); the id as
+    written when the config cannot resolve it (the report then finds no grades)."""
+    try:
+        route = providers.route(model)
+    except Exception:  # an unknown provider or a malformed id: nothing was graded under it either
+        return model
+    return route.qualified if isinstance(route, ProviderRoute) else model
+
+
 def assemble(
     inputs: ExperimentInputs,
     scores: ArmScores | None,
@@ -76,18 +88,19 @@ async def experiment_report(
     name: str,
     configured: Mapping[str, ExperimentSpec],
     *,
-    grader_model: str | None = None,
+    providers: Providers | None = None,
     monthly_requests: int | None = None,
     seed: int = 0,
 ) -> ExperimentReport | None:
-    """The report of `name`, None when there is no such experiment. `grader_model`: the grader's
-    qualified id (`fake/grader`, as stored with each grade); default the definition's as written."""
+    """The report of `name`, None when there is no such experiment. `providers` resolve the grader's
+    model id to the qualified one its grades are stored under."""
     inputs = await load_inputs(database, name, configured)
     if inputs is None:
         return None
     scores = None
     if inputs.spec.grader is not None:
-        model = grader_model or inputs.spec.grader.model
+        written = inputs.spec.grader.model
+        model = grader_id(providers, written) if providers is not None else written
         scores = await stored_scores(database, name, inputs.spec, inputs.rows, model)
     # The bootstraps are CPU work (seconds on a large experiment): off the event loop.
     return await asyncio.to_thread(assemble, inputs, scores, monthly_requests=monthly_requests, seed=seed)

@@ -173,9 +173,7 @@ def metric_samples(rows: Sequence[ExperimentRequest], rubric_scores: Sequence[fl
     }
 
 
-def rubric_result(
-    scores: Sequence[float], sample: int, *, seed: int, confidence: float, resamples: int
-) -> RubricScore:
+def rubric_result(scores: Sequence[float], sample: int, *, seed: int, confidence: float, resamples: int) -> RubricScore:
     if not scores:
         return RubricScore(sample, 0, None, None, None)
     ci = bootstrap_mean(scores, confidence=confidence, resamples=resamples, seed=seed)
@@ -201,6 +199,7 @@ def arm_stats(
     degraded = sum(1 for r in completed if r.degraded)
     cached = sum(1 for r in completed if r.cached)
     cost_per_request = fmean(costs) if costs else None
+    monthly = None if cost_per_request is None or monthly_requests is None else cost_per_request * monthly_requests
     return ArmStats(
         arm=arm,
         role=role,
@@ -224,13 +223,11 @@ def arm_stats(
         feedback_count=len(feedback),
         feedback_mean=fmean(feedback) if feedback else None,
         rubric=rubric,
-        monthly_cost=None if cost_per_request is None or monthly_requests is None else cost_per_request * monthly_requests,
+        monthly_cost=monthly,
     )
 
 
-def volume(
-    spec: ExperimentSpec, rows: Sequence[ExperimentRequest], monthly_requests: int | None = None
-) -> Volume:
+def volume(spec: ExperimentSpec, rows: Sequence[ExperimentRequest], monthly_requests: int | None = None) -> Volume:
     """The monthly volume to project at: the caller's, else the definition's, else the primary
     requests' observed rate (n − 1 gaps over the time from the first to the last) over 30 days."""
     if monthly_requests is not None:
@@ -305,8 +302,8 @@ def build_report(
         d
         for a in arms
         if a.arm != control
-        for metric in METRICS
-        if (d := difference(a.arm, metric, samples[control][metric], samples[a.arm][metric], seed, confidence, resamples))
+        for m in METRICS
+        if (d := difference(a.arm, m, samples[control][m], samples[a.arm][m], seed, confidence, resamples))
     ]
     return ExperimentReport(
         name=name,

@@ -54,9 +54,7 @@ def upgrade() -> None:
         sa.Column("answer", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_experiment_requests"),
     )
-    op.create_index(
-        "ix_experiment_requests_experiment_created_at", "experiment_requests", ["experiment", "created_at"]
-    )
+    op.create_index("ix_experiment_requests_experiment_created_at", "experiment_requests", ["experiment", "created_at"])
     op.create_index("ix_experiment_requests_run_id", "experiment_requests", ["run_id"])
     op.create_index("ix_experiment_requests_response_id", "experiment_requests", ["response_id"])
 
