@@ -218,6 +218,11 @@ class FusionResult:
         return calls
 
     @property
+    def call_count(self) -> int:
+        """The upstream calls the run made (every attempt: members, fallbacks, judge, synthesizer)."""
+        return len(self._all_calls())
+
+    @property
     def usage(self) -> Usage:
         return sum_usage(c.usage for _, _, c in self._all_calls())
 

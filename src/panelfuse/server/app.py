@@ -21,7 +21,16 @@ from panelfuse import __version__
 from panelfuse.config import Config, load_config
 from panelfuse.providers.http import close_shared_client
 from panelfuse.providers.registry import Providers
-from panelfuse.server import chat, chatroom, messages_api, models_api, openrouter_api, responses_api, runs_api
+from panelfuse.server import (
+    chat,
+    chatroom,
+    experiments_api,
+    messages_api,
+    models_api,
+    openrouter_api,
+    responses_api,
+    runs_api,
+)
 from panelfuse.server.deps import State
 from panelfuse.server.draining import on_termination
 from panelfuse.server.errors import (
@@ -38,9 +47,11 @@ from panelfuse.server.middleware import ApiPrefix, BodyLimit, CountRequests, Hos
 from panelfuse.server.state import GatewayState
 from panelfuse.service import metrics
 from panelfuse.service.carry import carried_work_done
+from panelfuse.service.experiments import Experiments
 from panelfuse.service.fusion import FusionService
+from panelfuse.service.shadows import Shadows
 from panelfuse.settings import ServerSettings
-from panelfuse.store import GenerationStore, RunStore, StoreError
+from panelfuse.store import ExperimentStore, GenerationStore, RunStore, StoreError
 
 log = logging.getLogger("panelfuse.server")
 RETENTION_INTERVAL = 3600.0  # seconds between retention passes
@@ -75,6 +86,9 @@ def create_app(
         store = await RunStore.open(settings.db_url or RunStore.default_url(), schema=settings.db_schema)
         app.state.gateway = state = GatewayState.build(cfg, store, settings, providers)
         app.state.fusion_service = FusionService(state)
+        app.state.experiments = experiments = Experiments(ExperimentStore(store.database), cfg.experiments)
+        Shadows(experiments, app.state.fusion_service)
+        await experiments.declare_configured()
         mcp_sessions = await mcp_http.start(state, app.state.fusion_service)  # /mcp's sessions live with the app
         # Runs a dead process left 'running' are interrupted, not lost: at once for a process of this
         # host that is gone (a restart after a crash), and by any replica once their heartbeat stops.
@@ -104,6 +118,7 @@ def create_app(
             if retention is not None:
                 retention.cancel()
             await state.manager.shutdown(settings.shutdown_grace_s)
+            await experiments.wait_idle(within=5)  # the records of the runs that just ended
             await mcp_sessions.aclose()  # after the drain: MCP calls waiting on runs have their outcome
             # Settling and recording that departed clients left running finish before the store closes.
             with contextlib.suppress(TimeoutError):
@@ -131,6 +146,7 @@ def create_app(
     app.include_router(responses_api.router)
     app.include_router(messages_api.router)
     app.include_router(runs_api.router)
+    app.include_router(experiments_api.router)
     app.include_router(models_api.router)
     app.include_router(openrouter_api.router)
     app.include_router(experiment_report_router)

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from panelfuse.pipeline.events import PanelCompleted
 from panelfuse.server import responses, shapes
-from panelfuse.server.deps import Caller, Service, State
+from panelfuse.server.deps import Caller, Service, State, Trials
 from panelfuse.server.proxy import proxy_completion
 from panelfuse.server.server_tool import server_tool_completion
 from panelfuse.server.sse import DONE, ready_batches, sse, sse_response
@@ -33,12 +33,17 @@ router = APIRouter()
     responses=responses.SSE_OR_JSON,
 )
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, state: State, service: Service, caller: Caller
+    body: ChatCompletionRequest, request: Request, state: State, service: Service, caller: Caller, trials: Trials
 ) -> Any:
     at_depth = bool(fusion_depth(request.headers))
+    # An experiment on the requested model sends the request to its arm (service/experiments.py).
+    trial = None if at_depth else await trials.assign(body, caller, request.headers)
+    if trial is not None:
+        body = trial.request_for(body)
     route = route_chat(body, state.providers, state.presets, state.default_preset(), at_fusion_depth=at_depth)
     if route.path == "proxy":
-        return await proxy_completion(state, service, caller, route.chat, request)
+        tell = trials.teller(trial) if trial is not None else None
+        return await proxy_completion(state, service, caller, route.chat, request, on_outcome=tell)
     if route.path == "server_tool":
         assert route.tool_params is not None
         return await server_tool_completion(
@@ -58,6 +63,8 @@ async def chat_completions(
     include_panel = plugin.include_panel if plugin else True
     # The completion id names the run: GET /v1/generation?id= answers from it.
     headers = {"X-Panelfuse-Run-Id": run.run_id, "X-Generation-Id": shapes.completion_id(run.run_id)}
+    if trial is not None:
+        trials.follow_run(trial, run, response_id=shapes.completion_id(run.run_id))
     if body.stream:
         answer_model = planned.plan.mode.answer_model(spec)
         return sse_response(

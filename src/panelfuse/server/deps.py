@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from panelfuse.server.access import current_principal
 from panelfuse.server.state import GatewayState
 from panelfuse.service.caller import Principal
+from panelfuse.service.experiments import Experiments
 from panelfuse.service.fusion import FusionService
 
 
@@ -22,6 +23,12 @@ def fusion_service(request: Request) -> FusionService:
     return service
 
 
+def experiments(request: Request) -> Experiments:
+    found: Experiments = request.app.state.experiments
+    return found
+
+
 State = Annotated[GatewayState, Depends(gateway_state)]
 Service = Annotated[FusionService, Depends(fusion_service)]
 Caller = Annotated[Principal, Depends(current_principal)]
+Trials = Annotated[Experiments, Depends(experiments)]

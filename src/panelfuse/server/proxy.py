@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -29,6 +29,7 @@ from panelfuse.server.state import GatewayState
 from panelfuse.service.admission import Admission
 from panelfuse.service.caller import Principal, providers_for
 from panelfuse.service.carry import carry_through
+from panelfuse.service.experiments import Outcome
 from panelfuse.service.fusion import FusionService
 from panelfuse.service.generations import Generation, record
 from panelfuse.service.requests import ChatCompletionRequest, upstream_request
@@ -39,10 +40,19 @@ GENERATION_HEADER = "X-Generation-Id"
 
 # Called once a proxied stream has ended well: its usage, the first choice's finish reason, its cost.
 OnStreamDone = Callable[[Usage | None, str | None, float | None], Awaitable[None]]
+# Told how a proxied call ended, however it ended (an experiment's record); must not block.
+OnOutcome = Callable[[Outcome], None]
+# proxy_chunks' form of it: the status and the facts known (cost, error, answer).
+OnEnd = Callable[..., None]
 
 
 async def proxy_completion(
-    state: GatewayState, service: FusionService, principal: Principal, body: ChatCompletionRequest, request: Request
+    state: GatewayState,
+    service: FusionService,
+    principal: Principal,
+    body: ChatCompletionRequest,
+    request: Request,
+    on_outcome: OnOutcome | None = None,
 ) -> Any:
     started = time.monotonic()
     created_at = datetime.now(UTC)
@@ -77,15 +87,33 @@ async def proxy_completion(
         )
         await carry_through(record(state.store, gen))
 
+    def tell(status: Literal["completed", "failed", "cancelled"], **facts: Any) -> None:
+        if on_outcome is not None:
+            ms = int((time.monotonic() - started) * 1000)
+            on_outcome(Outcome(status=status, latency_ms=ms, calls=1, response_id=cid, **facts))
+
     if not body.stream:
         # The upstream is asked the way the caller asked: a non-streamed call, every choice as it answers.
-        answer = await answered_or_released(_fold_choices(provider.complete_events(req)), admission, request)
+        try:
+            answer = await answered_or_released(_fold_choices(provider.complete_events(req)), admission, request)
+        except ApiError as exc:
+            tell("failed", error=exc.message)
+            raise
+        except BaseException:
+            tell("cancelled")
+            raise
         cost = call_cost(answer.usage, price)
         await admission.release(cost)
         out = answer.completion(model=body.model, cid=cid, created=created, cost=cost)
         await recorded(answer.usage, answer.finish_reason(), cost)
+        tell("completed", cost=cost, answer=answer.text())
         return JSONResponse(out, headers=headers)
-    upstream = await opened_stream(provider.stream(req), admission)
+    try:
+        upstream = await opened_stream(provider.stream(req), admission)
+    except ApiError as exc:
+        tell("failed", error=exc.message)
+        raise
+
     return sse_response(
         proxy_chunks(
             upstream,
@@ -97,6 +125,7 @@ async def proxy_completion(
             n=n,
             on_done=recorded,
             usage_alone=bool((body.stream_options or {}).get("include_usage")),
+            on_end=tell if on_outcome is not None else None,
         ),
         headers=headers,
     )
@@ -182,6 +211,10 @@ class _Answer:
     def finish_reason(self) -> str | None:
         first = self.choices.get(0)
         return (first.finish_reason or "stop") if first is not None else None
+
+    def text(self) -> str:
+        first = self.choices.get(0)
+        return "".join(first.parts) if first is not None else ""
 
     def completion(self, *, model: str, cid: str, created: int, cost: float | None) -> dict[str, Any]:
         choices = [self.choices[i].to_openai() for i in sorted(self.choices)] or [_Choice(0).to_openai()]
@@ -297,6 +330,7 @@ async def proxy_chunks(
     n: int = 1,
     on_done: OnStreamDone | None = None,
     usage_alone: bool = False,
+    on_end: OnEnd | None = None,
 ) -> AsyncIterator[str]:
     """The upstream's stream as chunks. Usage comes last: in OpenAI's usage-only chunk (empty
     `choices`) when the caller asked for it with `stream_options.include_usage`, else, as OpenRouter
@@ -305,7 +339,8 @@ async def proxy_chunks(
     cost: float | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
-    completed = False
+    completed = failed = False
+    text: list[str] = []  # the first choice's answer, kept only for `on_end`
 
     try:
         # Inside the try: a client gone before the first chunk still gets the upstream closed and the
@@ -318,6 +353,8 @@ async def proxy_chunks(
                 delta: dict[str, Any] = {}
                 if ev.text:
                     delta["content"] = ev.text
+                    if on_end is not None and i == 0:
+                        text.append(ev.text)
                 if ev.refusal:
                     delta["refusal"] = ev.refusal
                 if ev.annotations:
@@ -339,12 +376,20 @@ async def proxy_chunks(
                     yield sse(_chunk(cid, model, created, delta={}, usage=usage_object(ev.usage, cost)))
         completed = True
     except ProviderError as exc:
-        yield sse(shapes.error_chunk(from_provider_error(exc), cid, model, created))
+        failed = True
+        err = from_provider_error(exc)
+        if on_end is not None:
+            on_end("failed", error=err.message)
+        yield sse(shapes.error_chunk(err, cid, model, created))
         return  # OpenRouter ends the stream with its error chunk: no [DONE]
     finally:
+        if on_end is not None and not completed and not failed:
+            on_end("cancelled")
         # One carried task: a client that left cancels every await of ours, and closing the upstream
         # may await (its connection), which must not cut the settling short.
         await carry_through(close_and_settle(upstream, admission, cost))
     if completed and on_done is not None:
         await on_done(usage, finish_reason, cost)
+    if completed and on_end is not None:
+        on_end("completed", cost=cost, answer="".join(text))
     yield DONE

@@ -14,7 +14,7 @@ from pydantic import AfterValidator, ValidationError
 from panelfuse.pipeline.result import MemberResult
 from panelfuse.providers.resolve import FusionRoute, UnknownModelError
 from panelfuse.server import responses, shapes
-from panelfuse.server.deps import Caller, Service, State
+from panelfuse.server.deps import Caller, Service, State, Trials
 from panelfuse.server.errors import ApiError
 from panelfuse.server.sse import sse, sse_response
 from panelfuse.server.state import GatewayState
@@ -178,9 +178,12 @@ async def delete_run(run_id: RunId, state: State, principal: Caller) -> dict[str
     response_model=responses.Feedback,
     response_model_exclude_unset=True,
 )
-async def feedback(run_id: RunId, body: FeedbackRequest, state: State, principal: Caller) -> dict[str, Any]:
+async def feedback(
+    run_id: RunId, body: FeedbackRequest, state: State, principal: Caller, trials: Trials
+) -> dict[str, Any]:
     if not await state.store.set_feedback(run_id, body.score, body.comment, key_id=principal.scope):
         raise ApiError(404, f"no run '{run_id}'", param="run_id", code="run_not_found")
+    await trials.store.set_feedback(run_id, body.score, key_id=principal.scope)  # an experiment's record, if any
     return {"id": run_id, "object": "fusion.feedback", "score": body.score, "comment": body.comment}
 
 

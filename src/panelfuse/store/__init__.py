@@ -1,4 +1,5 @@
-"""Persistence of fusion runs and their events, keys, generations and experiments (SQLite by default, PostgreSQL by URL).
+"""Persistence of fusion runs and their events, keys, generations and experiments (SQLite by default,
+PostgreSQL by URL).
 
 The server writes here; the store knows nothing of HTTP nor of the pipeline. `Database` owns the engine
 and the write rule; `RunStore`, `KeyStore` (and the evals' `EvalStore`) take one. Schema changes are

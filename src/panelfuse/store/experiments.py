@@ -135,7 +135,7 @@ class ExperimentStore:
     async def create(self, name: str, definition: dict[str, Any], source: str) -> bool:
         """Store a new experiment, running; False (nothing changed) when the name is taken."""
         now = _now()
-        values = {
+        values: dict[str, Any] = {
             "name": name,
             "definition": definition,
             "source": source,
@@ -186,7 +186,7 @@ class ExperimentStore:
             row = (await conn.execute(sa.select(experiments).where(experiments.c.name == name))).first()
         return _row(row) if row is not None else None
 
-    async def list(self) -> list[ExperimentRow]:
+    async def all(self) -> list[ExperimentRow]:
         query = sa.select(experiments).order_by(experiments.c.created_at, experiments.c.name)
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
