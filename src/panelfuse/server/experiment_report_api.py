@@ -24,7 +24,7 @@ ExperimentName = Annotated[str, Path(min_length=1, max_length=64, pattern=NAME.p
 
 def _admin(caller: Principal) -> None:
     if not caller.is_admin:
-        raise ApiError(403, "experiment reports are for admin keys", code="admin_required")
+        raise ApiError(403, "experiment reports need the admin key", code="forbidden")
 
 
 @router.get(
