@@ -45,7 +45,7 @@ def answered(rid: str, arm: str, status: str, answer: str, minute: int) -> Exper
         key_id=None,
         created_at=T0 + timedelta(minutes=minute),
         latency_ms=100 + minute,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         cost=0.001,
         question="Name two Greek letters.",
         answer=answer,
@@ -109,7 +109,9 @@ async def test_the_graded_sample_scores_each_arm_and_a_rerun_grades_nothing_twic
         again = await grade_sample(store.database, grader, GRADED, spec, rows)
         assert again.calls == 0 and len(fake.requests_for("grader")) == 12
         # A reworded criterion is a new criterion: only it is graded.
-        reworded = spec.model_copy(
+        assert spec.grader is not None
+        new_rubric = spec.grader.model_copy(update={"rubric": ["Mentions alpha", "Says beta"]})
+        reworded = spec.model_copy(update={"grader": new_rubric})
             update={"grader": spec.grader.model_copy(update={"rubric": ["Mentions alpha", "Says beta"]})}
         )  # type: ignore[union-attr]
         third = await grade_sample(store.database, grader, GRADED, reworded, rows)
