@@ -112,8 +112,6 @@ async def test_the_graded_sample_scores_each_arm_and_a_rerun_grades_nothing_twic
         assert spec.grader is not None
         new_rubric = spec.grader.model_copy(update={"rubric": ["Mentions alpha", "Says beta"]})
         reworded = spec.model_copy(update={"grader": new_rubric})
-            update={"grader": spec.grader.model_copy(update={"rubric": ["Mentions alpha", "Says beta"]})}
-        )  # type: ignore[union-attr]
         third = await grade_sample(store.database, grader, GRADED, reworded, rows)
         assert third.calls == 6 and len(fake.requests_for("grader")) == 18
 
