@@ -72,9 +72,11 @@ def _row(rng: random.Random, rid: str, name: str, arm: str, shadow: bool, at: da
     )
 
 
-async def record(db_url: str, rows: list[ExperimentRequest], definitions: dict[str, dict[str, Any]]) -> None:
+async def record(
+    db_url: str, rows: list[ExperimentRequest], definitions: dict[str, dict[str, Any]], schema: str | None = None
+) -> None:
     """Store the experiments' definitions (as the admin API would) and the rows."""
-    store = await RunStore.open(db_url)
+    store = await RunStore.open(db_url, schema=schema)
     try:
         experiments = ExperimentStore(store.database)
         for name, definition in definitions.items():

@@ -4,17 +4,24 @@ bootstrap intervals are seeded and sensible, and the monthly cost is projected a
 from __future__ import annotations
 
 import statistics
+import uuid
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from conftest import require_service
 from experiment_rows import DEFINITION, NAME, SPEC, T0, make_rows, record
 from panelfuse.evals.experiment_report import experiment_report
 from panelfuse.evals.experiment_stats import build_report
 from panelfuse.experiment_spec import ExperimentSpec
+from panelfuse.store import RunStore
 from panelfuse.store.experiments import ExperimentRequest
+
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
 def p(values: list[float], q: int) -> float:
@@ -24,13 +31,28 @@ def p(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-async def test_the_report_equals_a_recomputation_from_the_stored_rows(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
-    rows = make_rows()
-    await record(url, rows, {NAME: DEFINITION})
-    from panelfuse.store import RunStore
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def target(request, tmp_path: Path):
+    """(url, schema) of an empty database: a SQLite file, or a random PostgreSQL schema dropped after."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}", None
+        return
+    require_service(5432, "PostgreSQL")
+    schema = f"pf_test_{uuid.uuid4().hex[:12]}"
+    yield PG_URL, schema
+    engine = create_async_engine(PG_URL)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        await engine.dispose()
 
-    async with await RunStore.open(url) as store:
+
+async def test_the_report_equals_a_recomputation_from_the_stored_rows(target: tuple[str, str | None]) -> None:
+    url, schema = target
+    rows = make_rows()
+    await record(url, rows, {NAME: DEFINITION}, schema)
+    async with await RunStore.open(url, schema=schema) as store:
         report = await experiment_report(store.database, NAME, {})
     assert report is not None
     # The definition's order, roles as defined; the first primary arm is the control.
