@@ -3,6 +3,7 @@ bootstrap intervals are seeded and sensible, and the monthly cost is projected a
 
 from __future__ import annotations
 
+import random
 import statistics
 import uuid
 from dataclasses import replace
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from conftest import require_service
 from experiment_rows import DEFINITION, NAME, SPEC, T0, make_rows, record
+from panelfuse.evals.bootstrap import bootstrap_difference
 from panelfuse.evals.experiment_report import experiment_report
 from panelfuse.evals.experiment_stats import build_report
 from panelfuse.experiment_spec import ExperimentSpec
@@ -184,6 +186,23 @@ def test_bootstrap_intervals_are_seeded_contain_the_estimate_and_separate_clear_
     same = build_report(NAME, SPEC, [r for r in rows if r.arm == "single"] + twin, seed=3)
     for d in same.differences:
         assert d.difference == pytest.approx(0) and d.ci_low <= 0 <= d.ci_high and not d.excludes_zero
+
+
+@pytest.mark.parametrize("vectorised", [False, True], ids=["python", "numpy"])
+@pytest.mark.parametrize("statistic", ["mean", "median"])
+def test_bootstrap_difference_is_seeded_and_as_wide_as_theory_says(vectorised: bool, statistic: str) -> None:
+    rng = random.Random(1)
+    a = [rng.gauss(10, 2) for _ in range(300)]
+    b = [rng.gauss(11, 2) for _ in range(250)]
+    ci = bootstrap_difference(a, b, statistic, seed=5, vectorised=vectorised)
+    assert ci == bootstrap_difference(a, b, statistic, seed=5, vectorised=vectorised)
+    assert ci != bootstrap_difference(a, b, statistic, seed=6, vectorised=vectorised)
+    of = statistics.fmean if statistic == "mean" else statistics.median
+    assert ci.mean == pytest.approx(of(b) - of(a))
+    assert ci.low <= ci.mean <= ci.high and ci.low > 0  # a clear difference: 0 is outside
+    if statistic == "mean":  # the normal approximation's half-width, 1.96 standard errors
+        se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+        assert (ci.high - ci.low) / 2 == pytest.approx(1.96 * se, rel=0.15)
 
 
 def test_the_monthly_cost_is_projected_at_each_volume_source() -> None:

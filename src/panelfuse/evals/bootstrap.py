@@ -3,11 +3,13 @@ Python: no numpy needed."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import fmean
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -46,25 +48,78 @@ def bootstrap_mean(
     return Interval(fmean(data), percentile(means, tail), percentile(means, 100 - tail), confidence)
 
 
+Statistic = Literal["mean", "median"]
+
+
+def statistic_value(values: Sequence[float], statistic: Statistic) -> float:
+    """The mean, or the median (the 50th percentile, interpolated), of the values."""
+    return fmean(values) if statistic == "mean" else percentile(values, 50)
+
+
+def _resampled_differences(
+    a: list[float], b: list[float], statistic: Statistic, resamples: int, seed: int
+) -> list[float]:
+    """Pure Python: one resample of each group at a time."""
+    rng = random.Random(seed)
+    # rng.choices draws a whole resample in one call: several times faster than a randrange loop.
+    return [
+        statistic_value(rng.choices(b, k=len(b)), statistic) - statistic_value(rng.choices(a, k=len(a)), statistic)
+        for _ in range(resamples)
+    ]
+
+
+def _resampled_differences_numpy(
+    a: list[float], b: list[float], statistic: Statistic, resamples: int, seed: int
+) -> list[float]:
+    """The same resampling, vectorised: many resamples per array operation, in chunks of bounded
+    memory. Another random stream than the pure-Python one, equally seeded."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def stats(values: list[float]) -> Any:
+        data = np.asarray(values, dtype=float)
+        n = len(data)
+        out = np.empty(resamples)
+        chunk = max(1, 2_000_000 // n)  # at most ~16 MB of draws at once
+        for start in range(0, resamples, chunk):
+            sample = data[rng.integers(0, n, size=(min(chunk, resamples - start), n))]
+            out[start : start + len(sample)] = sample.mean(axis=1) if statistic == "mean" else np.median(sample, axis=1)
+        return out
+
+    treatment = stats(b)
+    return [float(x) for x in treatment - stats(a)]
+
+
+def numpy_available() -> bool:
+    return importlib.util.find_spec("numpy") is not None
+
+
 def bootstrap_difference(
     control: Sequence[float],
     treatment: Sequence[float],
-    statistic: Callable[[Sequence[float]], float],
+    statistic: Statistic = "mean",
     *,
     confidence: float = 0.95,
     resamples: int = 2000,
     seed: int = 0,
+    vectorised: bool | None = None,
 ) -> Interval:
     """statistic(treatment) − statistic(control), with a percentile-bootstrap interval: each group is
     resampled on its own (independent samples, as two arms of an experiment are), `resamples` times.
-    `mean` of the result is the observed difference. Same values and seed → same interval."""
+    `mean` of the result is the observed difference. Same values and seed → same interval.
+
+    `vectorised` (default: when numpy is installed, as the `[eval]` extra brings it) resamples with
+    numpy, some ten times faster on large groups (an experiment's thousands of requests) and drawing
+    another, equally seeded, random stream; False keeps to pure Python."""
     if not control or not treatment:
         raise ValueError("bootstrap of no values")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be between 0 and 1, not {confidence}")
     a, b = list(control), list(treatment)
-    rng = random.Random(seed)
-    # rng.choices draws a whole resample in one call: several times faster than a randrange loop.
-    diffs = [statistic(rng.choices(b, k=len(b))) - statistic(rng.choices(a, k=len(a))) for _ in range(resamples)]
+    use_numpy = numpy_available() if vectorised is None else vectorised
+    resample = _resampled_differences_numpy if use_numpy else _resampled_differences
+    diffs = resample(a, b, statistic, resamples, seed)
     tail = (1 - confidence) / 2 * 100
-    return Interval(statistic(b) - statistic(a), percentile(diffs, tail), percentile(diffs, 100 - tail), confidence)
+    point = statistic_value(b, statistic) - statistic_value(a, statistic)
+    return Interval(point, percentile(diffs, tail), percentile(diffs, 100 - tail), confidence)

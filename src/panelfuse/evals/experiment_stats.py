@@ -18,13 +18,13 @@ Definitions (docs/experiments-report.md says them for users):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from statistics import fmean
 from typing import Literal
 
-from panelfuse.evals.bootstrap import bootstrap_difference, bootstrap_mean, percentile
+from panelfuse.evals.bootstrap import Statistic, bootstrap_difference, bootstrap_mean, percentile, statistic_value
 from panelfuse.experiment_spec import ExperimentSpec
 from panelfuse.store.experiments import ExperimentRequest
 
@@ -147,17 +147,13 @@ def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _median(values: Sequence[float]) -> float:
-    return percentile(values, 50)
-
-
-# What each difference resamples, and the statistic taken of it.
-STATISTICS: dict[Metric, Callable[[Sequence[float]], float]] = {
-    "cost_per_request": fmean,
-    "latency_p50_ms": _median,
-    "failure_rate": fmean,
-    "feedback_mean": fmean,
-    "rubric_score": fmean,
+# The statistic each difference compares (of the observations `metric_samples` lists).
+STATISTICS: dict[Metric, Statistic] = {
+    "cost_per_request": "mean",
+    "latency_p50_ms": "median",
+    "failure_rate": "mean",
+    "feedback_mean": "mean",
+    "rubric_score": "mean",
 }
 
 
@@ -344,8 +340,8 @@ def difference(
     return Difference(
         arm=arm,
         metric=metric,
-        value=statistic(treatment),
-        control=statistic(control),
+        value=statistic_value(treatment, statistic),
+        control=statistic_value(control, statistic),
         difference=ci.mean,
         ci_low=ci.low,
         ci_high=ci.high,
