@@ -1,5 +1,5 @@
 """Seeded percentile bootstrap of a mean and of a difference between two groups, and percentiles. Pure
-Python: no numpy needed."""
+Python; numpy, when installed, only speeds up the difference's resampling."""
 
 from __future__ import annotations
 
