@@ -5,9 +5,10 @@ A shadow starts after the primary answer has started, in a task of its own, and 
 the caller: not its latency, not its answer, not its failures, not its cost (the operator's providers
 pay it, no key's budget). It is bounded by the experiment's shadow limits: `max_concurrent` shadow runs
 in flight per process (past it, the shadow is not started and is recorded `skipped`), and `budget_usd`
-in all: a shadow starts only while the experiment's shadow spending (stored, plus the worst cases of
-this process's shadows in flight) is under the budget, and runs with `max_cost` set to what is left, so
-the pipeline's cost guard stops it before it would pass the budget. A plain-model arm runs as a
+in all: a shadow starts only when its worst case fits in what is left of the budget (the experiment's
+stored shadow spending and the worst cases of this process's shadows in flight taken off), as a key's
+budget admits a run, and runs with `max_cost` set to what is left, so the pipeline's cost guard would
+stop it before it passed the budget. A plain-model arm runs as a
 one-member `single` fusion without tools (its answer is that model's answer) so that every shadow is a
 stored run with its cost and latency. Pausing a shadow arm or stopping the experiment cancels this
 process's shadows of it.
@@ -39,7 +40,7 @@ CANCEL_REASON = "the shadow arm was paused or its experiment stopped"
 
 @dataclass
 class _InFlight:
-    runs: dict[str, set[ActiveRun]] = field(default_factory=lambda: defaultdict(set))  # arm → runs
+    runs: dict[str, dict[str, ActiveRun]] = field(default_factory=lambda: defaultdict(dict))  # arm → id → run
     reserved: float = 0.0  # the worst cases of the shadows in flight
     count: int = 0
 
@@ -80,7 +81,7 @@ class Shadows:
     def cancel(self, experiment: str, arm: str | None = None) -> int:
         """Cancel this process's shadow runs of `experiment` (of one arm, or all); how many."""
         flight = self._in_flight[experiment]
-        runs = [r for name, rs in flight.runs.items() if arm is None or name == arm for r in rs]
+        runs = [r for name, rs in flight.runs.items() if arm is None or name == arm for r in rs.values()]
         for run in runs:
             run.cancel(CANCEL_REASON)
         return len(runs)
@@ -101,11 +102,8 @@ class Shadows:
         try:
             left = spec.shadow.budget_usd - await self.experiments.store.shadow_spent(assignment.experiment)
             left -= flight.reserved
-            if left <= 0:
-                await self._skipped(assignment, arm, started, f"the shadow budget (${spec.shadow.budget_usd:g})")
-                return
             try:
-                planned = self._plan(assignment.request_for(chat, arm), caller, left)
+                planned = self._plan(assignment.request_for(chat, arm), caller, max(left, 0.0))
             except ServiceError as exc:
                 await self.experiments.record(
                     assignment,
@@ -114,7 +112,10 @@ class Shadows:
                     shadow=True,
                 )
                 return
-            worst = min(planned.plan.estimate.total, left)
+            if planned.plan.estimate.total > left:
+                await self._skipped(assignment, arm, started, f"the shadow budget (${spec.shadow.budget_usd:g})")
+                return
+            worst = planned.plan.estimate.total
             flight.reserved += worst
             run = await self.service.start(
                 self._operator(caller),
@@ -125,11 +126,11 @@ class Shadows:
                 settle=False,  # no key pays for a shadow: the experiment's shadow budget bounds it
                 live=False,
             )
-            flight.runs[arm.name].add(run)
+            flight.runs[arm.name][run.run_id] = run
             try:
                 await run.done.wait()
             finally:
-                flight.runs[arm.name].discard(run)
+                flight.runs[arm.name].pop(run.run_id, None)
             await self.experiments.record(assignment, arm, Outcome.of_run(run.result), shadow=True)
         except Exception as exc:  # a shadow never fails anything but itself
             log.exception("shadow %s/%s failed to run", assignment.experiment, arm.name)
