@@ -184,14 +184,15 @@ def arm_stats(
     rubric: RubricScore | None,
     monthly_requests: float | None,
 ) -> ArmStats:
+    samples = metric_samples(rows)  # the same observations the differences resample
     completed = [r for r in rows if r.status == "completed"]
     failed = sum(1 for r in rows if r.status == "failed")
     cancelled = sum(1 for r in rows if r.status == "cancelled")
     skipped = sum(1 for r in rows if r.status == "skipped")
     started = len(rows) - skipped
-    costs = [r.cost for r in rows if r.status != "skipped" and r.cost is not None]
-    latencies = [float(r.latency_ms) for r in completed]
-    feedback = [r.feedback_score for r in rows if r.feedback_score is not None]
+    costs = samples["cost_per_request"]
+    latencies = samples["latency_p50_ms"]
+    feedback = samples["feedback_mean"]
     degraded = sum(1 for r in completed if r.degraded)
     cached = sum(1 for r in completed if r.cached)
     cost_per_request = fmean(costs) if costs else None
