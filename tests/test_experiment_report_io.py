@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -207,7 +208,7 @@ def keyed_gateway(fake: FakeUpstream, tmp_path: Path):
     gw.stop()
 
 
-def test_the_api_serves_each_format_to_the_admin_only(keyed_gateway) -> None:
+def test_the_api_serves_each_format_to_the_admin_only(keyed_gateway, monkeypatch) -> None:
     gw, admin, user = keyed_gateway
     base = f"{gw.url}/v1/experiments/{NAME}/report"
 
@@ -235,6 +236,10 @@ def test_the_api_serves_each_format_to_the_admin_only(keyed_gateway) -> None:
     assert [r["arm"] for r in csv.DictReader(io.StringIO(table.text))] == ["single", "vote", "fusion"]
     png = httpx.get(base, params={"format": "png"}, headers=admin)
     assert png.headers["content-type"] == "image/png" and png.content.startswith(PNG_SIGNATURE)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # as without the [eval] extra
+    no_plot = httpx.get(base, params={"format": "png"}, headers=admin)
+    assert no_plot.status_code == 501 and "matplotlib" in no_plot.json()["error"]["message"]
+    monkeypatch.undo()
 
     unknown = httpx.get(f"{gw.url}/v1/experiments/nope/report", headers=admin)
     assert unknown.status_code == 404
@@ -247,3 +252,31 @@ def test_the_api_serves_each_format_to_the_admin_only(keyed_gateway) -> None:
     refused = httpx.get(base, headers=user)
     assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
     assert httpx.get(base).status_code == 401
+
+
+# --- rendering edge cases --------------------------------------------------------------------------------
+
+
+def test_an_experiment_without_requests_renders_every_format(tmp_path: Path) -> None:
+    from panelfuse.evals.experiment_render import markdown, to_csv, to_json, write_report
+    from panelfuse.evals.experiment_stats import build_report
+
+    report = build_report(NAME, ExperimentSpec.model_validate(DEFINITION), [])
+    assert report.differences == [] and report.volume.source == "none"
+    assert "No differences yet" in markdown(report) and "source: none" in markdown(report)
+    assert to_csv(report).count("\n") == 4  # the header and the three arms
+    assert to_json(report)["arms"][0]["requests"] == 0
+    files = write_report(report, tmp_path / "empty")
+    assert files.plot is not None and files.plot.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_without_matplotlib_the_png_is_skipped_with_a_message(tmp_path: Path, monkeypatch) -> None:
+    from panelfuse.evals.experiment_render import NO_MATPLOTLIB, write_report
+    from panelfuse.evals.experiment_stats import build_report
+
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # importing it raises ImportError
+    report = build_report(NAME, ExperimentSpec.model_validate(DEFINITION), make_rows(n=10))
+    files = write_report(report, tmp_path / "no-plot")
+    assert files.plot is None and files.plot_error == NO_MATPLOTLIB
+    assert not (tmp_path / "no-plot" / "report.png").exists()
+    assert "![" not in files.markdown.read_text() and files.csv.exists()
