@@ -12,7 +12,7 @@ import gateway_helpers
 from conftest import IN_CI
 from experiment_rows import DEFINITION, NAME, make_rows, record_sync
 from gateway_helpers import Gateway
-from test_chatroom import AXE, CHROMIUM, CHROMIUM_ARGS, chatroom_config, open_page
+from test_chatroom import ARTIFACTS, AXE, CHROMIUM, CHROMIUM_ARGS, chatroom_config, open_page
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -86,6 +86,8 @@ def test_the_experiments_view_lists_and_shows_a_report(browser, gateway) -> None
     row = diffs.locator('tr[data-arm="fusion"][data-metric="latency_p50_ms"]')
     expect(row.locator("td").first).to_contain_text(f"+{fusion_cost['difference'] / 1000:.1f} s")
     expect(row.locator("td").first).to_contain_text("interval excludes 0")
+    expect(report).to_contain_text("Bold: the interval excludes 0")
+    expect(report).not_to_contain_text("null")
 
     # The caller's own volume: the monthly cost is projected at it.
     expect(report).to_contain_text("source: observed")
@@ -96,6 +98,8 @@ def test_the_experiments_view_lists_and_shows_a_report(browser, gateway) -> None
     for m in truth["monthly"]:
         expect(monthly.locator(f'tr[data-arm="{m["arm"]}"] .monthly-cost')).to_have_text(usd(m["monthly_cost"]))
 
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "experiments-desktop.png"), full_page=True)
     page.add_script_tag(path=str(AXE))
     for width in (1280, 390):
         page.set_viewport_size({"width": width, "height": 844})
@@ -107,7 +111,7 @@ def test_the_experiments_view_lists_and_shows_a_report(browser, gateway) -> None
         ]
         assert bad == [], f"axe at {width}px: {bad}"
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
-    page.screenshot(path=str(Path(__file__).parent / "artifacts" / "experiments-phone.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "experiments-phone.png"), full_page=True)
 
     page.get_by_role("button", name="Back to the chatroom").click()
     expect(page.locator("main")).to_be_visible()

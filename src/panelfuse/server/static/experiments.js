@@ -162,7 +162,7 @@ export class Experiments {
     box.setAttribute("aria-busy", "true");
     try {
       const report = await getJSON(`v1/experiments/${encodeURIComponent(name)}/report?${q}`);
-      box.replaceChildren(...this.render(report, monthly));
+      box.replaceChildren(...this.render(report, monthly).filter(Boolean));
       box.querySelector("h3").focus();
       announce(`Report of ${name} shown.`);
     } catch (err) {
@@ -193,6 +193,8 @@ export class Experiments {
       armTable(report),
       h("h4", { text: `Differences against ${report.control}` }),
       differenceTable(report),
+      report.differences.length ? h("p", { class: "hint", text: "Bold: the interval excludes 0 (a difference "
+        + "the data supports). Each arm is resampled on its own; failure rates in percentage points." }) : null,
       h("h4", { text: "Projected monthly cost" }),
       form,
       ...monthlyTable(report),
