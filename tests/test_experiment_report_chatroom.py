@@ -113,6 +113,12 @@ def test_the_experiments_view_lists_and_shows_a_report(browser, gateway) -> None
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "experiments-phone.png"), full_page=True)
 
+    items.nth(1).click()  # an experiment with no requests yet
+    expect(report.get_by_role("heading", name="Experiment empty-one")).to_be_focused()
+    expect(report).to_contain_text("No differences yet")
+    expect(report).to_contain_text("source: none")
+    expect(report.get_by_role("table", name="Per arm").locator('td[data-arm="single"]').first).to_have_text("0")
+
     page.get_by_role("button", name="Back to the chatroom").click()
     expect(page.locator("main")).to_be_visible()
     assert page.js_errors == []
