@@ -56,6 +56,8 @@ def rendered_prompts() -> dict[str, Callable[[], Any]]:
         "synthesizer_messages": lambda: p.synthesizer_messages(CONVERSATION, ANSWERS, ANALYSIS, SOURCES),
         "synthesizer_messages/no-analysis": lambda: p.synthesizer_messages(CONVERSATION, ANSWERS, None, SOURCES),
         "best_of_messages": lambda: p.best_of_messages(CONVERSATION, ANSWERS, "accuracy"),
+        "verdict_messages": lambda: p.verdict_messages(CONVERSATION, {"A": ANSWERS["A"]}),
+        "groups_messages": lambda: p.groups_messages(CONVERSATION, ANSWERS),
         "with_tool_notice": lambda: p.with_tool_notice(CONVERSATION),
         "with_retrieved": lambda: p.with_retrieved(CONVERSATION, "<untrusted_data>results</untrusted_data>"),
         "sources_note": lambda: p.sources_note(SOURCES),

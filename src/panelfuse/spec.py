@@ -14,7 +14,7 @@ from panelfuse.providers.resolve import canonical_preset
 
 # The one list of modes (each is a strategy in panelfuse.pipeline.modes). "analyze": panel + analysis
 # only, no answer (what the fusion server tool hands to the outer model), not offered to callers.
-PublicMode = Literal["synthesize", "judge-writes", "best-of", "single"]
+PublicMode = Literal["synthesize", "judge-writes", "best-of", "single", "escalate", "vote"]
 Mode = Literal[PublicMode, "analyze"]
 ModeSynonym = Literal["full", "fast"]  # OpenRouter's names
 MODE_SYNONYMS: dict[str, PublicMode] = {"full": "synthesize", "fast": "single"}
@@ -77,8 +77,9 @@ class AnswerSpec(BaseModel):
     `temperature`, `stop`, `seed` and `reasoning`, as OpenRouter applies them to the model that writes
     the final answer. They go to the call that writes the answer (the synthesizer; the member in
     `single`), never to the other members nor to the judge's analysis. In `judge-writes` only
-    `max_tokens` applies (the answer's part of the judge's one call); `best-of` returns a member's answer
-    verbatim, so none applies."""
+    `max_tokens` applies (the answer's part of the judge's one call); `best-of` and `vote` return a member's answer
+    verbatim, so none applies; in `escalate` they apply to the synthesizer when the run escalates, and
+    none applies to the first member's answer returned verbatim when it does not."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -87,6 +88,47 @@ class AnswerSpec(BaseModel):
     stop: list[str] | None = Field(default=None, max_length=4)
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     reasoning: dict[str, Any] | None = None
+
+
+# `escalate` (pipeline/modes/escalate.py): how the first stage's answers decide whether the rest of the
+# panel, the judge's analysis and the synthesizer run. "judge": a judge call on the first stage (two
+# answers: its analysis reports contradictions; one answer: a strict sure/unsure verdict); "overlap":
+# the token-set Jaccard similarity of two answers is below `threshold` (pipeline/agreement.py);
+# "final-answer": the two answers' final answers (pipeline/final_answer.py) differ. No model call for
+# the last two.
+EscalationRule = Literal["judge", "overlap", "final-answer"]
+DEFAULT_OVERLAP_THRESHOLD = 0.5
+
+
+class EscalationSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    first_stage: int = Field(default=2, ge=1, le=2, description="the first members asked (1 or 2)")
+    rule: EscalationRule = "judge"
+    # "overlap" only: escalate when the similarity is below it (default DEFAULT_OVERLAP_THRESHOLD).
+    threshold: float | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EscalationSpec:
+        if self.rule != "judge" and self.first_stage != 2:
+            raise ValueError(f"rule '{self.rule}' compares two answers: it needs first_stage 2")
+        if self.threshold is not None and self.rule != "overlap":
+            raise ValueError(f"threshold applies to rule 'overlap' only (rule is '{self.rule}')")
+        return self
+
+    @property
+    def overlap_threshold(self) -> float:
+        return DEFAULT_OVERLAP_THRESHOLD if self.threshold is None else self.threshold
+
+
+class VoteSpec(BaseModel):
+    """`vote` (pipeline/modes/vote.py): who reads the samples' answers into groups of equal answers.
+    "normalise": the final-answer normaliser (pipeline/final_answer.py), no model call; "judge": one
+    judge call that groups equivalent answers (strict JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reading: Literal["normalise", "judge"] = "normalise"
 
 
 class FusionSpec(BaseModel):
@@ -118,6 +160,8 @@ class FusionSpec(BaseModel):
     # The caller's response_format: applies to the synthesizer (the answer), never to the judge.
     response_format: dict[str, Any] | None = None
     answer: AnswerSpec = Field(default_factory=AnswerSpec)
+    escalation: EscalationSpec = Field(default_factory=EscalationSpec)  # mode "escalate" only
+    vote: VoteSpec = Field(default_factory=VoteSpec)  # mode "vote" only
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -128,6 +172,11 @@ class FusionSpec(BaseModel):
     def _consistent(self) -> FusionSpec:
         if self.quorum is not None and self.quorum > len(self.members):
             raise ValueError(f"quorum {self.quorum} is larger than the panel ({len(self.members)} members)")
+        if self.mode == "escalate" and self.escalation.first_stage > len(self.members):
+            raise ValueError(
+                f"escalation.first_stage {self.escalation.first_stage} is larger than the panel "
+                f"({len(self.members)} members)"
+            )
         return self
 
     @property

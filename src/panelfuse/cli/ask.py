@@ -25,7 +25,9 @@ from panelfuse.spec import FusionSpec, all_presets, spec_from_preset
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="quality | budget | fast | local (or a config preset)")]
 PanelOpt = Annotated[str | None, typer.Option("--panel", help="comma-separated member model ids")]
 JudgeOpt = Annotated[str | None, typer.Option("--judge", help="the judge's model id")]
-ModeOpt = Annotated[str | None, typer.Option("--mode", help="synthesize | judge-writes | best-of | single")]
+ModeOpt = Annotated[
+    str | None, typer.Option("--mode", help="synthesize | judge-writes | best-of | single | escalate | vote")
+]
 
 
 def completion_json(c: Completion) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -128,6 +129,12 @@ class ProgressPrinter:
                     c.print(f"  [bold]{title}[/]")
                     for line in lines:
                         c.print(f"    • {line}", markup=False)
+        elif t == "escalation.decided":
+            verdict = "escalated to the full panel" if d["escalated"] else "not escalated"
+            c.print(f"[bold]Escalation[/] ({d['rule']}): {verdict}: {escape(d['reason'])}")
+        elif t == "vote.tallied":
+            counts = escape(", ".join(f"{g['answer'] or '?'} ×{g['votes']}" for g in d["groups"]))
+            c.print(f"[bold]Vote[/] ({d['reading']}): {counts}; {d['winner']}'s answer{' (tie)' if d['tie'] else ''}")
         elif t == "run.failed":
             c.print(f"\n[bold red]Fusion failed:[/] {d['error']}")
         elif t == "run.cancelled":
@@ -150,7 +157,7 @@ class ProgressPrinter:
                 money(m.cost),
                 f"{m.latency_ms / 1000:.1f}s",
             )
-        for name, stage in (("analysis", result.judge), ("synthesis", result.synthesizer)):
+        for name, stage in (("escalation", result.gate), ("analysis", result.judge), ("synthesis", result.synthesizer)):
             if stage is not None:
                 u = stage.usage
                 table.add_row(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from panelfuse.pipeline.calls import CallContext
+from panelfuse.pipeline.calls import CallContext, SharedRetrieval
 from panelfuse.pipeline.events import EventLog, FinalDelta
 from panelfuse.pipeline.result import FusionResult, MemberResult
 
@@ -23,6 +23,7 @@ class RunContext:
     calls: CallContext
     log: EventLog
     result: FusionResult
+    retrieval: SharedRetrieval | None = None  # the panel's pre-retrieval, made once per run
 
     def answer_verbatim(self, member: MemberResult) -> None:
         """A member's own answer is the final answer (best-of, or a failed synthesis)."""

@@ -8,10 +8,9 @@ has TOOL_RESULT_TOKENS more prompt, and the run one search request more.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from panelfuse.pipeline.modes.base import ModeStrategy
 from panelfuse.pipeline.routes import MemberChain, ResolvedModel
 from panelfuse.pricing import (
     PROMPT_OVERHEAD_TOKENS,
@@ -24,6 +23,9 @@ from panelfuse.pricing import (
 )
 from panelfuse.spec import FusionSpec
 
+if TYPE_CHECKING:  # the modes read this module's helpers (worst_case_of): typing only, no cycle
+    from panelfuse.pipeline.modes.base import ModeStrategy
+
 WEB_SEARCH = "web_search"
 
 
@@ -32,6 +34,34 @@ def add_searches(est: Estimate, stage: str, who: str, count: int, price: float) 
     if count and price:
         est.calls.append(PlannedCall(stage, who, "tools/web_search", 0, 0, count * price))
         est.total += count * price
+
+
+def add_judge_calls(
+    est: Estimate,
+    who: str,
+    spec: FusionSpec,
+    judge: Sequence[ResolvedModel],
+    prompt: int,
+    out: int,
+    repair_retry: bool,
+    prices: PriceTable,
+    search_price: float,
+) -> None:
+    """Every model of the judge's chain, each with its tool rounds and, where the provider does not
+    enforce the schema, one repair retry (the same prompt plus the rejected output)."""
+    for model in judge:
+        rounds = spec.max_tool_calls if model.tools else 0
+        for tokens in member_call_tokens(prompt, out, rounds):
+            est.add(prices, "analysis", who, model.model, tokens, out)
+        if WEB_SEARCH in model.tools:
+            add_searches(est, "analysis", who, rounds, search_price)
+        if repair_retry and not model.enforces_schema:
+            est.add(prices, "analysis", who, model.model, prompt + out, out)
+
+
+def worst_case_of(est: Estimate, keep: Callable[[PlannedCall], bool]) -> float:
+    """The worst case of the planned items `keep` selects (the cost guard's later stages)."""
+    return sum(c.cost for c in est.calls if keep(c))
 
 
 def estimate_run(
@@ -68,17 +98,13 @@ def estimate_run(
         add_searches(est, "panel", "retrieval", 1, search_price)
     if not judge:
         return est
+    gate = mode.gate_call(spec)
+    if gate is not None:  # a judge call before the main stages (escalate's decision): the full path counts it
+        gate_prompt = messages_tokens(messages) + gate.answers * spec.max_tokens + PROMPT_OVERHEAD_TOKENS
+        add_judge_calls(est, "gate", spec, judge, gate_prompt, gate.max_tokens, gate.repair_retry, prices, search_price)
     judge_prompt = messages_tokens(messages) + answers * spec.max_tokens + PROMPT_OVERHEAD_TOKENS
     out = mode.judge_max_tokens(spec)
-    for model in judge:
-        rounds = spec.max_tool_calls if model.tools else 0
-        for tokens in member_call_tokens(judge_prompt, out, rounds):
-            est.add(prices, "analysis", "judge", model.model, tokens, out)
-        if WEB_SEARCH in model.tools:
-            add_searches(est, "analysis", "judge", rounds, search_price)
-        if mode.judge_repair_retry and not model.enforces_schema:
-            # one repair retry: the same prompt plus the rejected output
-            est.add(prices, "analysis", "judge", model.model, judge_prompt + out, out)
+    add_judge_calls(est, "judge", spec, judge, judge_prompt, out, mode.judge_repair_retry, prices, search_price)
     synth_prompt = judge_prompt + spec.max_tokens
     for model in synthesizer:  # the answer: the caller's limit (FusionSpec.answer), else the per-call one
         est.add(prices, "synthesis", "synthesizer", model.model, synth_prompt, spec.answer_max_tokens)

@@ -144,6 +144,30 @@ class AnalysisFailed(Failed):
 
 
 @dataclass(frozen=True, slots=True)
+class EscalationDecided(Payload):
+    """`escalate`: whether the first stage's answers were enough (escalated=False: the first member's
+    answer is the answer) or the rest of the panel, the analysis and the synthesizer run."""
+
+    TYPE = "escalation.decided"
+    escalated: bool
+    rule: str
+    reason: str
+    first_stage: list[str]  # the labels of the members asked first
+    score: float | None = _optional()  # rule "overlap": the similarity
+
+
+@dataclass(frozen=True, slots=True)
+class VoteTallied(Payload):
+    """`vote`: the samples grouped by answer, the winner and whether the tie-break chose it."""
+
+    TYPE = "vote.tallied"
+    reading: str
+    winner: str
+    tie: bool
+    groups: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class SynthesisFallback(Fallback):
     TYPE = "synthesis.fallback"
 
@@ -202,6 +226,8 @@ CATALOG: dict[str, type[Payload]] = {
         AnalysisFallback,
         AnalysisCompleted,
         AnalysisFailed,
+        EscalationDecided,
+        VoteTallied,
         SynthesisFallback,
         SynthesisFailed,
         FinalDelta,
@@ -219,7 +245,7 @@ def stage_of(event_type: str) -> Stage:
     head = event_type.split(".", 1)[0]
     if head in ("panel", "tool"):
         return "panel"
-    if head == "analysis":
+    if head in ("analysis", "escalation", "vote"):  # the decisions made from the answers, by rule or judge
         return "analysis"
     if head in ("final", "synthesis"):
         return "synthesis"

@@ -162,14 +162,25 @@ async def _answer(
     return await call_model(run.calls, model, req, result.calls, on_text=on_text)
 
 
-async def run_panel(run: RunContext, into: list[MemberResult]) -> list[MemberResult]:
+async def run_panel(
+    run: RunContext,
+    into: list[MemberResult],
+    members: Sequence[MemberChain] | None = None,
+    quorum: int | None = None,
+) -> list[MemberResult]:
     """Run the members concurrently until every one ends, or the quorum holds and grace runs out.
 
-    `into` receives the member results at once, so a cancelled run still reports each member.
+    `members`: the plan's members to run (default: all of them); a staged panel (`escalate`) runs its
+    stages one call each. `quorum`: the answers this call must get (default: the plan's); 0 asks for
+    none: every member is waited for (no grace), and no failure is raised.
+    `into` receives the member results at once, so a cancelled run still reports each member; results
+    already in it from an earlier stage stay, and the whole stays in panel (label) order.
     Raises QuorumError (naming every member's outcome) when the quorum cannot be reached.
     """
     plan, log = run.plan, run.log
-    spec, quorum = plan.spec, plan.quorum
+    spec = plan.spec
+    quorum = plan.quorum if quorum is None else quorum
+    chosen = plan.members if members is None else tuple(members)
     results = {
         # A member that never finishes (the run was cancelled) stays "cancelled".
         m.label: MemberResult(
@@ -179,15 +190,16 @@ async def run_panel(run: RunContext, into: list[MemberResult]) -> list[MemberRes
             weight=m.spec.weight,
             status="cancelled",
         )
-        for m in plan.members
+        for m in chosen
     }
-    into[:] = list(results.values())
-    retrieval = None
-    if plan.pre_retrieval:
-        retrieval = SharedRetrieval(run.calls, prompts.last_user_text(plan.panel_messages))
+    earlier = [r for r in into if r.member not in results]
+    into[:] = sorted([*earlier, *results.values()], key=lambda r: r.member)
+    if plan.pre_retrieval and run.retrieval is None:  # one search per run, shared by every stage
+        run.retrieval = SharedRetrieval(run.calls, prompts.last_user_text(plan.panel_messages))
+    retrieval = run.retrieval
     tasks = {
         asyncio.create_task(run_member(run, m, results[m.label], retrieval), name=f"member-{m.label}"): m.label
-        for m in plan.members
+        for m in chosen
     }
     pending = set(tasks)
     grace_until: float | None = None
@@ -212,7 +224,7 @@ async def run_panel(run: RunContext, into: list[MemberResult]) -> list[MemberRes
             if ok + len(pending) < quorum:
                 stop_reason = f"stopped: the quorum of {quorum} could no longer be reached"
                 break  # stop waiting for members that cannot save the run
-            if ok >= quorum and spec.grace_ms is not None and grace_until is None:
+            if 0 < quorum <= ok and spec.grace_ms is not None and grace_until is None:
                 grace_until = time.monotonic() + spec.grace_ms / 1000
     finally:
         # Cancellation of the run (or an early quorum failure) cancels every in-flight member call.

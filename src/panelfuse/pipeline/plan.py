@@ -68,6 +68,15 @@ class RunPlan:
         )
         return replace(self, messages=msgs, panel_messages=seen, estimate=est, refusal=max_cost_refusal(self.spec, est))
 
+    def first_stage(self) -> tuple[MemberChain, ...]:
+        """The members asked first: the whole panel, or the mode's first stage (`escalate`)."""
+        size = self.mode.first_stage(self.spec)
+        return self.members if size is None else self.members[:size]
+
+    def later_stage(self) -> tuple[MemberChain, ...]:
+        """The members a staged mode may ask after its first stage (none in the other modes)."""
+        return self.members[len(self.first_stage()) :]
+
     def models(self) -> list[ResolvedModel]:
         return [*(m for c in self.members for m in c.chain), *self.judge, *self.synthesizer]
 
@@ -140,7 +149,7 @@ class Planner:
         judge_tools = spec.judge_tools if mode.judge_gets_tools else []
         judge = (
             tuple(self.resolve(x, judge_tools, spec.max_tool_calls) for x in (spec.judge.model, *spec.judge.fallbacks))
-            if mode.uses_judge
+            if mode.judge_wanted(spec)
             else ()
         )
         synthesizer = (

@@ -10,7 +10,7 @@ from typing import Any
 from panelfuse.tools import untrusted
 from panelfuse.tools.records import Citation
 
-PROMPT_VERSION = "2026-12-02.2"
+PROMPT_VERSION = "2026-12-03.1"
 
 ANSWER_MARKER = "=== ANSWER ==="
 
@@ -58,6 +58,21 @@ Several assistants, labelled {labels}, answered the same request independently. 
 answer: the most correct, complete and useful for the user. Reply with a JSON object
 {{"best": "<label>", "reason": "<one sentence>"}} and nothing else.{criteria}"""
 
+# `escalate` with one first-stage member (rule "judge"): a small, strict verdict on that one answer.
+VERDICT_SYSTEM = """\
+An assistant answered the user's request (above, labelled {label}). You do not answer the request
+yourself. Decide whether that answer can go to the user as it is. Say "sure" only when it is correct,
+answers the whole request and does not hedge; say "unsure" when it may be wrong, misses part of the
+request, hedges or contradicts itself, or when you cannot tell. Reply with a JSON object
+{{"verdict": "sure" or "unsure", "reason": "<one sentence>"}} and nothing else."""
+
+# `vote` with the judge's reading: equivalent answers grouped, nothing else judged.
+GROUPS_SYSTEM = """\
+Several assistants, labelled {labels}, answered the same request independently (above). You do not
+answer the request yourself, and you do not judge which answer is right. Group the answers by the
+final answer they reach: two answers belong to one group when they come to the same value, choice or
+conclusion, however they word it or reason to it. Put every label in exactly one group. Reply with a
+JSON object {{"groups": [["<label>", ...], ...]}} and nothing else."""
 
 TOOLS_SYSTEM = f"""\
 You may call the tools you are given to look things up before you answer: search first, then fetch the
@@ -205,4 +220,16 @@ def best_of_messages(
     instructions = BEST_OF_SYSTEM.format(
         labels=", ".join(answers), criteria=f"\nJudge by these criteria: {criteria}" if criteria else ""
     )
+    return [shared_context(conversation, answers), {"role": "user", "content": instructions}]
+
+
+def verdict_messages(conversation: Sequence[Mapping[str, Any]], answers: Mapping[str, str]) -> list[dict[str, str]]:
+    """The judge's sure/unsure verdict on the one answer in `answers`."""
+    instructions = VERDICT_SYSTEM.format(label=", ".join(answers))
+    return [shared_context(conversation, answers), {"role": "user", "content": instructions}]
+
+
+def groups_messages(conversation: Sequence[Mapping[str, Any]], answers: Mapping[str, str]) -> list[dict[str, str]]:
+    """The judge's grouping of equivalent answers (vote's judge reading)."""
+    instructions = GROUPS_SYSTEM.format(labels=", ".join(answers))
     return [shared_context(conversation, answers), {"role": "user", "content": instructions}]

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from panelfuse.pipeline.analysis import Analysis
+from panelfuse.pipeline.escalation import EscalationDecision
+from panelfuse.pipeline.tally import VoteTally
 from panelfuse.providers.base import Usage
 from panelfuse.tools.records import Citation, ToolUsage, dedupe_citations, url_annotations
 
@@ -193,6 +195,21 @@ class FusionResult:
     estimate: float | None = None
     latency_ms: int = 0
     annotations: list[dict[str, Any]] = field(default_factory=list)
+    # Mode facts: `escalate`'s decision and the judge call that made it (rule "judge"); `vote`'s tally.
+    gate: StageResult | None = None
+    escalation: EscalationDecision | None = None
+    vote: VoteTally | None = None
+
+    @property
+    def escalated(self) -> bool | None:
+        """`escalate`: whether the full panel ran; None in the other modes."""
+        return self.escalation.escalated if self.escalation else None
+
+    @property
+    def calls(self) -> int:
+        """Upstream model calls the run made: every member, fallback, repair retry, tool-loop round,
+        judge and synthesizer call (a provider's own retries of one call count once)."""
+        return len(self._all_calls())
 
     @property
     def degraded(self) -> bool:
@@ -211,6 +228,8 @@ class FusionResult:
 
     def _all_calls(self) -> list[tuple[str, str, CallRecord]]:
         calls = [("panel", m.member, c) for m in self.panel for c in m.calls]
+        if self.gate:
+            calls += [("analysis", "gate", c) for c in self.gate.calls]
         if self.judge:
             calls += [("analysis", "judge", c) for c in self.judge.calls]
         if self.synthesizer:
@@ -229,7 +248,8 @@ class FusionResult:
     @property
     def tool_usage(self) -> ToolUsage:
         """Tool calls and search requests of the whole run (members and judge)."""
-        return ToolUsage.total([*(m.tools for m in self.panel), *([self.judge.tools] if self.judge else [])])
+        judges = [s.tools for s in (self.gate, self.judge) if s]
+        return ToolUsage.total([*(m.tools for m in self.panel), *judges])
 
     @property
     def cost(self) -> float | None:
@@ -237,7 +257,9 @@ class FusionResult:
 
     def cost_details(self) -> dict[str, Any]:
         # Stage figures include their search costs (so they sum to `cost`); `tools` says how much of them.
+        gate = {"gate": self.gate.cost} if self.gate else {}  # escalate's judge call, when it made one
         return {
+            **gate,
             "panel": {m.member: m.cost for m in self.panel},
             "analysis": self.judge.cost if self.judge else None,
             "synthesis": self.synthesizer.cost if self.synthesizer else None,
@@ -290,4 +312,9 @@ class FusionResult:
             "latency_ms": self.latency_ms,
             "error": self.error,
             "annotations": self.annotations,
+            "calls": self.calls,
+            "escalated": self.escalated,
+            "escalation": self.escalation.to_dict() if self.escalation else None,
+            "gate": self.gate.to_dict() if self.gate else None,
+            "vote": self.vote.to_dict() if self.vote else None,
         }

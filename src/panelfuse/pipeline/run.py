@@ -17,6 +17,7 @@ from typing import Any
 from panelfuse.config import Config
 from panelfuse.pipeline.calls import CallContext, CostGuard
 from panelfuse.pipeline.context import RunContext, RunFailure
+from panelfuse.pipeline.estimate import worst_case_of
 from panelfuse.pipeline.events import (
     TERMINAL,
     Event,
@@ -225,10 +226,10 @@ class FusionStream:
         result.estimate = plan.estimate.total
         if plan.refusal is not None:
             raise RunFailure(plan.refusal)
-        by_stage = plan.estimate.by_stage()
-        guard = CostGuard(
-            plan.spec.max_cost, later_stages=by_stage.get("analysis", 0.0) + by_stage.get("synthesis", 0.0)
-        )
+        # The stages after the (first stage of the) panel: analysis and synthesis, and a staged panel's rest.
+        first = {m.label for m in plan.first_stage()} | {"retrieval"}
+        later = worst_case_of(plan.estimate, lambda c: c.stage != "panel" or c.who not in first)
+        guard = CostGuard(plan.spec.max_cost, later_stages=later)
         # deadline_ms bounds the whole run: each stage's calls end by the stage's share of it (see
         # CallContext); this outer bound, a little later, also ends what no call deadline covers.
         calls = CallContext(
@@ -254,8 +255,11 @@ class FusionStream:
             if not any(m.status == "ok" for m in result.panel):
                 raise RunFailure("the earlier run has no successful panel answer to re-synthesize")
         else:
+            first = plan.first_stage()
+            # A first stage that is not the whole panel must not fail the run: the mode decides what follows.
+            quorum = None if len(first) == len(plan.members) else 0
             try:
-                await run_panel(run, into=result.panel)
+                await run_panel(run, into=result.panel, members=first, quorum=quorum)
             except QuorumError as exc:
                 raise RunFailure(str(exc)) from exc
         await plan.mode.answer(run, [m for m in result.panel if m.status == "ok"])

@@ -1,4 +1,6 @@
-"""FastAPI dependencies: the gateway's state, its fusion service and the caller, per request."""
+"""FastAPI dependencies: the gateway's state, its fusion service, its experiments and the caller, per
+request. Each is `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
+request and dependency (about a third of a proxied request's CPU at C=1, in a py-spy profile)."""
 
 from __future__ import annotations
 
@@ -13,17 +15,17 @@ from panelfuse.service.experiments import Experiments
 from panelfuse.service.fusion import FusionService
 
 
-def gateway_state(request: Request) -> GatewayState:
+async def gateway_state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.gateway
     return state
 
 
-def fusion_service(request: Request) -> FusionService:
+async def fusion_service(request: Request) -> FusionService:
     service: FusionService = request.app.state.fusion_service
     return service
 
 
-def experiments(request: Request) -> Experiments:
+async def experiments(request: Request) -> Experiments:
     found: Experiments = request.app.state.experiments
     return found
 

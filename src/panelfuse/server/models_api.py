@@ -92,7 +92,7 @@ class ModelCatalog:
         return _Listed(time.monotonic() + self.ttl, tuple(dict.fromkeys(ids)))
 
 
-def model_catalog(request: Request) -> ModelCatalog:
+async def model_catalog(request: Request) -> ModelCatalog:
     catalog: ModelCatalog | None = getattr(request.app.state, "model_catalog", None)
     if catalog is None:
         catalog = request.app.state.model_catalog = ModelCatalog()

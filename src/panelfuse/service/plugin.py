@@ -126,6 +126,13 @@ def spec_from_request(
         "max_tokens": p.max_completion_tokens,
     }
     data.update({k: v for k, v in simple.items() if v is not None})
+    if p.escalation is not None:  # the fields the caller set, over the preset's
+        given = p.escalation.model_dump(exclude_none=True)
+        if "rule" in given:
+            data["escalation"]["threshold"] = None  # a threshold belongs to the rule it was set for
+        data["escalation"].update(given)
+    if p.vote is not None:
+        data["vote"] = {**data["vote"], **p.vote.model_dump(exclude_unset=True)}
     data["answer"] = {**data.get("answer", {}), **answer_settings(req)}
     if req.response_format is not None:
         data["response_format"] = req.response_format

@@ -23,8 +23,10 @@ from panelfuse.spec import (
     MAX_USD,
     MAX_WEIGHT,
     SEED_RANGE,
+    EscalationRule,
     ModeSynonym,
     PublicMode,
+    VoteSpec,
 )
 
 # Nesting levels of objects and arrays a body may have (the body itself is level 1). Real requests
@@ -175,6 +177,17 @@ class ServerToolEntry(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+class EscalationFields(BaseModel):
+    """The plugin's `escalation`: spec.EscalationSpec's fields, each optional (laid over the preset's,
+    then checked together as the spec)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    first_stage: int | None = Field(default=None, ge=1, le=2)
+    rule: EscalationRule | None = None
+    threshold: float | None = Field(default=None, ge=0, le=1)
+
+
 class FusionPlugin(BaseModel):
     """`plugins: [{"id": "fusion", ...}]`: each field sets a FusionSpec field (service/plugin.py).
     Unknown fields are a 400."""
@@ -208,6 +221,10 @@ class FusionPlugin(BaseModel):
     background: bool = False
     enabled: bool = True
     cache_control: dict[str, Any] | None = None
+    # Mode `escalate`'s and `vote`'s settings (spec.EscalationSpec, spec.VoteSpec): the fields given are
+    # laid over the preset's.
+    escalation: EscalationFields | None = None
+    vote: VoteSpec | None = None
 
 
 class ChatCompletionRequest(EdgeModel):

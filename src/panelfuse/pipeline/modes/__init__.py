@@ -9,11 +9,15 @@ from __future__ import annotations
 from panelfuse.pipeline.modes.analyze import Analyze
 from panelfuse.pipeline.modes.base import ModeStrategy
 from panelfuse.pipeline.modes.best_of import BestOf
+from panelfuse.pipeline.modes.escalate import Escalate
 from panelfuse.pipeline.modes.judge_writes import JudgeWrites
 from panelfuse.pipeline.modes.single import Single
 from panelfuse.pipeline.modes.synthesize import Synthesize
+from panelfuse.pipeline.modes.vote import Vote
 
-MODES: dict[str, ModeStrategy] = {m.name: m for m in (Synthesize(), JudgeWrites(), BestOf(), Single(), Analyze())}
+MODES: dict[str, ModeStrategy] = {
+    m.name: m for m in (Synthesize(), JudgeWrites(), BestOf(), Single(), Analyze(), Escalate(), Vote())
+}
 
 
 def mode_for(name: str) -> ModeStrategy:

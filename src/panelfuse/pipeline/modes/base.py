@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from panelfuse.spec import FusionSpec
@@ -11,6 +12,16 @@ from panelfuse.spec import FusionSpec
 if TYPE_CHECKING:
     from panelfuse.pipeline.context import RunContext
     from panelfuse.pipeline.result import MemberResult
+
+
+@dataclass(frozen=True)
+class GateCall:
+    """A judge call a mode may make before its main stages (`escalate`'s decision): the estimate counts
+    it. `answers`: how many answers it reads."""
+
+    answers: int
+    max_tokens: int
+    repair_retry: bool
 
 
 class ModeStrategy(abc.ABC):
@@ -31,6 +42,18 @@ class ModeStrategy(abc.ABC):
 
     def judge_max_tokens(self, spec: FusionSpec) -> int:
         return spec.max_tokens
+
+    def judge_wanted(self, spec: FusionSpec) -> bool:
+        """Whether this spec's runs may call the judge (the plan resolves its chain only then)."""
+        return self.uses_judge
+
+    def first_stage(self, spec: FusionSpec) -> int | None:
+        """How many members (the first ones) answer before `answer` runs; None: the whole panel. A mode
+        with a first stage runs the others itself (panel.run_panel) when it decides to."""
+        return None
+
+    def gate_call(self, spec: FusionSpec) -> GateCall | None:
+        return None
 
     def member_max_tokens(self, spec: FusionSpec) -> int:
         """Each member call's limit (the answer's limit where a member's answer is the answer)."""

@@ -179,7 +179,7 @@ export class PanelSettings {
       $("preset").value = [...$("preset").options].some((o) => o.value === preset) ? preset : "";
     }
     $("judge").value = plugin.model || "";
-    $("mode").value = ["synthesize", "judge-writes", "best-of", "single"].includes(plugin.mode) ? plugin.mode : "";
+    $("mode").value = ["synthesize", "judge-writes", "best-of", "single", "escalate", "vote"].includes(plugin.mode) ? plugin.mode : "";
     $("web-tools").checked = !(Array.isArray(plugin.tools) && plugin.tools.length === 0);
     $("background").checked = Boolean(plugin.background);
     this.changed();

@@ -179,6 +179,18 @@ export class FusionTurn {
         this.analysis.removeAttribute("aria-busy");
         this.analysisStatus.textContent = `The analysis failed: ${ev.error || "unknown error"}`;
         break;
+      case "escalation.decided":
+        this.analysis.removeAttribute("aria-busy");
+        this.analysisStatus.textContent = ev.escalated
+          ? `Escalated to the full panel: ${ev.reason}`
+          : `Not escalated (the first member's answer stands): ${ev.reason}`;
+        break;
+      case "vote.tallied":
+        this.analysis.removeAttribute("aria-busy");
+        this.analysisStatus.textContent = `Vote: ${(ev.groups || [])
+          .map((g) => `${g.answer || "?"} (${g.votes})`)
+          .join(", ")}; the answer is ${ev.winner}'s${ev.tie ? " (a tie, broken by panel order)" : ""}.`;
+        break;
       case "final.delta":
         this.appendFinal(ev.text || "");
         break;
