@@ -9,6 +9,7 @@ from panelfuse.cli.ask import ask, estimate
 from panelfuse.cli.common import ConfigOpt
 from panelfuse.cli.config_cmd import config_app
 from panelfuse.cli.context import CliContext
+from panelfuse.cli.experiments import experiments_app
 from panelfuse.cli.index import index_cmd
 from panelfuse.cli.keys import keys_app
 from panelfuse.cli.mcp import mcp
@@ -33,6 +34,7 @@ app.add_typer(models_app, name="models")
 app.command()(serve)
 app.command()(mcp)
 app.add_typer(keys_app, name="keys")
+app.add_typer(experiments_app, name="experiments")
 app.command("index")(index_cmd)
 
 

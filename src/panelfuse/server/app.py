@@ -41,6 +41,7 @@ from panelfuse.server.errors import (
     unexpected_handler,
     validation_handler,
 )
+from panelfuse.server.experiment_report_api import router as experiment_report_router
 from panelfuse.server.mcp_server import McpHttp
 from panelfuse.server.middleware import ApiPrefix, BodyLimit, CountRequests, HostCheck
 from panelfuse.server.state import GatewayState
@@ -148,6 +149,7 @@ def create_app(
     app.include_router(experiments_api.router)
     app.include_router(models_api.router)
     app.include_router(openrouter_api.router)
+    app.include_router(experiment_report_router)
     app.include_router(chatroom.router)
     app.router.routes.append(Route("/mcp", mcp_http, include_in_schema=False))  # MCP over HTTP (mcp_server.py)
 

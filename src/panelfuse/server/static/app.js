@@ -2,6 +2,7 @@
 
 import { ApiError, AuthError, getJSON, getKey, postJSON, setKey, streamChat, tailEvents } from "./api.js";
 import { announce } from "./dom.js";
+import { Experiments } from "./experiments.js";
 import { History } from "./history.js";
 import { PanelSettings } from "./panel.js";
 import { assistantMessage, FusionTurn, userMessage } from "./turn.js";
@@ -283,6 +284,7 @@ function newConversation() {
 
 const panel = new PanelSettings({ onAuthError });
 const pastRuns = new History({ onOpen: reopen, onError: onAuthError });
+new Experiments({ onError: onAuthError }); // the Experiments view (admin): list and reports
 panel.setMessages(messagesWith);
 
 async function start() {
