@@ -24,9 +24,11 @@ from panelfuse.providers.http import run as run_closing
 from panelfuse.providers.registry import Providers
 
 if TYPE_CHECKING:
-    from panelfuse.store import RunStore
+    from panelfuse.store import ExperimentRow, ExperimentStore, RunStore
 
-experiments_app = typer.Typer(no_args_is_help=True, help="A/B experiments, read from the store: reports.")
+experiments_app = typer.Typer(
+    no_args_is_help=True, help="A/B experiments in the store: list, pause, resume, stop, start, report."
+)
 DbOpt = Annotated[str | None, typer.Option("--db", help="store URL (default: $PANELFUSE_DB or the SQLite file)")]
 ConfigOption = Annotated[str | None, typer.Option("--config", help="panelfuse config file")]
 T = TypeVar("T")
@@ -107,3 +109,107 @@ def report_cmd(
             err.print(f"wrote {path}", markup=False)
     if files.plot_error:
         err.print(f"[yellow]{files.plot_error}[/]")
+
+
+# ---- state: the same changes as the admin API, straight in the store (a running gateway sees them
+# within 2 s; its shadows in flight run to their end, where the API would cancel them) ----
+
+
+def _state_change(db: str | None, name: str, change: Callable[[ExperimentStore, ExperimentRow], Awaitable[str]]) -> str:
+    from panelfuse.store import ExperimentStore
+
+    async def work(store: RunStore) -> str:
+        experiments = ExperimentStore(store.database)
+        row = await experiments.get(name)
+        if row is None:
+            raise fail(f"no experiment '{name}' in the store (a config file's is stored when the gateway starts)")
+        return await change(experiments, row)
+
+    return with_store(db, work)
+
+
+def _arm_names(row: ExperimentRow) -> tuple[list[str], list[str]]:
+    """(every arm, the primary arms) of a stored experiment."""
+    arms = row.definition.get("arms", [])
+    return [a["name"] for a in arms], [a["name"] for a in arms if not a.get("shadow")]
+
+
+@experiments_app.command("list")
+def list_cmd(db: DbOpt = None) -> None:
+    """The stored experiments: status, arms (paused ones marked), the chosen arm once stopped."""
+
+    async def work(store: RunStore) -> list[ExperimentRow]:
+        from panelfuse.store import ExperimentStore
+
+        return await ExperimentStore(store.database).all()
+
+    rows = with_store(db, work)
+    console = make_console()
+    if not rows:
+        console.print("no experiments", markup=False)
+    for row in rows:
+        arms, _ = _arm_names(row)
+        shown = ", ".join(f"{a} (paused)" if a in row.paused_arms else a for a in arms)
+        chosen = f" → {row.chosen_arm}" if row.status == "stopped" else ""
+        models = ", ".join(row.definition.get("models", []))
+        console.print(f"{row.name}: {row.status}{chosen}; {models}; arms: {shown} [{row.source}]", markup=False)
+
+
+@experiments_app.command("pause")
+def pause_cmd(name: Annotated[str, typer.Argument()], arm: Annotated[str, typer.Argument()], db: DbOpt = None) -> None:
+    """Give an arm no traffic (its units go to the other arms; theirs stay where they are)."""
+
+    async def change(experiments: ExperimentStore, row: ExperimentRow) -> str:
+        arms, primary = _arm_names(row)
+        if arm not in arms:
+            raise fail(f"no arm '{arm}' (arms: {', '.join(arms)})")
+        paused = {*row.paused_arms, arm}
+        if all(a in paused for a in primary):
+            raise fail("pausing it would leave no arm to answer; stop the experiment instead")
+        await experiments.set_state(name, paused_arms=sorted(paused))
+        return f"{name}: {arm} paused"
+
+    make_console().print(_state_change(db, name, change), markup=False)
+
+
+@experiments_app.command("resume")
+def resume_cmd(name: Annotated[str, typer.Argument()], arm: Annotated[str, typer.Argument()], db: DbOpt = None) -> None:
+    """Give a paused arm its traffic back (the same units as before)."""
+
+    async def change(experiments: ExperimentStore, row: ExperimentRow) -> str:
+        await experiments.set_state(name, paused_arms=[a for a in row.paused_arms if a != arm])
+        return f"{name}: {arm} resumed"
+
+    make_console().print(_state_change(db, name, change), markup=False)
+
+
+@experiments_app.command("stop")
+def stop_cmd(
+    name: Annotated[str, typer.Argument()],
+    arm: Annotated[
+        str | None, typer.Option("--arm", help="the arm that takes all traffic (default: the control)")
+    ] = None,
+    db: DbOpt = None,
+) -> None:
+    """Stop the experiment: all its traffic goes to the chosen arm and is no longer recorded."""
+
+    async def change(experiments: ExperimentStore, row: ExperimentRow) -> str:
+        arms, primary = _arm_names(row)
+        chosen = arm or primary[0]
+        if chosen not in arms:
+            raise fail(f"no arm '{chosen}' (arms: {', '.join(arms)})")
+        await experiments.set_state(name, status="stopped", chosen_arm=chosen)
+        return f"{name}: stopped; all traffic to {chosen}"
+
+    make_console().print(_state_change(db, name, change), markup=False)
+
+
+@experiments_app.command("start")
+def start_cmd(name: Annotated[str, typer.Argument()], db: DbOpt = None) -> None:
+    """Run a stopped experiment again."""
+
+    async def change(experiments: ExperimentStore, row: ExperimentRow) -> str:
+        await experiments.set_state(name, status="running")
+        return f"{name}: running"
+
+    make_console().print(_state_change(db, name, change), markup=False)
