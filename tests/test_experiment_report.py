@@ -241,3 +241,16 @@ def test_an_arm_no_longer_defined_is_reported_after_the_definitions_arms() -> No
     rows = [_row("a1", "single", "completed", 0.01, 100), _row("x1", "retired", "completed", 0.02, 100)]
     report = build_report(NAME, SPEC, rows)
     assert [(a.arm, a.role) for a in report.arms][-1] == ("retired", "removed")
+
+
+def test_the_plot_draws_an_interval_that_leaves_out_its_estimate() -> None:
+    """A percentile interval of a median difference may not hold the point estimate (discrete
+    medians: seen on the README's walkthrough); the plot still draws it."""
+    pytest.importorskip("matplotlib")
+    from panelfuse.evals.experiment_render import plot_png
+
+    report = build_report(NAME, SPEC, make_rows(), seed=3)
+    first = report.differences[0]
+    odd = replace(first, ci_low=first.difference + 1.0, ci_high=first.difference + 2.0)
+    png = plot_png(replace(report, differences=[odd, *report.differences[1:]]))
+    assert png.startswith(b"\x89PNG")

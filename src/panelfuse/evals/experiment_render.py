@@ -299,8 +299,11 @@ def plot_png(report: ExperimentReport) -> bytes:
         ys = list(range(len(ds)))
         for y, d in zip(ys, ds, strict=True):
             color = "tab:purple" if (a := report.arm(d.arm)) is not None and a.shadow else "tab:blue"
-            xerr = [[d.difference - d.ci_low], [d.ci_high - d.difference]]
-            ax.errorbar([d.difference], [y], xerr=xerr, fmt="o", capsize=4, color=color)
+            # The interval is drawn from its own bounds: a percentile interval of a median difference
+            # may leave out the point estimate (discrete medians), which errorbar cannot draw.
+            ax.hlines(y, d.ci_low, d.ci_high, color=color, linewidth=1.5)
+            ax.plot([d.ci_low, d.ci_high], [y, y], "|", color=color, markersize=10)
+            ax.plot([d.difference], [y], "o", color=color)
         ax.axvline(0, color="0.4", linewidth=1)
         labels = [f"{d.arm} (shadow)" if (a := report.arm(d.arm)) is not None and a.shadow else d.arm for d in ds]
         ax.set_yticks(ys, labels)
