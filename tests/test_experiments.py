@@ -320,12 +320,17 @@ def test_only_the_admin_manages_experiments(fake, tmp_path):
     async def keys(db: str):
         store = await RunStore.open(db)
         try:
-            return await store.keys.create("team"), await store.keys.create("ops", is_admin=True)
+            return (
+                await store.keys.create("team"),
+                await store.keys.create("ops", is_admin=True),
+                await store.keys.create("other"),
+            )
         finally:
             await store.close()
 
     db = f"sqlite+aiosqlite:///{tmp_path}/runs.db"
-    team, ops = asyncio.run(keys(db))
+    team, ops, other = asyncio.run(keys(db))
+    script_panel(fake)
     config = gateway_config(fake).model_validate(
         {**gateway_config(fake).model_dump(exclude={"source"}), "experiments": {"ab": experiment()}}
     )
@@ -337,6 +342,14 @@ def test_only_the_admin_manages_experiments(fake, tmp_path):
         assert r.status_code == 403 and r.json()["error"]["metadata"]["error_code"] == "forbidden"
         assert httpx.post(f"{gw.url}/v1/experiments/ab/stop", headers=as_team).status_code == 403
         assert httpx.get(f"{gw.url}/v1/experiments", headers=as_ops).json()["data"][0]["name"] == "ab"
+        # An answer's feedback comes from the key that asked, or the admin; another key gets a 404.
+        body = {"model": "gpt-default", "messages": QUESTION, "user": "u1"}
+        answer = httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers=as_team, timeout=30).json()
+        wait_for_records(db, "ab", 1)
+        as_other = {"Authorization": f"Bearer {other.secret}"}
+        score = {"id": answer["id"], "score": 1}
+        assert httpx.post(f"{gw.url}/v1/feedback", json=score, headers=as_other).status_code == 404
+        assert httpx.post(f"{gw.url}/v1/feedback", json=score, headers=as_team).status_code == 200
     finally:
         gw.stop()
 
