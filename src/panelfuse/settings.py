@@ -7,10 +7,12 @@ uvicorn's workers are separate processes that can only be told their settings th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from panelfuse.spec import MAX_CACHE_TTL_S
 
 ENV_PREFIX = "PANELFUSE_"
 
@@ -53,6 +55,10 @@ class ServerSettings(BaseSettings):
     # A looping agent cannot spend without bound: fusions one MCP session may start, in all and per minute.
     mcp_max_fusions_per_session: int = Field(20, ge=0)
     mcp_max_fusions_per_minute: int = Field(10, ge=0)
+    # The response cache (docs/cache.md): the TTL of specs that set none (None or 0: off), and whether
+    # each key has its own cache ("key") or all keys share one ("gateway").
+    cache_ttl_s: int | None = Field(None, ge=0, le=MAX_CACHE_TTL_S)
+    cache_scope: Literal["key", "gateway"] = "key"
 
     @classmethod
     def load(cls, **overrides: Any) -> ServerSettings:

@@ -29,6 +29,7 @@ MAX_GRACE_MS = 3_600_000
 MAX_USD = 1_000_000.0
 MAX_WEIGHT = 1_000.0
 SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's seed is a 64-bit integer
+MAX_CACHE_TTL_S = 30 * 86_400  # a cached answer is served for a month at most (docs/cache.md)
 
 
 class MemberSpec(BaseModel):
@@ -162,6 +163,9 @@ class FusionSpec(BaseModel):
     answer: AnswerSpec = Field(default_factory=AnswerSpec)
     escalation: EscalationSpec = Field(default_factory=EscalationSpec)  # mode "escalate" only
     vote: VoteSpec = Field(default_factory=VoteSpec)  # mode "vote" only
+    # The response cache (docs/cache.md): seconds a completed answer is served again to the same caller
+    # for the same request. 0: off; None: the gateway's default (off unless the operator set one).
+    cache_ttl_s: int | None = Field(default=None, ge=0, le=MAX_CACHE_TTL_S)
 
     @field_validator("mode", mode="before")
     @classmethod

@@ -210,6 +210,9 @@ class FusionResult:
         """Upstream model calls the run made: every member, fallback, repair retry, tool-loop round,
         judge and synthesizer call (a provider's own retries of one call count once)."""
         return len(self._all_calls())
+    # Served from the response cache (docs/cache.md): no call was made; `cached_from` is the run that paid.
+    cached: bool = False
+    cached_from: str | None = None
 
     @property
     def degraded(self) -> bool:
@@ -248,6 +251,8 @@ class FusionResult:
 
     @property
     def cost(self) -> float | None:
+        if self.cached:
+            return 0.0  # the stored answer's calls were billed to the run that made them
         return with_tool_cost(sum_costs(c.cost for _, _, c in self._all_calls()), self.tool_usage)
 
     def cost_details(self) -> dict[str, Any]:
@@ -312,4 +317,6 @@ class FusionResult:
             "escalation": self.escalation.to_dict() if self.escalation else None,
             "gate": self.gate.to_dict() if self.gate else None,
             "vote": self.vote.to_dict() if self.vote else None,
+            "cached": self.cached,
+            "cached_from": self.cached_from,
         }

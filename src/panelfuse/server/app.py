@@ -51,7 +51,7 @@ from panelfuse.service.experiments import Experiments
 from panelfuse.service.fusion import FusionService
 from panelfuse.service.shadows import Shadows
 from panelfuse.settings import ServerSettings
-from panelfuse.store import ExperimentStore, GenerationStore, RunStore, StoreError
+from panelfuse.store import CacheStore, ExperimentStore, GenerationStore, RunStore, StoreError
 
 log = logging.getLogger("panelfuse.server")
 RETENTION_INTERVAL = 3600.0  # seconds between retention passes
@@ -59,7 +59,7 @@ RETENTION_INTERVAL = 3600.0  # seconds between retention passes
 
 async def retain(store: RunStore, days: float) -> None:
     """Blank the content of runs, and the bodies kept with generations, older than `days`, at start
-    and every hour (costs and ids stay)."""
+    and every hour (costs and ids stay); delete the response cache's entries that old, and the expired."""
     while True:
         try:
             cutoff = datetime.now(UTC) - timedelta(days=days)
@@ -69,6 +69,9 @@ async def retain(store: RunStore, days: float) -> None:
             blanked = await GenerationStore(store.database).purge_content(cutoff)
             if blanked:
                 log.info("retention: blanked the kept bodies of %d generation(s)", blanked)
+            forgotten = await CacheStore(store.database).purge(created_before=cutoff)
+            if forgotten:
+                log.info("retention: deleted %d response cache entr(ies)", forgotten)
         except Exception:
             log.exception("retention pass failed")
         await asyncio.sleep(RETENTION_INTERVAL)

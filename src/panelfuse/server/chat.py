@@ -16,6 +16,7 @@ from panelfuse.server.deps import Caller, Service, State, Trials
 from panelfuse.server.proxy import proxy_completion
 from panelfuse.server.server_tool import server_tool_completion
 from panelfuse.server.sse import DONE, ready_batches, sse, sse_response
+from panelfuse.service.cache import cache_directive, cache_headers
 from panelfuse.service.requests import ChatCompletionRequest
 from panelfuse.service.routing import route_chat
 from panelfuse.service.runs import ActiveRun
@@ -59,10 +60,12 @@ async def chat_completions(
         request_model=body.model,
         background=bool(plugin and plugin.background),
         live=bool(body.stream),
+        cache=cache_directive(request.headers),
     )
     include_panel = plugin.include_panel if plugin else True
     # The completion id names the run: GET /v1/generation?id= answers from it.
     headers = {"X-Panelfuse-Run-Id": run.run_id, "X-Generation-Id": shapes.completion_id(run.run_id)}
+    headers.update(cache_headers(run.cache))
     if trial is not None:
         trials.follow_run(trial, run, response_id=shapes.completion_id(run.run_id))
     if body.stream:

@@ -40,6 +40,7 @@ from panelfuse.providers.http import close_shared_client
 from panelfuse.providers.resolve import FusionRoute, UnknownModelError
 from panelfuse.server.errors import ApiError
 from panelfuse.server.state import GatewayState
+from panelfuse.service.cache import cache_directive
 from panelfuse.service.caller import Principal
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.fusion import FusionService, PlannedFusion
@@ -250,6 +251,7 @@ class FusionTools:
                     request_model=chat.model,
                     background=True,
                     live=wants_progress(ctx),
+                    cache=cache_directive(ctx.headers or {}),
                 )
             except BaseException:
                 self.caps.give_back(session)

@@ -26,6 +26,7 @@ from panelfuse.server.errors import ApiError, from_provider_error
 from panelfuse.server.proxy import admit_proxied, answered_or_released, close_and_settle, opened_stream, resolve_proxied
 from panelfuse.server.sse import ready_batches, sse, sse_response
 from panelfuse.service.admission import Admission
+from panelfuse.service.cache import cache_directive, cache_headers
 from panelfuse.service.carry import carry_through
 from panelfuse.service.messages_output import MessageEvents, error_body, message, new_message_id
 from panelfuse.service.messages_requests import MessagesRequest
@@ -79,10 +80,11 @@ async def fusion_message(
         request_model=body.model,
         background=bool(plugin and plugin.background),
         live=body.stream,
+        cache=cache_directive(request.headers),
     )
     include_panel = plugin.include_panel if plugin else True
     mid = f"msg_{run.run_id.removeprefix('run_')}"
-    headers = {"X-Panelfuse-Run-Id": run.run_id}
+    headers = {"X-Panelfuse-Run-Id": run.run_id, **cache_headers(run.cache)}
     if body.stream:
         events = MessageEvents(mid, planned.plan.mode.answer_model(spec))
         frames = fusion_frames(run, events, include_panel, progress=body.fusion_events)

@@ -26,6 +26,7 @@ from panelfuse.server.responses import SSE_OR_JSON
 from panelfuse.server.sse import sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service import generations
+from panelfuse.service.cache import cache_directive, cache_headers
 from panelfuse.service.caller import Principal
 from panelfuse.service.carry import carry_through
 from panelfuse.service.errors import ServiceError
@@ -184,6 +185,7 @@ async def fusion_response(
         request={**chat.model_dump(mode="json", exclude_none=True), "api": "responses"},
         request_model=ex.body.model,
         background=bool(plugin and plugin.background),
+        cache=cache_directive(ex.request.headers),
     )
     include_panel = plugin.include_panel if plugin else True
     builder = ResponseBuilder(
@@ -192,7 +194,7 @@ async def fusion_response(
         ex.body,
         include_panel=include_panel,
     )
-    headers = {"X-Panelfuse-Run-Id": run.run_id}
+    headers = {"X-Panelfuse-Run-Id": run.run_id, **cache_headers(run.cache)}
     if ex.body.stream:
 
         async def leave() -> None:

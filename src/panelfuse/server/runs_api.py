@@ -30,7 +30,7 @@ from panelfuse.service.requests import (
 )
 from panelfuse.service.resynthesis import resynthesis_spec
 from panelfuse.service.specs import fusion_spec, validation_error
-from panelfuse.store import InvalidCursorError
+from panelfuse.store import CacheStore, InvalidCursorError
 
 router = APIRouter()
 TERMINAL_STATUSES = ("completed", "failed", "cancelled", "interrupted")
@@ -169,6 +169,7 @@ async def delete_run(run_id: RunId, state: State, principal: Caller) -> dict[str
         await active.done.wait()
     if not await state.store.delete_run(run_id, key_id=principal.scope):
         raise ApiError(404, f"no run '{run_id}'", param="run_id", code="run_not_found")
+    await CacheStore(state.store.database).forget_run(run_id)  # its answer is not served again
     return {"id": run_id, "object": "fusion.run", "deleted": True}
 
 

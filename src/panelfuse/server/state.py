@@ -9,6 +9,7 @@ from panelfuse.pricing import PriceTable
 from panelfuse.providers.errors import register_secret
 from panelfuse.providers.registry import Providers
 from panelfuse.server.access import Authenticator, is_loopback
+from panelfuse.service.cache import CacheDefaults
 from panelfuse.service.caller import ModelPolicy
 from panelfuse.service.gateway import Gateway
 from panelfuse.service.ratelimit import InProcessLimiter, Limiter, RedisLimiter
@@ -57,6 +58,7 @@ class GatewayState(Gateway):
             limiter=limiter,
             presets=all_presets(config.presets),
             keepalive_s=settings.keepalive_s,
+            cache_defaults=CacheDefaults(ttl_s=settings.cache_ttl_s, scope=settings.cache_scope),
         )
 
 

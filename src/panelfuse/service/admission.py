@@ -47,8 +47,11 @@ class Admission:
         await self.release(result.cost if result is not None else None)
 
 
-async def admit(state: Gateway, principal: Principal, run_id: str, worst_case: float, unpriced: list[str]) -> Admission:
-    """Raise 429 (rate limit) or 402 (budget) in OpenAI's error shape; else hold both for the run."""
+async def admit(
+    state: Gateway, principal: Principal, run_id: str, worst_case: float, unpriced: list[str], *, budget: bool = True
+) -> Admission:
+    """Raise 429 (rate limit) or 402 (budget) in OpenAI's error shape; else hold both for the run.
+    `budget=False`: a run that calls nobody (a response cache hit) is held to the rate limits only."""
     adm = Admission(state, principal, run_id)
     key = principal.key
     if key is None:
@@ -59,7 +62,7 @@ async def admit(state: Gateway, principal: Principal, run_id: str, worst_case: f
             429, denied.reason, code="rate_limited", headers={"Retry-After": str(max(1, round(denied.retry_after)))}
         )
     adm.limited = key.max_concurrent is not None
-    if key.budget_usd is None:
+    if key.budget_usd is None or not budget:
         return adm
     try:
         if unpriced:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from panelfuse.pipeline.plan import PlanError, RunPlan
+from panelfuse.pipeline.replay import replayed_result
 from panelfuse.pipeline.result import FusionResult, MemberResult
 from panelfuse.pipeline.run import Fusion
 from panelfuse.providers.registry import Providers
 from panelfuse.service.admission import Admission, admit
+from panelfuse.service.cache import CacheDirective, CacheTicket, ResponseCache
 from panelfuse.service.caller import Principal, providers_for
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.gateway import FUSION_HEADERS, Gateway
@@ -44,6 +46,7 @@ class PlannedFusion:
 class FusionService:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.cache = ResponseCache(gateway.store.database, gateway.cache_defaults)
 
     def providers_for(self, caller: Principal) -> Providers:
         """The providers a fusion uses for this caller, each call carrying the depth header."""
@@ -97,18 +100,32 @@ class FusionService:
         parent_run_id: str | None = None,
         settle: bool = True,
         live: bool = True,
+        cache: CacheDirective | None = None,
     ) -> ActiveRun:
         """Admit the run (429/402 when the key's limits or budget refuse it) and start it. With
         `settle=False` the caller holds its own admission (the server tool's request admits once for
         the outer calls and the fusion together). `live=False`: the caller reads only the result, so
-        text deltas are logged joined (until a follower arrives) rather than one per read."""
+        text deltas are logged joined (until a follower arrives) rather than one per read. `cache`: what
+        the request allows the response cache (default: read and write, when the spec turns it on); a
+        hit is started as a replay of the stored answer, admitted for the rate limits only."""
         run_id = new_run_id()
+        ticket = await self.cache.lookup(caller.key_id, planned.plan, cache or CacheDirective())
+        hit = ticket.hit if ticket is not None else None
         admission = None
         if settle:
             est = planned.plan.estimate
-            admission = await admit(self.gateway, caller, run_id, est.total, est.unpriced)
+            admission = await admit(self.gateway, caller, run_id, est.total, est.unpriced, budget=hit is None)
+        replay = None
+        if hit is not None:
+            replay = replayed_result(
+                hit.result,
+                run_id=run_id,
+                spec=planned.plan.spec,
+                source_run_id=hit.run_id,
+                finish_reason=hit.finish_reason,
+            )
         try:
-            return await self.gateway.manager.start(
+            run = await self.gateway.manager.start(
                 planned.fusion,
                 planned.plan,
                 run_id=run_id,
@@ -118,12 +135,33 @@ class FusionService:
                 key_id=caller.key_id,
                 parent_run_id=parent_run_id,
                 live=live,
-                on_finish=admission.release_result if admission is not None else None,
+                on_finish=self._on_finish(admission, ticket),
+                replay=replay,
             )
         except BaseException:
             if admission is not None:
                 await admission.release(0.0)  # never started: nothing spent
             raise
+        run.cache = ticket.status if ticket is not None else None
+        return run
+
+    def _on_finish(
+        self, admission: Admission | None, ticket: CacheTicket | None
+    ) -> Callable[[FusionResult | None], Awaitable[None]] | None:
+        """What a run owes when it ends: its budget settled, then its answer cached (both before its
+        terminal event goes out, so a client told "completed" finds the entry)."""
+        if ticket is None or not ticket.store:
+            return admission.release_result if admission is not None else None
+        cache = self.cache
+
+        async def finish(result: FusionResult | None) -> None:
+            try:
+                if admission is not None:
+                    await admission.release_result(result)
+            finally:
+                await cache.remember(ticket, result)
+
+        return finish
 
     async def wait(self, run: ActiveRun, disconnected: Callable[[], Awaitable[bool]]) -> FusionResult:
         """Wait for the run; a caller that goes away cancels it unless it runs in the background.

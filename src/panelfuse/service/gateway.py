@@ -3,12 +3,13 @@ store, the live runs and the rate limiter. Built once at start-up."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from panelfuse.config import Config
 from panelfuse.pricing import PriceTable
 from panelfuse.providers.registry import Providers
+from panelfuse.service.cache import CacheDefaults
 from panelfuse.service.caller import Principal, providers_for
 from panelfuse.service.ratelimit import Limiter
 from panelfuse.service.runs import RunManager
@@ -30,6 +31,7 @@ class Gateway:
     limiter: Limiter
     presets: dict[str, dict[str, Any]]
     keepalive_s: float
+    cache_defaults: CacheDefaults = field(default_factory=CacheDefaults)  # the response cache: docs/cache.md
 
     def __post_init__(self) -> None:
         # Every call made for a fusion carries the depth header; built once, not per request.

@@ -31,6 +31,7 @@ STAGE_LATENCY = Histogram(
 )
 UPSTREAM_ERRORS = Counter("panelfuse_upstream_errors_total", "failed upstream calls", ["model", "status"])
 COST = Counter("panelfuse_cost_usd_total", "USD spent upstream", ["stage"])
+CACHE_LOOKUPS = Counter("panelfuse_response_cache_total", "response cache lookups", ["outcome"])  # hit|miss|skipped
 
 
 def observe_event(ev: Event) -> None:
@@ -43,6 +44,8 @@ def observe_event(ev: Event) -> None:
 
 def observe_result(result: FusionResult, status: str) -> None:
     RUNS.labels(status, str(result.degraded).lower()).inc()
+    if result.cached:
+        return  # served from the response cache: no stage ran, nothing was spent
     if result.judge is not None:
         STAGE_LATENCY.labels("analysis").observe(result.judge.latency_ms / 1000)
     if result.synthesizer is not None:

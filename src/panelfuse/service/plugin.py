@@ -124,6 +124,7 @@ def spec_from_request(
         "max_cost": p.max_cost,
         "panel_sees": p.panel_sees,
         "max_tokens": p.max_completion_tokens,
+        "cache_ttl_s": p.cache_ttl_s,
     }
     data.update({k: v for k, v in simple.items() if v is not None})
     if p.escalation is not None:  # the fields the caller set, over the preset's

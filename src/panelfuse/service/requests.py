@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from panelfuse.providers.base import ChatRequest
 from panelfuse.spec import (
+    MAX_CACHE_TTL_S,
     MAX_DEADLINE_MS,
     MAX_GRACE_MS,
     MAX_INNER_TOKENS,
@@ -225,6 +226,7 @@ class FusionPlugin(BaseModel):
     # laid over the preset's.
     escalation: EscalationFields | None = None
     vote: VoteSpec | None = None
+    cache_ttl_s: int | None = Field(default=None, ge=0, le=MAX_CACHE_TTL_S)  # the response cache: docs/cache.md
 
 
 class ChatCompletionRequest(EdgeModel):

@@ -13,11 +13,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from panelfuse.pipeline.events import TERMINAL, Event, RunCancelled
 from panelfuse.pipeline.plan import RunPlan
 from panelfuse.pipeline.prompts import PROMPT_VERSION
+from panelfuse.pipeline.replay import ReplayStream
 from panelfuse.pipeline.result import FusionResult
 from panelfuse.pipeline.run import Fusion, FusionStream
 from panelfuse.service import metrics
@@ -70,6 +71,7 @@ class ActiveRun:
     ending: bool = False  # the pipeline is done; its outcome is being stored: too late to cancel
     # Settles the budget and frees the rate-limit slot, whatever way the run ends.
     on_finish: Callable[[FusionResult | None], Awaitable[None]] | None = None
+    cache: Literal["hit", "miss"] | None = None  # the response cache's verdict; None: off (docs/cache.md)
 
     @property
     def result(self) -> FusionResult:
@@ -219,7 +221,9 @@ class RunManager:
         parent_run_id: str | None = None,
         live: bool = True,
         on_finish: Callable[[FusionResult | None], Awaitable[None]] | None = None,
+        replay: FusionResult | None = None,
     ) -> ActiveRun:
+        """`replay`: a cached answer (pipeline/replay.py) served as this run instead of running the plan."""
         spec = plan.spec
         # The row exists before any upstream call: a crash from here on leaves a findable run.
         await self.store.create_run(
@@ -236,7 +240,10 @@ class RunManager:
         )
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_and_beat(), name="run-flush-and-heartbeat")
-        stream = fusion.stream(plan, run_id=run_id, hold_deltas=not live)
+        if replay is not None:
+            stream: FusionStream = ReplayStream(fusion, plan, replay, hold_deltas=not live)
+        else:
+            stream = fusion.stream(plan, run_id=run_id, hold_deltas=not live)
         run = ActiveRun(run_id, stream, background, on_finish=on_finish)
         self.active[run_id] = run
         run.task = asyncio.create_task(self._drive(run), name=f"run-{run_id}")

@@ -1,5 +1,5 @@
-"""Persistence of fusion runs and their events, keys, generations and experiments (SQLite by default,
-PostgreSQL by URL).
+"""Persistence of fusion runs and their events, keys, generations, experiments and the response cache
+(SQLite by default, PostgreSQL by URL).
 
 The server writes here; the store knows nothing of HTTP nor of the pipeline. `Database` owns the engine
 and the write rule; `RunStore`, `KeyStore` (and the evals' `EvalStore`) take one. Schema changes are
@@ -7,6 +7,7 @@ Alembic migrations in `panelfuse/store/migrations/versions`, applied by `Databas
 `RunStore.open` calls).
 """
 
+from panelfuse.store.cache import CacheEntry, CacheStore
 from panelfuse.store.database import Database
 from panelfuse.store.errors import (
     DuplicateRunError,
@@ -26,6 +27,8 @@ from panelfuse.store.url import mask_url, normalize_url
 
 __all__ = [
     "ApiKey",
+    "CacheEntry",
+    "CacheStore",
     "Database",
     "DuplicateRunError",
     "EventRecord",
