@@ -93,6 +93,7 @@ class Outcome:
             degraded=result.degraded,
             error=result.error,
             calls=result.calls,
+            cached=result.cached,
             run_id=result.run_id,
             response_id=response_id,
             answer=result.content if status == "completed" else None,
