@@ -15,7 +15,6 @@ import openai
 import pytest
 import sqlalchemy as sa
 
-from conftest import fake_providers  # noqa: F401  (keeps the fixtures' module imported first)
 from gateway_helpers import TEST_PRESET, Gateway, gateway_config
 from panelfuse.store import RunStore
 from panelfuse.testing import Failure, FakeUpstream, Script
@@ -344,6 +343,25 @@ def test_the_responses_and_messages_apis_hit_too(fake, gw):
         )
         assert again.headers["x-panelfuse-cache"] == "hit" and upstream_calls(fake) == calls
         assert again.parse().content[0].text == ANSWER
+
+
+def test_mcp_fusion_hits_too(tmp_path, fake):
+    from test_mcp import connect_stdio, structured
+
+    script_panel(fake)
+    question = {"question": "Why is the sky blue?"}
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any], int]:
+        async with connect_stdio(tmp_path, fake, PANELFUSE_CACHE_TTL_S="600") as session:
+            paid = structured(await session.call_tool("fusion", question))
+            calls = upstream_calls(fake)
+            hit = structured(await session.call_tool("fusion", question))
+            return paid, hit, calls
+
+    paid, hit, calls = asyncio.run(go())
+    assert paid["status"] == hit["status"] == "completed" and paid["cost"] > 0
+    assert hit["cost"] == 0 and hit["answer"] == paid["answer"] and hit["run_id"] != paid["run_id"]
+    assert upstream_calls(fake) == calls
 
 
 # ---- scope ---------------------------------------------------------------------------------------------
