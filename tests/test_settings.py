@@ -29,6 +29,8 @@ ENV_NAMES = {
     "mcp_wait_s": "PANELFUSE_MCP_WAIT_S",
     "mcp_max_fusions_per_session": "PANELFUSE_MCP_MAX_FUSIONS_PER_SESSION",
     "mcp_max_fusions_per_minute": "PANELFUSE_MCP_MAX_FUSIONS_PER_MINUTE",
+    "cache_ttl_s": "PANELFUSE_CACHE_TTL_S",
+    "cache_scope": "PANELFUSE_CACHE_SCOPE",
 }
 
 
@@ -61,6 +63,7 @@ def test_defaults(clean_env: None) -> None:
         "PANELFUSE_MCP_WAIT_S": "45.0",
         "PANELFUSE_MCP_MAX_FUSIONS_PER_SESSION": "20",
         "PANELFUSE_MCP_MAX_FUSIONS_PER_MINUTE": "10",
+        "PANELFUSE_CACHE_SCOPE": "key",
     }
 
 
@@ -82,6 +85,8 @@ def test_defaults(clean_env: None) -> None:
             passthrough_keys=True,
             redis_url="redis://127.0.0.1:6379/1",
             retain_days=0.1,
+            cache_ttl_s=600,
+            cache_scope="gateway",
         ),
         ServerSettings(auth=False, retain_days=0.0),
     ],
