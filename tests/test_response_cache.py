@@ -364,6 +364,31 @@ def test_mcp_fusion_hits_too(tmp_path, fake):
     assert upstream_calls(fake) == calls
 
 
+def test_the_fusion_server_tool_hits_too(fake, gw):
+    """A plain outer model calling the fusion tool: its fusion (panel + analysis) is served from the
+    cache the second time; the outer model's own calls are made and billed as always."""
+    tool = {
+        "type": "panelfuse:fusion",
+        "parameters": {"analysis_models": ["fake/m1", "fake/m2"], "model": "fake/judge", "cache_ttl_s": 600},
+    }
+    call = Script(tool_calls=[{"name": "panelfuse_fusion", "arguments": {"question": "Why is the sky blue?"}}])
+    script_panel(fake)
+    fake.script("outer", call, Script(text="Scattering."), call, Script(text="Scattering."))
+    body = {"model": "fake/outer", "messages": [{"role": "user", "content": "Why blue?"}], "tools": [tool]}
+    first = ask(gw, body).json()
+    inner = {m: len(fake.requests_for(m)) for m in ("m1", "m2", "judge")}
+    assert inner == {"m1": 1, "m2": 1, "judge": 1}
+    second = ask(gw, body).json()
+    assert second["choices"][0]["message"]["content"] == "Scattering."
+    assert {m: len(fake.requests_for(m)) for m in ("m1", "m2", "judge")} == inner  # the fusion was a hit
+    assert len(fake.requests_for("outer")) == 4
+    tool_result = json.loads(
+        next(m["content"] for m in fake.requests_for("outer")[3].body["messages"] if m["role"] == "tool")
+    )
+    assert tool_result["status"] == "ok" and tool_result["analysis"]["consensus"] == ["the sky scatters blue light"]
+    assert second["usage"]["cost"] < first["usage"]["cost"]  # only the outer calls were paid for
+
+
 # ---- scope ---------------------------------------------------------------------------------------------
 
 
