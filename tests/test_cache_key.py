@@ -139,6 +139,11 @@ ANSWER_CHANGING = [
     ("answer.stop", ["END"]),
     ("answer.seed", 1),
     ("answer.reasoning", {"effort": "high"}),
+    ("mode", "escalate"),
+    ("mode", "vote"),
+    ("escalation.first_stage", 1),
+    ("escalation.rule", "overlap"),
+    ("vote.reading", "judge"),
 ]
 
 

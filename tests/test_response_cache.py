@@ -172,6 +172,24 @@ def test_a_changed_spec_or_message_misses(fake, gw, changed):
     assert upstream_calls(fake) == calls
 
 
+@pytest.mark.parametrize(
+    ("fields", "fact"),
+    [({"mode": "vote"}, "vote"), ({"mode": "escalate", "escalation": {"rule": "final-answer"}}, "escalation")],
+)
+def test_a_hit_keeps_the_modes_facts(fake, gw, fields, fact):
+    for model in ("m1", "m2", "m3"):
+        fake.script(model, Script(text="The answer is 42.", prompt_tokens=10, completion_tokens=20))
+    body = {"messages": [{"role": "user", "content": "What is 6 x 7?"}], "plugins": [{"id": "fusion", **fields}]}
+    paid = ask(gw, body).json()["fusion"]
+    assert paid[fact] is not None and paid["degraded"] is False
+    calls = upstream_calls(fake)
+    hit = ask(gw, body)
+    assert hit.headers["x-panelfuse-cache"] == "hit" and upstream_calls(fake) == calls
+    fusion = hit.json()["fusion"]
+    assert fusion[fact] == paid[fact] and fusion["mode"] == paid["mode"] and fusion["calls"] == 0
+    assert fusion["escalated"] == paid["escalated"]
+
+
 def test_an_equivalent_request_hits(fake, gw):
     script_panel(fake)
     assert ask(gw).headers["x-panelfuse-cache"] == "miss"

@@ -15,12 +15,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from panelfuse.pipeline.analysis import Analysis
+from panelfuse.pipeline.escalation import EscalationDecision
 from panelfuse.pipeline.events import FinalCompleted, FinalDelta, RunCompleted, RunStarted
 from panelfuse.pipeline.modes import mode_for
 from panelfuse.pipeline.plan import RunPlan
 from panelfuse.pipeline.prompts import PROMPT_VERSION
 from panelfuse.pipeline.result import BestOfChoice, FusionResult, MemberResult, StageResult
 from panelfuse.pipeline.run import Fusion, FusionStream
+from panelfuse.pipeline.tally import VoteGroup, VoteTally
 from panelfuse.spec import FusionSpec
 
 
@@ -54,6 +56,9 @@ def replayed_result(
         synthesizer=_stage(stored.get("synthesizer")),
         best_of=BestOfChoice(**best_of) if isinstance(best_of, Mapping) else None,
         annotations=list(stored.get("annotations") or []),
+        gate=_stage(stored.get("gate")),
+        escalation=_escalation(stored.get("escalation")),
+        vote=_vote(stored.get("vote")),
         cached=True,
         cached_from=source_run_id,
     )
@@ -63,6 +68,34 @@ def _stage(stored: Any) -> StageResult | None:
     if not isinstance(stored, Mapping) or not stored.get("model"):
         return None
     return StageResult(model=str(stored["model"]))
+
+
+def _escalation(stored: Any) -> EscalationDecision | None:
+    if not isinstance(stored, Mapping):
+        return None
+    try:
+        return EscalationDecision(
+            escalated=bool(stored["escalated"]),
+            rule=str(stored["rule"]),
+            reason=str(stored["reason"]),
+            first_stage=tuple(stored.get("first_stage") or ()),
+            score=stored.get("score"),
+        )
+    except (KeyError, TypeError):
+        return None  # written by another version: the answer stands without it
+
+
+def _vote(stored: Any) -> VoteTally | None:
+    if not isinstance(stored, Mapping):
+        return None
+    try:
+        groups = tuple(
+            VoteGroup(answer=str(g["answer"]), members=tuple(g["members"]), weight=float(g["weight"]))
+            for g in stored["groups"]
+        )
+        return VoteTally(reading=str(stored["reading"]), groups=groups, tie=bool(stored["tie"])) if groups else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 class ReplayStream(FusionStream):

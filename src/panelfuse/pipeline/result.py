@@ -199,6 +199,9 @@ class FusionResult:
     gate: StageResult | None = None
     escalation: EscalationDecision | None = None
     vote: VoteTally | None = None
+    # Served from the response cache (docs/cache.md): no call was made; `cached_from` is the run that paid.
+    cached: bool = False
+    cached_from: str | None = None
 
     @property
     def escalated(self) -> bool | None:
@@ -210,9 +213,6 @@ class FusionResult:
         """Upstream model calls the run made: every member, fallback, repair retry, tool-loop round,
         judge and synthesizer call (a provider's own retries of one call count once)."""
         return len(self._all_calls())
-    # Served from the response cache (docs/cache.md): no call was made; `cached_from` is the run that paid.
-    cached: bool = False
-    cached_from: str | None = None
 
     @property
     def degraded(self) -> bool:
