@@ -38,7 +38,6 @@ def replayed_result(
             analysis = Analysis.model_validate(stored["analysis"])
         except ValidationError:
             analysis = None  # written by an older version: the answer stands without it
-    best_of = stored.get("best_of")
     return FusionResult(
         run_id=run_id,
         preset=spec.preset,
@@ -54,7 +53,7 @@ def replayed_result(
         expects_analysis=analysis is not None and mode_for(spec.mode).expects_analysis,
         judge=_stage(stored.get("judge")),
         synthesizer=_stage(stored.get("synthesizer")),
-        best_of=BestOfChoice(**best_of) if isinstance(best_of, Mapping) else None,
+        best_of=_best_of(stored.get("best_of")),
         annotations=list(stored.get("annotations") or []),
         gate=_stage(stored.get("gate")),
         escalation=_escalation(stored.get("escalation")),
@@ -68,6 +67,12 @@ def _stage(stored: Any) -> StageResult | None:
     if not isinstance(stored, Mapping) or not stored.get("model"):
         return None
     return StageResult(model=str(stored["model"]))
+
+
+def _best_of(stored: Any) -> BestOfChoice | None:
+    if not isinstance(stored, Mapping):
+        return None
+    return BestOfChoice(str(stored.get("member", "")), str(stored.get("model", "")), str(stored.get("reason", "")))
 
 
 def _escalation(stored: Any) -> EscalationDecision | None:
