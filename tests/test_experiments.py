@@ -368,3 +368,29 @@ def test_a_config_experiments_state_survives_a_restart(fake, tmp_path):
         assert got["paused_arms"] == ["fusion"] and got["definition"]["description"] == "now with a description"
     finally:
         gw.stop()
+
+
+def test_a_cached_primary_answer_is_recorded_as_cached_and_shadows_never_use_the_cache(fake, tmp_path):
+    script_panel(fake)
+    arms = [
+        {"name": "cached", "model": "panelfuse/fusion", "fusion": {"preset": "test", "cache_ttl_s": 3600}, "share": 1},
+        {
+            "name": "shadow",
+            "model": "panelfuse/fusion",
+            "fusion": {"preset": "test", "cache_ttl_s": 3600},
+            "shadow": True,
+        },
+    ]
+    gw, db = start(fake, tmp_path, c=experiment(arms=arms))
+    try:
+        for _ in range(2):
+            assert ask(gw, "same-user").status_code == 200
+            time.sleep(0.1)
+        rows = wait_for_records(db, "c", 4)
+        primary = sorted((x for x in rows if not x.shadow), key=lambda x: x.cached)
+        shadows = [x for x in rows if x.shadow]
+        assert [(x.cached, x.calls) for x in primary] == [(False, 5), (True, 0)]
+        assert primary[1].cost == 0
+        assert len(shadows) == 2 and all(not x.cached and x.calls == 5 for x in shadows)
+    finally:
+        gw.stop()

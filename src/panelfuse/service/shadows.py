@@ -22,6 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from panelfuse.experiment_spec import ArmSpec, ExperimentSpec
+from panelfuse.service.cache import CacheDirective
 from panelfuse.service.caller import Principal
 from panelfuse.service.errors import ServiceError
 from panelfuse.service.experiments import Assignment, Experiments, Outcome
@@ -125,6 +126,9 @@ class Shadows:
                 background=True,
                 settle=False,  # no key pays for a shadow: the experiment's shadow budget bounds it
                 live=False,
+                # A shadow measures its arm running: it neither answers from the response cache (whose
+                # operator scope would be every caller's) nor fills it.
+                cache=CacheDirective(read=False, write=False),
             )
             flight.runs[arm.name][run.run_id] = run
             try:
