@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from panelfuse.cli.common import fail, load_config_or_exit, make_console
+from panelfuse.cli.common import DbOpt, fail, load_config_or_exit, make_console, with_store
 from panelfuse.cli.context import CliContext
 from panelfuse.evals.experiment_grading import GradingRun, grade_sample
 from panelfuse.evals.experiment_render import markdown, write_report
@@ -20,7 +19,6 @@ from panelfuse.evals.experiment_stats import ExperimentReport
 from panelfuse.evals.grading import Grader
 from panelfuse.pricing import PriceTable
 from panelfuse.providers.errors import ProviderError
-from panelfuse.providers.http import run as run_closing
 from panelfuse.providers.registry import Providers
 
 if TYPE_CHECKING:
@@ -29,26 +27,7 @@ if TYPE_CHECKING:
 experiments_app = typer.Typer(
     no_args_is_help=True, help="A/B experiments in the store: list, pause, resume, stop, start, report."
 )
-DbOpt = Annotated[str | None, typer.Option("--db", help="store URL (default: $PANELFUSE_DB or the SQLite file)")]
 ConfigOption = Annotated[str | None, typer.Option("--config", help="panelfuse config file")]
-T = TypeVar("T")
-
-
-def with_store(db: str | None, work: Callable[[RunStore], Awaitable[T]]) -> T:
-    """Run `work(store)` on the run store's database, closed afterwards; a store error exits 1."""
-    from panelfuse.store import RunStore, StoreError  # the store's drivers load only for these commands
-
-    async def go() -> T:
-        store = await RunStore.open(db or os.environ.get("PANELFUSE_DB") or RunStore.default_url())
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    try:
-        return run_closing(go())
-    except StoreError as exc:
-        raise fail(str(exc)) from exc
 
 
 @experiments_app.command("report")

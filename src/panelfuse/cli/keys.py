@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from panelfuse.cli.common import fail, make_console
+from panelfuse.cli.common import DbOpt, fail, make_console, with_store
 from panelfuse.cli.progress import money
 
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys (stored hashed).")
-DbOpt = Annotated[str | None, typer.Option("--db", help="store URL (default: $PANELFUSE_DB or the SQLite file)")]
-
-
-def _with_store(db: str | None, work: Any) -> Any:
-    from panelfuse.store import RunStore, StoreError  # the store's drivers load only for these commands
-
-    async def go() -> Any:
-        store = await RunStore.open(db or os.environ.get("PANELFUSE_DB") or RunStore.default_url())
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(go())
-    except StoreError as exc:
-        raise fail(str(exc)) from exc
 
 
 @keys_app.command("create")
@@ -46,7 +27,7 @@ def keys_create(
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
     patterns = [p for m in models or [] for p in m.split(",") if p.strip()] or None
-    new = _with_store(
+    new = with_store(
         db,
         lambda store: store.keys.create(
             name, budget_usd=budget, rpm=rpm, max_concurrent=concurrent, models=patterns, is_admin=admin
@@ -62,7 +43,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(db: DbOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List keys: id, name, prefix, budget and spend (never the keys themselves)."""
-    keys = _with_store(db, lambda store: store.keys.list())
+    keys = with_store(db, lambda store: store.keys.list())
     console = make_console()
     if as_json:
         console.print_json(json.dumps([k.to_dict() for k in keys]))
@@ -91,7 +72,7 @@ def keys_revoke(
     id_or_name: Annotated[str, typer.Argument(help="a key id, or a name (revokes all with it)")], db: DbOpt = None
 ) -> None:
     """Revoke a key: requests with it get 401 from then on."""
-    count = _with_store(db, lambda store: store.keys.revoke(id_or_name))
+    count = with_store(db, lambda store: store.keys.revoke(id_or_name))
     if not count:
         raise fail(f"no active key '{id_or_name}'")
     make_console().print(f"revoked {count} key{'s' if count > 1 else ''}")
