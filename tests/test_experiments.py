@@ -14,7 +14,7 @@ import pytest
 
 from gateway_helpers import Gateway, gateway_config
 from panelfuse.store import ExperimentRequest, ExperimentStore, RunStore
-from panelfuse.testing import Script
+from panelfuse.testing import Failure, Script
 from pipeline_helpers import script_panel
 
 SINGLE_TEXT = "Rayleigh scattering makes the sky blue."  # fake/m1's scripted answer (script_panel)
@@ -392,5 +392,41 @@ def test_a_cached_primary_answer_is_recorded_as_cached_and_shadows_never_use_the
         assert [(x.cached, x.calls) for x in primary] == [(False, 5), (True, 0)]
         assert primary[1].cost == 0
         assert len(shadows) == 2 and all(not x.cached and x.calls == 5 for x in shadows)
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_proxied_arm_that_fails_is_recorded_failed(fake, tmp_path, stream):
+    script_panel(fake)
+    # 500 before any answer (both ways), or a stream cut midway (an error chunk after some tokens).
+    failure = Script(failure=Failure.CUT, cut_after_tokens=2) if stream else Script(failure=Failure.HTTP_500)
+    fake.script("m1", failure)
+    arms = [{"name": "single", "model": "fake/m1", "share": 1}, {"name": "other", "model": "fake/m1", "share": 1}]
+    gw, db = start(fake, tmp_path, f=experiment(arms=arms))
+    try:
+        with httpx.Client(timeout=30) as client:
+            body = {"model": "gpt-default", "messages": QUESTION, "user": "u", "stream": stream}
+            r = client.post(f"{gw.url}/v1/chat/completions", json=body)
+            assert r.status_code == 200 if stream else r.status_code >= 500, r.text
+            if stream:
+                assert '"error"' in r.text
+        (row,) = wait_for_records(db, "f", 1)
+        assert row.status == "failed" and row.error and row.calls == 1 and not row.shadow
+    finally:
+        gw.stop()
+
+
+def test_a_failure_to_open_a_proxied_stream_is_recorded_failed(fake, tmp_path):
+    script_panel(fake)
+    fake.script("m1", Script(failure=Failure.HTTP_500))
+    arms = [{"name": "single", "model": "fake/m1", "share": 1}, {"name": "other", "model": "fake/m1", "share": 1}]
+    gw, db = start(fake, tmp_path, o=experiment(arms=arms))
+    try:
+        body = {"model": "gpt-default", "messages": QUESTION, "user": "u", "stream": True}
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code >= 500
+        (row,) = wait_for_records(db, "o", 1)
+        assert row.status == "failed" and row.error
     finally:
         gw.stop()

@@ -23,7 +23,7 @@ from panelfuse.providers.errors import ProviderError
 from panelfuse.providers.resolve import ProviderRoute
 from panelfuse.server import shapes
 from panelfuse.server.disconnect import unless_client_leaves
-from panelfuse.server.errors import ApiError, from_provider_error
+from panelfuse.server.errors import ApiError, ServiceError, from_provider_error
 from panelfuse.server.sse import DONE, sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service.admission import Admission
@@ -96,7 +96,7 @@ async def proxy_completion(
         # The upstream is asked the way the caller asked: a non-streamed call, every choice as it answers.
         try:
             answer = await answered_or_released(_fold_choices(provider.complete_events(req)), admission, request)
-        except ApiError as exc:
+        except ServiceError as exc:
             tell("failed", error=exc.message)
             raise
         except BaseException:
@@ -110,7 +110,7 @@ async def proxy_completion(
         return JSONResponse(out, headers=headers)
     try:
         upstream = await opened_stream(provider.stream(req), admission)
-    except ApiError as exc:
+    except ServiceError as exc:
         tell("failed", error=exc.message)
         raise
 
