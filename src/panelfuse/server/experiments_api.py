@@ -18,7 +18,6 @@ from panelfuse.server.deps import Caller, State, Trials
 from panelfuse.server.errors import ApiError
 from panelfuse.service.caller import Principal
 from panelfuse.service.requests import FeedbackRequest, FusionPlugin
-from panelfuse.service.shadows import Shadows
 from panelfuse.service.specs import validation_error
 from panelfuse.store.experiments import ExperimentRow
 
@@ -112,8 +111,7 @@ async def pause_arm(name: Name, arm: str, state: State, trials: Trials, caller: 
     if all(a.name in paused for a in spec.primary_arms):
         raise ApiError(409, "pausing it would leave no arm to answer; stop the experiment instead", code="last_arm")
     updated = await trials.set_state(name, paused_arms=sorted(paused))
-    if isinstance(trials.shadows, Shadows):
-        trials.shadows.cancel(name, arm)
+    trials.cancel_shadows(name, arm)
     assert updated is not None
     return experiment_object(updated)
 
@@ -137,8 +135,7 @@ async def stop_experiment(
     chosen = (body.chosen_arm if body else None) or spec.primary_arms[0].name
     _arm_or_404(spec, chosen)
     updated = await trials.set_state(name, status="stopped", chosen_arm=chosen)
-    if isinstance(trials.shadows, Shadows):
-        trials.shadows.cancel(name)
+    trials.cancel_shadows(name)
     assert updated is not None
     return experiment_object(updated)
 

@@ -179,6 +179,8 @@ def last_question(chat: ChatCompletionRequest) -> str:
 class ShadowLauncher(Protocol):
     def launch(self, assignment: Assignment) -> None: ...
 
+    def cancel(self, experiment: str, arm: str | None = None) -> int: ...
+
 
 class Experiments:
     """The gateway's experiments (one per process, built at start-up). `shadows` starts the shadow
@@ -319,3 +321,8 @@ class Experiments:
         row = await self.store.set_state(name, **state)
         self.invalidate()
         return row
+
+    def cancel_shadows(self, name: str, arm: str | None = None) -> None:
+        """Cancel this process's shadow runs of the experiment (of one arm, or all)."""
+        if self.shadows is not None:
+            self.shadows.cancel(name, arm)
