@@ -3,41 +3,22 @@ numbers (per arm, the differences, the projected monthly cost), accessible and f
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 
 import gateway_helpers
-from conftest import IN_CI
 from experiment_rows import DEFINITION, NAME, make_rows, record_sync
 from gateway_helpers import Gateway
-from test_chatroom import ARTIFACTS, AXE, CHROMIUM, CHROMIUM_ARGS, chatroom_config, open_page
+from test_chatroom import ARTIFACTS, AXE, chatroom_config, open_page
+from test_chatroom import browser as browser  # the module's one Chromium, the chatroom tests' fixture
 
 try:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError:  # the dev extra is not installed
-    expect = sync_playwright = None
+    expect = None
 
 if expect is not None:
     expect.set_options(timeout=15_000)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    missing = None
-    if sync_playwright is None:
-        missing = "playwright is not installed (pip install -e '.[dev]')"
-    elif not Path(CHROMIUM).exists():
-        missing = f"chromium not found at {CHROMIUM} (apt-get install chromium, or set PANELFUSE_CHROMIUM)"
-    if missing:
-        if IN_CI:
-            pytest.fail(f"chatroom tests need a browser: {missing} (CI=true: a missing browser is a failure)")
-        pytest.skip(f"chatroom tests need a browser: {missing}")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture
