@@ -125,6 +125,8 @@ ANSWER_CHANGING = [
     ("mode", "single"),
     ("quorum", 2),
     ("grace_ms", 500),
+    ("hedge_ms", 300),  # a hedge may answer from the fallback
+    ("members.0.hedge_ms", 300),
     ("max_tokens", 200),
     ("max_tool_calls", 2),
     ("panel_tools", []),

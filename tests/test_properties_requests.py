@@ -88,6 +88,7 @@ plugin = st.fixed_dictionaries(
         "quorum": maybe(number),
         "deadline_ms": maybe(st.sampled_from([100, 5000, 10**12, -1])),
         "grace_ms": maybe(number),
+        "hedge_ms": maybe(number),
         "max_cost": maybe(number),
         "max_completion_tokens": maybe(number),
         "temperature": maybe(number),

@@ -26,6 +26,7 @@ LABELS = string.ascii_uppercase[:MAX_MEMBERS]
 MAX_INNER_TOKENS = 200_000  # per call
 MAX_DEADLINE_MS = 3_600_000  # an hour per upstream call
 MAX_GRACE_MS = 3_600_000
+MAX_HEDGE_MS = 3_600_000
 MAX_USD = 1_000_000.0
 MAX_WEIGHT = 1_000.0
 SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's seed is a 64-bit integer
@@ -40,6 +41,8 @@ class MemberSpec(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     fallbacks: list[str] = Field(default_factory=list, max_length=4)
+    # This member's own hedge delay (FusionSpec.hedge_ms); None: the spec's.
+    hedge_ms: int | None = Field(default=None, ge=0, le=MAX_HEDGE_MS)
 
 
 # The analysis's own keys (pipeline/analysis.py): an extra dimension may not reuse one.
@@ -144,6 +147,10 @@ class FusionSpec(BaseModel):
     mode: Mode = "synthesize"
     quorum: int | None = Field(default=None, ge=1, le=MAX_MEMBERS)
     grace_ms: int | None = Field(default=None, ge=0, le=MAX_GRACE_MS)
+    # Hedged member calls (pipeline/hedge.py): a member's first call not answered this long after it
+    # started gets a duplicate to its first fallback (or its own model), and the first answer wins.
+    # None: off.
+    hedge_ms: int | None = Field(default=None, ge=0, le=MAX_HEDGE_MS)
     deadline_ms: int = Field(default=120_000, ge=100, le=MAX_DEADLINE_MS, description="deadline of the whole run")
     max_tokens: int = Field(default=1024, ge=1, le=MAX_INNER_TOKENS, description="per inner call")
     max_tool_calls: int = Field(default=8, ge=0, le=16)
@@ -195,6 +202,10 @@ class FusionSpec(BaseModel):
     @property
     def synthesizer_fallbacks(self) -> list[str]:
         return self.synthesizer.fallbacks if self.synthesizer.model else self.judge.fallbacks
+
+    def hedge_ms_for(self, member: MemberSpec) -> int | None:
+        """The delay after which `member`'s first call is hedged: its own, else the spec's; None: never."""
+        return member.hedge_ms if member.hedge_ms is not None else self.hedge_ms
 
     def labelled_members(self) -> list[tuple[str, MemberSpec]]:
         return list(zip(LABELS, self.members, strict=False))

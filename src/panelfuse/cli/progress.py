@@ -107,6 +107,11 @@ class ProgressPrinter:
             c.print(f"  [cyan]●[/] {d['member']} {d['model']} started")
         elif t == "panel.fallback":
             c.print(f"  [yellow]↪[/] {d['member']} {d['from']} failed ({d['reason']}); trying {d['to']}")
+        elif t == "panel.hedged":
+            c.print(f"  [yellow]⇉[/] {d['member']} {d['from']} slow ({d['after_ms']} ms); also asking {d['to']}")
+        elif t == "panel.hedge_won":
+            self.streamed[d["member"]] = 0  # the duplicate's text replaces the first call's
+            c.print(f"  [yellow]⇉[/] {d['member']} {d['to']} answered first; {d['from']} cancelled")
         elif t == "panel.completed":
             usage = d.get("usage") or {}
             c.print(

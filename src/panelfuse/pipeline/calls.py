@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from panelfuse.pipeline import prompts
-from panelfuse.pipeline.events import EventLog, ToolCalled
+from panelfuse.pipeline.events import Emitter, ToolCalled
 from panelfuse.pipeline.result import CallRecord
 from panelfuse.pipeline.routes import ResolvedModel
 from panelfuse.pricing import PriceTable, call_cost, estimate_tokens, messages_tokens, token_cost
@@ -148,7 +148,7 @@ PRE_RETRIEVAL_RESULTS = 3
 TOOLS_SHARE = 0.6  # of a call's time left, what its tool rounds may use; the answer round gets the rest
 
 
-def tool_event(log: EventLog, who: str) -> OnTool:
+def tool_event(log: Emitter, who: str) -> OnTool:
     def emit(tool: str, args: Any, refused: str | None) -> None:
         log.emit(ToolCalled(member=who, tool=tool, args=args, refused=refused or None))
 

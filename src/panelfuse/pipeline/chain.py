@@ -61,6 +61,21 @@ class ChainOutcome(Generic[T]):
         return self.error is None and self.model is not None
 
 
+@dataclass
+class Step(Generic[T]):
+    """One step of a chain: a call, or a hedged call racing its duplicate (pipeline/hedge.py). `model`
+    answered (`value`) or failed last (`error`); `used`: how many of the chain's models it called."""
+
+    model: ResolvedModel
+    value: T | None = None
+    error: Exception | None = None
+    used: int = 1
+
+
+# The chain's first step, run another way (a hedged call): it gets the whole chain.
+FirstStep = Callable[[Sequence[ResolvedModel]], Awaitable[Step[T]]]
+
+
 async def run_chain(
     stage: str,
     chain: Sequence[ResolvedModel],
@@ -71,27 +86,40 @@ async def run_chain(
     errors: tuple[type[Exception], ...] = (ProviderError,),
     may_fall_back: Callable[[], bool] = lambda: True,
     on_try: Callable[[ResolvedModel], None] | None = None,
+    first: FirstStep[T] | None = None,
 ) -> ChainOutcome[T]:
     """Try each model of `chain` with `attempt` until one returns. `may_fall_back` is asked after a
     failure (no fallback once text has reached the caller, say); `errors` are the failures that move
-    on (anything else is a bug and propagates)."""
+    on (anything else is a bug and propagates). `first`, when given, runs the first step instead of
+    `attempt` (a member's hedged call, which may use the first fallback too)."""
     fallback_event, failed_event = EVENTS[stage]
     outcome: ChainOutcome[T] = ChainOutcome()
-    for i, model in enumerate(chain):
-        outcome.model = model
+    i = 0
+    while i < len(chain):
+        outcome.model = chain[i]
         if on_try is not None:
-            on_try(model)
-        try:
-            outcome.value = await attempt(model)
-        except errors as exc:
-            outcome.error = exc
-            if i + 1 < len(chain) and may_fall_back():
-                log.emit(
-                    fallback_event(from_model=model.model, to_model=chain[i + 1].model, reason=str(exc), member=member)
-                )
-                continue
-            log.emit(failed_event(error=str(exc), model=model.model, status=status_of(exc), member=member))
+            on_try(chain[i])
+        if i == 0 and first is not None:
+            step = await first(chain)
+        else:
+            try:
+                step = Step(chain[i], value=await attempt(chain[i]))
+            except errors as exc:
+                step = Step(chain[i], error=exc)
+        outcome.model = step.model
+        if step.error is None:
+            outcome.value, outcome.error = step.value, None
             return outcome
-        outcome.error = None
+        outcome.error, i = step.error, i + step.used
+        if i < len(chain) and may_fall_back():
+            log.emit(
+                fallback_event(
+                    from_model=step.model.model, to_model=chain[i].model, reason=str(step.error), member=member
+                )
+            )
+            continue
+        log.emit(
+            failed_event(error=str(step.error), model=step.model.model, status=status_of(step.error), member=member)
+        )
         return outcome
     return outcome

@@ -4,6 +4,9 @@ With tools: a model offered tools through function calling is counted with max_t
 rounds (pricing.member_call_tokens), plus max_tool_calls search requests at the search backend's
 price when web_search is among its tools. A member without function calling that gets pre-retrieval
 has TOOL_RESULT_TOKENS more prompt, and the run one search request more.
+
+With hedging (`hedge_ms`), a member without fallbacks counts its model twice (the duplicate call);
+a member with fallbacks hedges to its first one, which the chain counts already.
 """
 
 from __future__ import annotations
@@ -59,6 +62,14 @@ def add_judge_calls(
             est.add(prices, "analysis", who, model.model, prompt + out, out)
 
 
+def hedged_chain(spec: FusionSpec, member: MemberChain) -> tuple[ResolvedModel, ...]:
+    """The calls a member may make: its chain, and with hedging (pipeline/hedge.py) a duplicate of its
+    model when it has no fallback (with one, the duplicate is that fallback, already in the chain)."""
+    if spec.hedge_ms_for(member.spec) is not None and len(member.chain) == 1:
+        return (*member.chain, member.chain[0])
+    return member.chain
+
+
 def worst_case_of(est: Estimate, keep: Callable[[PlannedCall], bool]) -> float:
     """The worst case of the planned items `keep` selects (the cost guard's later stages)."""
     return sum(c.cost for c in est.calls if keep(c))
@@ -85,7 +96,7 @@ def estimate_run(
     member_out = mode.member_max_tokens(spec)
     retrieval_used = False
     for member in members:
-        for model in member.chain:
+        for model in hedged_chain(spec, member):
             rounds = spec.max_tool_calls if model.tools else 0
             prompt = panel_tokens
             if not model.tools and pre_retrieval:

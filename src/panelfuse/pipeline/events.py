@@ -11,7 +11,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 Stage = Literal["panel", "analysis", "synthesis", "run"]
 
@@ -86,6 +86,31 @@ class PanelCut(Payload):
     TYPE = "panel.cut"
     member: str
     model: str
+
+
+@dataclass(frozen=True, slots=True)
+class PanelHedged(Payload):
+    """A member's first call had not answered `after_ms` after it started: a duplicate call to `to`
+    races it (pipeline/hedge.py). The member's text keeps coming from `from` meanwhile."""
+
+    TYPE = "panel.hedged"
+    RENAMED: ClassVar[dict[str, str]] = {"from_model": "from", "to_model": "to"}
+    member: str
+    from_model: str
+    to_model: str
+    after_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PanelHedgeWon(Payload):
+    """The duplicate answered first and `from` was cancelled: the member's text so far is replaced by
+    the duplicate's, which follows in full (as after a `panel.fallback`)."""
+
+    TYPE = "panel.hedge_won"
+    RENAMED: ClassVar[dict[str, str]] = {"from_model": "from", "to_model": "to"}
+    member: str
+    from_model: str
+    to_model: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +247,8 @@ CATALOG: dict[str, type[Payload]] = {
         PanelCompleted,
         PanelFailed,
         PanelCut,
+        PanelHedged,
+        PanelHedgeWon,
         AnalysisStarted,
         AnalysisFallback,
         AnalysisCompleted,
@@ -271,6 +298,12 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "seq": self.seq, "type": self.type, "stage": self.stage, **self.data}
+
+
+class Emitter(Protocol):
+    """What takes events: the run's EventLog, or a hedged call's lane that may hold them back."""
+
+    def emit(self, payload: Payload) -> None: ...
 
 
 class EventLog:

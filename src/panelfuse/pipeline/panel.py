@@ -1,17 +1,18 @@
-"""The panel: members answer concurrently; fallbacks, statuses, quorum and grace."""
+"""The panel: members answer concurrently; fallbacks, hedges, statuses, quorum and grace."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from panelfuse.pipeline import prompts
 from panelfuse.pipeline.calls import SharedRetrieval, call_model, call_with_tools, tool_event
 from panelfuse.pipeline.chain import EmptyAnswer, run_chain, status_of
 from panelfuse.pipeline.events import EventLog, FinalDelta, PanelCompleted, PanelCut, PanelDelta, PanelStarted
+from panelfuse.pipeline.hedge import Hedge, Lane
 from panelfuse.pipeline.result import MemberResult
 from panelfuse.pipeline.routes import MemberChain, ResolvedModel
 from panelfuse.providers.base import ChatRequest, Completion
@@ -35,6 +36,14 @@ def panel_messages(messages: Sequence[dict[str, Any]], panel_sees: str) -> list[
     return systems + users[-1:]
 
 
+@dataclass(frozen=True)
+class MemberAnswer:
+    """One member call's answer and the sources behind it."""
+
+    completion: Completion
+    citations: list[Citation]
+
+
 async def run_member(
     run: RunContext,
     member: MemberChain,
@@ -42,7 +51,7 @@ async def run_member(
     retrieval: SharedRetrieval | None = None,
 ) -> MemberResult:
     """Try the member's model, then each fallback (the chain runner); fill `result` in place (so a cut
-    keeps its calls).
+    keeps its calls). With `hedge_ms`, the first call may race a duplicate (pipeline/hedge.py).
 
     When the mode's answer is the first member's (`single`), its text also streams as final.delta and,
     as with the synthesizer, no fallback is tried once text has reached the caller.
@@ -54,33 +63,51 @@ async def run_member(
     started = time.monotonic()
     log.emit(PanelStarted(member=member.label, model=member.chain[0].model))
 
-    async def attempt(model: ResolvedModel) -> Completion:
-        result.model = model.model
+    def on_text(t: str) -> None:
+        log.emit(PanelDelta(member=member.label, text=t))
+        if answer is not None:
+            answer(t)
+
+    def lane(live: bool) -> Lane:
+        return Lane(on_text, log, live=live)
+
+    async def attempt(model: ResolvedModel, to: Lane) -> MemberAnswer:
         req = member_request(run, member, model)
         citations: list[Citation] = []
-        try:
-            completion = await _answer(run, member.label, model, req, result, citations, retrieval, answer)
-            if not completion.text.strip():
-                raise EmptyAnswer("the model returned an empty answer", model=model.model)
-        except ProviderError as exc:
-            result.status, result.error, result.status_code = status_of(exc), str(exc), exc.status_code
-            raise
-        result.citations = citations
-        return completion
+        completion = await _answer(run, member.label, model, req, result, citations, retrieval, to)
+        if not completion.text.strip():
+            raise EmptyAnswer("the model returned an empty answer", model=model.model)
+        return MemberAnswer(completion, citations)
 
+    def trying(model: ResolvedModel) -> None:
+        result.model = model.model
+
+    hedge_ms = run.plan.spec.hedge_ms_for(member.spec)
+    first = (
+        None if hedge_ms is None else Hedge(hedge_ms / 1000, attempt, lane, log, result, exclusive=answer is not None)
+    )
     outcome = await run_chain(
         "panel",
         member.chain,
-        attempt,
+        lambda model: attempt(model, lane(True)),
         log,
         member=member.label,
         may_fall_back=lambda: not (answer and answer.started),
+        on_try=trying,
+        first=first,
     )
     result.latency_ms = int((time.monotonic() - started) * 1000)
+    if outcome.model is not None:
+        result.model = outcome.model.model
     if outcome.value is None:
+        error = outcome.error
+        if error is not None:
+            code = error.status_code if isinstance(error, ProviderError) else None
+            result.status, result.error, result.status_code = status_of(error), str(error), code
         return result
-    result.status, result.content, result.error, result.status_code = "ok", outcome.value.text, None, None
-    result.finish_reason = outcome.value.finish_reason
+    completion = outcome.value.completion
+    result.status, result.content, result.error, result.status_code = "ok", completion.text, None, None
+    result.finish_reason, result.citations = completion.finish_reason, outcome.value.citations
     log.emit(
         PanelCompleted(
             member=member.label,
@@ -136,15 +163,9 @@ async def _answer(
     result: MemberResult,
     citations: list[Citation],
     retrieval: SharedRetrieval | None,
-    answer: FinalStream | None = None,
+    lane: Lane,
 ) -> Completion:
-    log = run.log
-
-    def on_text(t: str) -> None:
-        log.emit(PanelDelta(member=label, text=t))
-        if answer is not None:
-            answer(t)
-
+    """One call of a member; its text and tool events go to `lane` (live, or held back: a hedge)."""
     if model.tools:
         return await call_with_tools(
             run.calls,
@@ -154,12 +175,12 @@ async def _answer(
             max_tool_calls=run.plan.spec.max_tool_calls,
             usage=result.tools,
             citations=citations,
-            on_tool=tool_event(log, label),
-            on_text=on_text,
+            on_tool=tool_event(lane, label),
+            on_text=lane.text,
         )
     if retrieval is not None:
         req = replace(req, messages=await retrieval.messages_for(req.messages, result.tools, citations))
-    return await call_model(run.calls, model, req, result.calls, on_text=on_text)
+    return await call_model(run.calls, model, req, result.calls, on_text=lane.text)
 
 
 async def run_panel(

@@ -27,6 +27,23 @@ class CallRecord:
     cost_estimated: bool = False  # cut or cancelled: cost reckoned from what streamed
 
 
+@dataclass
+class HedgeRecord:
+    """A member's hedged first call (pipeline/hedge.py): a duplicate to `model` started `after_ms` after
+    the first call; `won` when its answer is the member's. Both calls are in the member's `calls`."""
+
+    model: str
+    after_ms: int
+    won: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "after_ms": self.after_ms, "won": self.won}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HedgeRecord:
+        return cls(model=d["model"], after_ms=d.get("after_ms") or 0, won=bool(d.get("won")))
+
+
 class Billed:
     """What a member or a stage cost: the sum of its calls, plus its search requests."""
 
@@ -57,6 +74,7 @@ class MemberResult(Billed):
     tools: ToolUsage = field(default_factory=ToolUsage)  # every attempt's tool use (all of it is billed)
     citations: list[Citation] = field(default_factory=list)  # sources behind the answer that succeeded
     finish_reason: str | None = None  # of the call that gave the answer (not part of the wire form)
+    hedge: HedgeRecord | None = None  # its first call was hedged (FusionSpec.hedge_ms)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemberResult:
@@ -70,6 +88,7 @@ class MemberResult(Billed):
             error=d.get("error"),
             latency_ms=d.get("latency_ms") or 0,
             citations=[Citation.from_dict(c) for c in d.get("citations") or [] if c.get("url")],
+            hedge=HedgeRecord.from_dict(d["hedge"]) if d.get("hedge") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +105,7 @@ class MemberResult(Billed):
             "weight": self.weight,
             "tools": self.tools.to_dict(),
             "citations": [c.to_dict() for c in self.citations],
+            "hedge": self.hedge.to_dict() if self.hedge else None,
         }
 
 

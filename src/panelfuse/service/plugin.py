@@ -120,6 +120,7 @@ def spec_from_request(
         "reasoning": p.reasoning,
         "quorum": p.quorum,
         "grace_ms": p.grace_ms,
+        "hedge_ms": p.hedge_ms,
         "deadline_ms": p.deadline_ms,
         "max_cost": p.max_cost,
         "panel_sees": p.panel_sees,

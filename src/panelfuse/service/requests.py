@@ -19,6 +19,7 @@ from panelfuse.spec import (
     MAX_CACHE_TTL_S,
     MAX_DEADLINE_MS,
     MAX_GRACE_MS,
+    MAX_HEDGE_MS,
     MAX_INNER_TOKENS,
     MAX_MEMBERS,
     MAX_USD,
@@ -166,6 +167,7 @@ class MemberObject(BaseModel):
     weight: float | None = Field(default=None, gt=0, le=MAX_WEIGHT)
     temperature: float | None = Field(default=None, ge=0, le=2)
     fallbacks: list[Identifier] = Field(default_factory=list, max_length=4)
+    hedge_ms: int | None = Field(default=None, ge=0, le=MAX_HEDGE_MS)
 
 
 class ServerToolEntry(BaseModel):
@@ -213,6 +215,7 @@ class FusionPlugin(BaseModel):
     judge_fallbacks: list[Identifier] | None = Field(default=None, max_length=4)
     quorum: int | None = Field(default=None, ge=1, le=MAX_MEMBERS)
     grace_ms: int | None = Field(default=None, ge=0, le=MAX_GRACE_MS)
+    hedge_ms: int | None = Field(default=None, ge=0, le=MAX_HEDGE_MS)
     deadline_ms: int | None = Field(default=None, ge=100, le=MAX_DEADLINE_MS)
     max_cost: float | None = Field(default=None, ge=0, le=MAX_USD)
     criteria: str | None = Field(default=None, max_length=4000)

@@ -120,6 +120,11 @@ export class FusionTurn {
     m.notes.append(h("li", { text }));
   }
 
+  restartText(m) {
+    m.text = "";
+    m.body.textContent = "";
+  }
+
   // One progress event (from a stream chunk's `fusion` field or the events endpoint).
   handleEvent(ev) {
     const type = ev.event || ev.type;
@@ -143,9 +148,21 @@ export class FusionTurn {
         if (ev.member === "judge") this.analysisStatus.textContent = `The judge called ${ev.tool}.`;
         else this.note(this.member(ev.member), `${ev.tool} ${JSON.stringify(ev.args || {})}`);
         break;
-      case "panel.fallback":
-        this.note(this.member(ev.member), `fell back from ${ev.from} to ${ev.to}: ${ev.reason || ""}`);
+      case "panel.fallback": {
+        const m = this.member(ev.member);
+        this.note(m, `fell back from ${ev.from} to ${ev.to}: ${ev.reason || ""}`);
+        this.restartText(m); // the next model's text replaces what the failed call streamed
         break;
+      }
+      case "panel.hedged":
+        this.note(this.member(ev.member), `no answer from ${ev.from} after ${fmtMs(ev.after_ms)}: also asked ${ev.to}`);
+        break;
+      case "panel.hedge_won": {
+        const m = this.member(ev.member, ev.to);
+        this.note(m, `${ev.to} answered first; ${ev.from} was cancelled`);
+        this.restartText(m); // the duplicate's whole text follows
+        break;
+      }
       case "panel.completed": {
         const m = this.member(ev.member, ev.model);
         this.setMemberStatus(m, "ok");
