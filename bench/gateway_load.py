@@ -11,7 +11,8 @@ critical path is 1 × latency for a proxied call and 3 × latency for a fusion; 
 minus it. CPU per request is the gateway process's own user + system time over the requests served.
 Then: CPU per fusion with zero upstream latency at C=1 against C=128 (does cost grow with load?), the
 memory an in-flight fusion holds, the final answer's first token against the synthesizer's, and the
-tail with one heavy-tailed member (quorum + grace against waiting for all). docs/performance.md reads it.
+tail with one heavy-tailed member (waiting for all, quorum + grace, hedging; `--only tail` runs just that).
+docs/performance.md reads it.
 """
 
 from __future__ import annotations
@@ -32,10 +33,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tail_costs import hedge_extra, stored_costs
+
 HERE = Path(__file__).resolve().parent
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 ASK = [{"role": "user", "content": "Why is the sky blue?"}]
+# The tail scenario's hedge delay: 1.5 × the 200 ms median, past what m1 and m2 take (they answer at
+# the median) and past about two thirds of the heavy member's calls, so only its slow third is hedged.
+TAIL_HEDGE_MS = 300
+TAIL_PRESETS = ("tail_all", "tail_quorum", "tail_hedge")
 
 
 # ---- /proc -------------------------------------------------------------------------------------------
@@ -112,9 +119,15 @@ def gateway_config(fake_port: int, deadline_ms: int, max_tokens: int) -> str:
         'api_key = "bench"',
     ]
 
-    def preset(name: str, members: list[str], judge: str, synth: str, **extra: Any) -> None:
+    def member(m: str | tuple[str, str]) -> str:
+        """A member, or (model, fallback) as an inline table."""
+        if isinstance(m, str):
+            return f'"fake/{m}"'
+        return f'{{ model = "fake/{m[0]}", fallbacks = ["fake/{m[1]}"] }}'
+
+    def preset(name: str, members: list[str | tuple[str, str]], judge: str, synth: str, **extra: Any) -> None:
         lines.append(f"[presets.{name}]")
-        lines.append("members = [" + ", ".join(f'"fake/{m}"' for m in members) + "]")
+        lines.append("members = [" + ", ".join(member(m) for m in members) + "]")
         lines.append(f'judge = "fake/{judge}"')
         lines.append(f'synthesizer = {{ model = "fake/{synth}" }}')
         lines.append(f"deadline_ms = {deadline_ms}")
@@ -125,6 +138,9 @@ def gateway_config(fake_port: int, deadline_ms: int, max_tokens: int) -> str:
     preset("fast", ["fast-m1", "fast-m2", "fast-m3"], "fast-judge", "fast-synth")
     preset("tail_all", ["m1", "m2", "heavy"], "judge", "synth", quorum=3)
     preset("tail_quorum", ["m1", "m2", "heavy"], "judge", "synth", quorum=2, grace_ms=100)
+    # Waiting for all three, with hedging: a member call not answered after TAIL_HEDGE_MS gets a duplicate
+    # (the heavy member's to m3, an ordinary model; m1's and m2's to themselves).
+    preset("tail_hedge", ["m1", "m2", ("heavy", "m3")], "judge", "synth", quorum=3, hedge_ms=TAIL_HEDGE_MS)
     for m in models + fast:
         lines.append(f'[prices."fake/{m}"]')
         lines.append("input = 1.0\noutput = 2.0")
@@ -313,6 +329,7 @@ def main() -> None:
     p.add_argument("--peer", action="append", default=[], help="NAME=BINARY (litellm) to measure beside us")
     p.add_argument("--peers-only", action="store_true", help="measure only the --peer gateways")
     p.add_argument("--out", type=Path, default=HERE / "out" / "gateway_load.json")
+    p.add_argument("--only", choices=["all", "tail"], default="all", help="tail: only the tail-latency scenario")
     args = p.parse_args()
     if args.quick:
         args.concurrency, args.per_worker, args.min_requests = [1, 4], 2, 6
@@ -374,6 +391,9 @@ def measure_panelfuse(results: dict[str, Any], workdir: Path, fake_port: int, ar
         )
         plain = {"model": "fake/plain", "messages": ASK}
         fusion = {"model": "panelfuse/fusion-bench", "messages": ASK}
+        if args.only == "tail":
+            results["tail"] = tail(url, gateway.pid, args)
+            return
         rows = results["rows"]
         rows.append(sweep("panelfuse, plain model proxied", url, plain, gateway.pid, args, lat_s, True))
         rows.append(sweep("panelfuse fusion (streamed)", url, fusion, gateway.pid, args, 3 * lat_s, True))
@@ -453,18 +473,31 @@ def final_ttft(url: str, pid: int, fake_port: int, args: argparse.Namespace) -> 
 
 
 def tail(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One member with a heavy-tailed latency (p99 = ratio × median): waiting for all three against a
-    quorum of two with 100 ms of grace."""
+    """One member with a heavy-tailed latency (p99 = ratio × median): waiting for all three, a quorum of
+    two with 100 ms of grace, and waiting for all three with hedging (TAIL_HEDGE_MS). Each with the
+    calls and cost per fusion the gateway stored; hedging's extra against waiting for all."""
     c = 4 if args.quick else 8
     n = 8 if args.quick else 240
-    out: dict[str, Any] = {"heavy_ratio": args.heavy_ratio, "concurrency": c}
-    for name in ("tail_all", "tail_quorum"):
+    out: dict[str, Any] = {"heavy_ratio": args.heavy_ratio, "concurrency": c, "hedge_ms": TAIL_HEDGE_MS}
+    runs_url = url.replace("/v1/chat/completions", "/v1/fusion/runs")
+    for name in TAIL_PRESETS:
         point, _ = load(url, {"model": f"panelfuse/fusion-{name}", "messages": ASK}, pid, c, n, 0.0, False)
         ratio = round(point.p99_ms / point.p50_ms, 2)
         out[name] = {"p50_ms": point.p50_ms, "p99_ms": point.p99_ms, "p99_over_p50": ratio, "errors": point.errors}
+        out[name].update(stored_costs(runs_url, name, fetch_json))
         if point.first_errors:
             out[name]["first_errors"] = point.first_errors
-        print(f"  {name:12} p50 {point.p50_ms} ms  p99 {point.p99_ms} ms  p99/p50 {out[name]['p99_over_p50']}")
+        print(
+            f"  {name:12} p50 {point.p50_ms} ms  p99 {point.p99_ms} ms  p99/p50 {ratio}  "
+            f"{out[name]['calls_per_fusion']} calls, ${out[name]['cost_per_fusion']:.6f} per fusion"
+        )
+    out["hedge_extra"] = hedge_extra(out["tail_all"], out["tail_hedge"])
+    extra = out["hedge_extra"]
+    print(
+        f"  hedging: {extra['hedges_per_fusion']} hedges per fusion ({extra['hedges_won_per_fusion']} won), "
+        f"+{extra['calls_per_fusion']} upstream calls per fusion, +{extra['cost_pct']} % cost as billed, "
+        f"+{extra['cost_pct_if_losers_billed']} % if every cancelled loser were billed in full"
+    )
     return out
 
 

@@ -34,6 +34,19 @@ def test_the_gateway_benchmark_runs_and_writes_its_table(tmp_path):
     assert scaling["c1_cpu_ms"] >= 0 and scaling["kb_per_in_flight_fusion"] >= 0
     ttft = data["final_ttft"]
     assert ttft["samples"] > 0 and math.isfinite(ttft["p50_ms"])
-    for name in ("tail_all", "tail_quorum"):
-        assert data["tail"][name]["p50_ms"] > 0
+    for name in ("tail_all", "tail_quorum", "tail_hedge"):
+        tail = data["tail"][name]
+        assert tail["p50_ms"] > 0 and tail["errors"] == 0 and tail["runs"] > 0
+        assert tail["calls_per_fusion"] >= 5 and tail["cost_per_fusion"] > 0
+        assert 0 <= tail["hedges_won_per_fusion"] <= tail["hedges_per_fusion"]
+    extra = data["tail"]["hedge_extra"]
+    assert data["tail"]["hedge_ms"] > 0
+    assert {
+        "hedges_per_fusion",
+        "hedges_won_per_fusion",
+        "calls_per_fusion",
+        "cost_pct",
+        "cost_pct_if_losers_billed",
+    } <= set(extra)
+    assert all(math.isfinite(v) for v in extra.values())
     assert data["idle_cpu_ms_per_s"] >= 0
