@@ -191,6 +191,32 @@ def test_a_failed_member_shows_its_reason_while_the_run_completes(fake, page):
     expect(page.locator(".turn-title .badge")).to_have_text("completed, degraded")
 
 
+def test_a_hedge_that_wins_replaces_the_member_text(fake, browser, tmp_path):
+    """`hedge_ms`: the slow first call's streamed text gives way to the duplicate's, and the card says so."""
+    config = chatroom_config(fake)
+    members = [{"model": "fake/m1", "fallbacks": ["fake/backup"]}, "fake/m2", "fake/m3"]
+    config.presets["hedged"] = {**gateway_helpers.TEST_PRESET, "members": members, "hedge_ms": 100}
+    gw = Gateway(fake, f"sqlite+aiosqlite:///{tmp_path}/runs.db", config=config).start()
+    page = open_page(browser, gw)
+    try:
+        slow = "slow words " * 40
+        script_panel(fake, m1=Script(text=slow, token_rate=5), backup=Script(text="The backup's answer.", latency=0.5))
+        page.get_by_label("Preset").select_option("hedged")
+        send(page, "q")
+        card = member(page, "A")
+        expect(card).to_contain_text("slow words")  # the first call's text streams meanwhile
+        expect(card).to_contain_text("also asked fake/backup")
+        expect(card).to_contain_text("fake/backup answered first; fake/m1 was cancelled")
+        expect(card.locator(".badge")).to_have_text("ok")
+        expect(card).to_contain_text("The backup's answer.")
+        expect(card).not_to_contain_text("slow words")
+        wait_done(page)
+        assert page.js_errors == []
+    finally:
+        page.context.close()
+        gw.stop()
+
+
 def test_html_in_answers_is_shown_as_text_and_never_runs(fake, page):
     evil = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> **bold**'
     script_panel(
