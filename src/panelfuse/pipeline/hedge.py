@@ -124,6 +124,9 @@ class Hedge(Generic[T]):
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+            for task in tasks:  # a loser that failed in the winner's batch: its error is not news
+                if task.done() and not task.cancelled():
+                    task.exception()
 
     async def _alone(self, task: asyncio.Task[T], model: ResolvedModel) -> Step[T]:
         try:
