@@ -167,3 +167,106 @@ def test_a_valid_analysis_in_prose_or_fences_is_found(analysis, before, after, w
 def test_stray_braces_in_the_prose_do_not_hide_the_analysis(analysis, noise):
     parsed = parse_analysis(f"Note {noise}.\n{json.dumps(analysis)}\nThanks", LABELS)
     assert parsed.analysis["consensus"] == analysis["consensus"]
+
+
+# --- the fast paths: the same answers as the plain rules -----------------------------------------------
+
+
+class _GeneralDecoder(SSEDecoder):
+    """The decoder with its one-`data:`-line fast path turned off: the WHATWG rules line by line."""
+
+    def _data_lines(self, buffer: bytes) -> None:
+        return None
+
+
+# Mostly whole one-line `data:` events (the fast path's case), with pieces of everything else among them.
+sse_pieces = st.one_of(
+    st.sampled_from([b'data: {"a": 1}\n\n', b"data: [DONE]\n\n", b'data: {"b": "cd"}\n\n']),
+    st.sampled_from([b"data: ", b"data:", b'{"a": 1}', b"\n", b"\n\n", b"\r\n", b"\r", b"event: ping\n", b": hi\n"]),
+)
+
+
+@given(st.lists(sse_pieces, max_size=40), st.data())
+def test_the_decoders_fast_path_reads_any_bytes_as_the_line_rules_do(pieces, data):
+    stream = b"".join(pieces)
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(stream)), max_size=8))))
+    fast, general = SSEDecoder(max_line=24, fast_path_bytes=0), _GeneralDecoder(max_line=24)
+    for start, end in itertools.pairwise([0, *cuts, len(stream)]):
+        outcomes = []
+        for decoder in (fast, general):
+            try:
+                outcomes.append(decoder.feed(stream[start:end]))
+            except SSEError:
+                outcomes.append("SSEError")
+        assert outcomes[0] == outcomes[1]
+        if outcomes[0] == "SSEError":
+            return
+
+
+def _plain_token_reference(chunk: dict) -> tuple[int, str] | None:
+    """plain_token's rule written out level by level (its first version): the fast one must agree."""
+    choices = chunk.get("choices")
+    if chunk.get("usage") or type(choices) is not list or len(choices) != 1:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason") or choice.get("logprobs"):
+        return None
+    delta = choice.get("delta")
+    if type(delta) is not dict:
+        return None
+    text = delta.get("content")
+    if not text or type(text) is not str:
+        return None
+    for key, value in delta.items():
+        if value and key != "content" and key != "role":
+            return None
+    index = choice.get("index") or 0
+    return (index, text) if type(index) is int else None
+
+
+small_values = st.one_of(st.none(), st.booleans(), st.integers(-2, 3), st.text(max_size=3), st.just([]), st.just({}))
+deltas = st.dictionaries(st.sampled_from(["content", "role", "refusal", "tool_calls", "x"]), small_values, max_size=3)
+choice_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "delta": deltas | small_values,
+        "index": small_values,
+        "finish_reason": small_values,
+        "logprobs": small_values,
+    },
+)
+chunk_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "choices": st.lists(choice_objects | small_values, max_size=2) | small_values | st.just({"a": {}}),
+        "usage": small_values,
+        "id": st.text(max_size=3),
+    },
+)
+
+
+# Chunks near the plain shape: a text delta, with now and then another key, a finish, a second choice…
+near_plain = st.fixed_dictionaries(
+    {
+        "choices": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "delta": st.fixed_dictionaries(
+                        {"content": st.text(max_size=3)}, optional={"role": small_values, "refusal": small_values}
+                    )
+                },
+                optional={"index": small_values, "finish_reason": small_values, "logprobs": small_values},
+            ),
+            min_size=1,
+            max_size=2,
+        )
+    },
+    optional={"usage": small_values},
+)
+
+
+@given(chunk_objects | near_plain)
+def test_plain_token_agrees_with_its_rule_written_out(chunk):
+    from panelfuse.providers.openai_compat import plain_token
+
+    assert plain_token(chunk) == _plain_token_reference(chunk)

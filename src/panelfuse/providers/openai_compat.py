@@ -21,7 +21,7 @@ from panelfuse.providers.errors import (
 )
 from panelfuse.providers.http import MAX_ANSWER_BYTES, TRANSPORT_ERRORS, request
 from panelfuse.providers.retry import parse_retry_after
-from panelfuse.providers.sse import DONE, SHAPE_ERRORS, SSEItem, json_batches, malformed
+from panelfuse.providers.sse import SHAPE_ERRORS, SSEItem, json_batches, malformed
 
 
 def error_from_status(
@@ -161,22 +161,20 @@ def _annotations(holder: dict[str, Any]) -> list[dict[str, Any]] | None:
 def plain_token(chunk: dict[str, Any]) -> tuple[int, str] | None:
     """(choice index, text) of a chunk that carries only a piece of one choice's text, the usual
     chunk of a streamed answer; None for anything else (role only, tool calls, finish, usage, logprobs,
-    annotations, refusal…), which takes the general path. Pure, and cheap: it runs once per token."""
-    choices = chunk.get("choices")
-    if chunk.get("usage") or type(choices) is not list or len(choices) != 1:
+    annotations, refusal…), which takes the general path. Pure, and cheap: it runs once per token, so
+    it indexes and lets a wrong shape raise rather than checking each level first."""
+    try:
+        (choice,) = chunk["choices"]  # exactly one choice (a list of one; a dict or str fails below)
+        delta = choice["delta"]
+        text = delta["content"]
+    except (KeyError, TypeError, ValueError):
         return None
-    choice = choices[0]
-    if type(choice) is not dict or choice.get("finish_reason") or choice.get("logprobs"):
+    if type(text) is not str or not text or chunk.get("usage") or choice.get("finish_reason") or choice.get("logprobs"):
         return None
-    delta = choice.get("delta")
-    if type(delta) is not dict:
-        return None
-    text = delta.get("content")
-    if not text or type(text) is not str:
-        return None
-    for key, value in delta.items():
-        if value and key != "content" and key != "role":
-            return None
+    if len(delta) > 1:
+        for key, value in delta.items():
+            if value and key != "content" and key != "role":
+                return None
     index = choice.get("index") or 0
     return (index, text) if type(index) is int else None
 
@@ -269,23 +267,23 @@ class OpenAICompatProvider(Provider):
         it (OpenRouter's mid-stream error chunk, or a chunk not in the wire's shape). Pure."""
         out: list[StreamEvent] = []
         text = TextRun(out)
+        add = text.add
         for _, chunk in batch:
-            if chunk == DONE:
+            if type(chunk) is str:  # DONE, the one string an SSE item holds
                 text.close()
                 for index, acc in sorted(tools.items()):
                     pending = acc.take()
                     if pending:  # a server that ended without a finish_reason chunk
                         out.append(StreamEvent(tool_calls=pending, finish_reason="tool_calls", index=index))
                 return out, True, None
-            assert isinstance(chunk, dict)
+            token = plain_token(chunk)
+            if token is not None and "error" not in chunk:
+                add(*token)
+                continue
             if "error" in chunk:  # OpenRouter reports mid-stream failures this way
                 text.close()
                 message = error_message(json.dumps(chunk, default=str).encode())
                 return out, False, UpstreamError(message, provider=self.name, model=model)
-            token = plain_token(chunk)
-            if token is not None:
-                text.add(*token)
-                continue
             text.close()
             try:
                 out.extend(self._chunk_events(chunk, tools))
