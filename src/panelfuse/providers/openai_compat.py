@@ -269,7 +269,7 @@ class OpenAICompatProvider(Provider):
         text = TextRun(out)
         add = text.add
         for _, chunk in batch:
-            if type(chunk) is str:  # DONE, the one string an SSE item holds
+            if isinstance(chunk, str):  # DONE, the one string an SSE item holds
                 text.close()
                 for index, acc in sorted(tools.items()):
                     pending = acc.take()
