@@ -17,7 +17,7 @@ import pytest
 from panelfuse.pipeline.events import Event, FinalDelta, PanelCompleted, PanelDelta, RunCompleted
 from panelfuse.pipeline.result import FusionResult
 from panelfuse.server import shapes
-from panelfuse.server.sse import ready_batches
+from panelfuse.server.sse import ready_batches, sse_response
 from panelfuse.service.errors import ServiceError
 from panelfuse.testing import Failure, Script, tokenize
 from pipeline_helpers import script_panel
@@ -213,6 +213,41 @@ def test_deltas_behind_a_slower_reader_go_out_merged(fake, gateway):
     assert "".join(e["text"] for e in stored if e["type"] == "final.delta") == answer
     assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
     assert seqs[-1] == stored[-1]["seq"]
+
+
+def test_the_answer_goes_out_before_the_run_is_stored(fake, gateway, monkeypatch):
+    # The synthesizer's last text arrives with its end, so the run ends at once: that text must still
+    # reach the response before the outcome is built and stored (bookkeeping that takes CPU the client
+    # would otherwise wait for).
+    from panelfuse.server import chat
+    from panelfuse.store.runs import RunStore
+
+    answer = " ".join(f"part{i}" for i in range(40))
+    script_panel(fake, synth=Script(text=answer, burst=True))
+    handed: list[str] = []  # frames as the response takes them from the route, to write them
+    answer_out_when_stored: list[bool] = []
+
+    def recording_response(source, **kwargs):
+        async def frames():
+            async for frame in source:
+                handed.append(frame)
+                yield frame
+
+        return sse_response(frames(), **kwargs)
+
+    finish_run = RunStore.finish_run
+
+    async def noting_finish_run(self, run_id, **outcome):
+        sent = [json.loads(line[6:]) for frame in handed for line in frame.split("\n") if line.startswith("data: {")]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in sent if c.get("choices"))
+        answer_out_when_stored.append(text == answer)
+        return await finish_run(self, run_id, **outcome)
+
+    monkeypatch.setattr(chat, "sse_response", recording_response)
+    monkeypatch.setattr(RunStore, "finish_run", noting_finish_run)
+    chunks = wire(gateway, FUSION_BODY)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1]) == answer
+    assert answer_out_when_stored == [True]
 
 
 def stored_events(gateway, run_id: str) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ log = logging.getLogger("panelfuse.server")
 # transaction per interval, not one per event or per run (followers in this process read them from
 # memory at once; followers on other replicas read the store, this much later at most).
 FLUSH_INTERVAL = 0.25
+READER_TURNS = 4  # loop turns given to a run's readers before its outcome is built (_record)
 # When this process began (near enough: when it imported this module). A row with our pid written
 # before it is a former process's (a container restarts with the same pid).
 PROCESS_STARTED = datetime.now(UTC)
@@ -286,6 +287,11 @@ class RunManager:
     async def _record(self, run: ActiveRun, started: float) -> None:
         """Store the outcome, then publish the events not yet seen (the terminal one, or run.cancelled
         emitted after the consumer stopped reading): a client told "completed" finds the run stored."""
+        # Readers first: the answer's last text was just published, and a streaming client is a few
+        # loop turns from it (its queue, the batcher, the keep-alive wrapper, the socket), while the
+        # outcome below takes a millisecond or two of CPU to build before its first real wait.
+        for _ in range(READER_TURNS):
+            await asyncio.sleep(0)
         result = run.stream.result
         status = result.status if result.status != "running" else "cancelled"
         if status == "cancelled":

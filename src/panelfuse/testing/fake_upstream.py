@@ -373,6 +373,11 @@ async def _drive_stream(
     script, failure = plan.script, plan.failure
     frames = w.stream_frames(plan)
     delay = 1.0 / script.token_rate if script.token_rate else 0.0
+    if script.burst and failure is None:
+        tracker.finish()  # as below: done before the last byte leaves
+        await resp.write(b"".join(frame.data for frame in frames))
+        await resp.write_eof()
+        return
     sent = 0
     malformed_sent = False
     for i, frame in enumerate(frames):

@@ -49,6 +49,7 @@ class Script:
     text: str = DEFAULT_TEXT
     latency: float | tuple[float, float] = 0.0  # seconds before the first byte; (median, sigma) = lognormal
     token_rate: float | None = None  # tokens/second while streaming; None = as fast as possible
+    burst: bool = False  # the whole stream in one write (a fast upstream: the reader gets it in one read)
     failure: Failure | None = None
     fail_times: int | None = None  # fail only the first N requests served by this object; None = always
     retry_after: float | None = None  # Retry-After header (seconds), sent with HTTP failures
