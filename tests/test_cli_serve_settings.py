@@ -10,10 +10,9 @@ from typing import Any
 from unittest import mock
 
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
-from panelfuse.cli import app
+from panelfuse.cli import app, quiet_server
 from panelfuse.settings import ServerSettings
 
 GOOD = 'default_provider = "fake"\n[providers.fake]\nkind = "openai_compat"\nbase_url = "http://127.0.0.1:9"\n'
@@ -21,9 +20,9 @@ GOOD = 'default_provider = "fake"\n[providers.fake]\nkind = "openai_compat"\nbas
 
 @pytest.fixture
 def launched(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
-    """uvicorn.run's keyword arguments, per call; PANELFUSE_* cleared and the environment restored."""
+    """run_uvicorn's keyword arguments, per call; PANELFUSE_* cleared and the environment restored."""
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(quiet_server, "run_uvicorn", lambda *args, **kwargs: calls.append(kwargs))
     with mock.patch.dict(os.environ):
         for name in [n for n in os.environ if n.upper().startswith("PANELFUSE_")]:
             del os.environ[name]

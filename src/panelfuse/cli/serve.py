@@ -34,7 +34,7 @@ def serve(
 
     The admin key, if any, comes from $PANELFUSE_ADMIN_KEY (never from the command line, where it would
     show in the process list)."""
-    import uvicorn  # only this command needs the server stack
+    from panelfuse.cli.quiet_server import run_uvicorn  # only this command needs the server stack
 
     config_path = CliContext.of(ctx).config(config)
     load_config_or_exit(config_path)  # fail here, with file and line, not in every worker
@@ -57,7 +57,7 @@ def serve(
         raise fail(str(exc), 2) from exc
     # Workers are separate processes: they read their settings from the environment.
     os.environ.update(settings.to_env())
-    uvicorn.run(
+    run_uvicorn(
         "panelfuse.server.app:app_factory",
         factory=True,
         host=host,
