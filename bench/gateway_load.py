@@ -424,11 +424,15 @@ def measure_peer(
 
 def load_scaling(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     """CPU per fusion with zero upstream latency, at C=1 and at the highest concurrency, and the memory
-    one in-flight fusion holds (peak RSS under load minus idle, over the fusions in flight)."""
+    one in-flight fusion holds (peak RSS under load minus idle, over the fusions in flight). Also the
+    proxied request at C=1 with zero latency: beside the sweep's C=1 figures (the same work with the
+    upstream's latency between its steps) it shows what the idle gaps alone add."""
     fast = {"model": "panelfuse/fusion-fast", "messages": ASK}
     top = max(args.concurrency)
     idle = rss_mb(pid)
-    one, _ = load(url, fast, pid, 1, max(args.min_requests, 40 if not args.quick else 6), 0.0, True)
+    few = max(args.min_requests, 40 if not args.quick else 6)
+    one, _ = load(url, fast, pid, 1, few, 0.0, True)
+    plain, _ = load(url, {"model": "fake/fast-plain", "messages": ASK}, pid, 1, 4 * few, 0.0, True)
     many, _ = load(url, fast, pid, top, max(args.min_requests, args.per_worker * top), 0.0, True)
     out = {
         "c1_cpu_ms": one.cpu_ms_per_request,
@@ -436,6 +440,7 @@ def load_scaling(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]
         "ratio": round(many.cpu_ms_per_request / one.cpu_ms_per_request, 2) if one.cpu_ms_per_request else None,
         "concurrency": top,
         "c1_req_per_s": one.req_per_s,
+        "c1_plain_cpu_ms": plain.cpu_ms_per_request,
         f"c{top}_req_per_s": many.req_per_s,
     }
     # Memory per in-flight fusion: hold `top` fusions open at the 200 ms latency and read the peak.
@@ -445,7 +450,8 @@ def load_scaling(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]
     out["kb_per_in_flight_fusion"] = round(max(0.0, held.peak_rss_mb - idle) * 1024 / top, 1)
     print(
         f"  cost vs load (0 ms upstream): C=1 {one.cpu_ms_per_request} ms, C={top} {many.cpu_ms_per_request} ms; "
-        f"{out['kb_per_in_flight_fusion']} KB per in-flight fusion",
+        f"{out['kb_per_in_flight_fusion']} KB per in-flight fusion; plain model proxied at C=1: "
+        f"{plain.cpu_ms_per_request} ms",
         flush=True,
     )
     return out

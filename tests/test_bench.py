@@ -31,7 +31,7 @@ def test_the_gateway_benchmark_runs_and_writes_its_table(tmp_path):
             assert 0 < point["p50_ms"] <= point["p99_ms"]
         assert row["name"] != "panelfuse fusion (streamed)" or all(p["ttft_p50_ms"] for p in row["points"])
     scaling = data["load_scaling"]
-    assert scaling["c1_cpu_ms"] >= 0 and scaling["kb_per_in_flight_fusion"] >= 0
+    assert scaling["c1_cpu_ms"] >= 0 and scaling["kb_per_in_flight_fusion"] >= 0 and scaling["c1_plain_cpu_ms"] >= 0
     ttft = data["final_ttft"]
     assert ttft["samples"] > 0 and math.isfinite(ttft["p50_ms"])
     for name in ("tail_all", "tail_quorum", "tail_hedge"):
