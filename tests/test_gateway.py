@@ -515,6 +515,7 @@ async def test_a_silent_run_keeps_its_heartbeat(fake, gateway, monkeypatch):
     from panelfuse.service import runs as runs_module
 
     monkeypatch.setattr(runs_module, "HEARTBEAT_INTERVAL", 0.05)
+    monkeypatch.setattr(runs_module, "FLUSH_INTERVAL", 0.05)  # the flusher's tick is when a beat is due
     script_panel(fake, m1=Script(text="slow", latency=2.0))
     async with httpx.AsyncClient(timeout=30) as http:
         task = asyncio.create_task(
