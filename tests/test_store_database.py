@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from conftest import require_service
 from panelfuse.evals.store import AnswerRow, EvalStore, GradeRow
 from panelfuse.store import Database, KeyStore, RunStore, StoreConnectError
+from panelfuse.store import database as database_module
 
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -115,6 +117,81 @@ async def test_transact_commits_what_work_returns_and_rolls_back_what_raises(db)
         await db.transact(fails)
     async with db.read() as conn:
         assert (await conn.execute(sa.select(counter.c.id))).scalars().all() == [1]
+
+
+async def test_transact_runs_on_the_loop_thread_when_the_write_lock_is_free(tmp_path):
+    async with await Database.open(f"sqlite:///{tmp_path / 'runs.db'}") as db:
+        await db.transact(lambda c: counter.metadata.create_all(c))
+        ran_in: list[str] = []
+
+        def work(c: sa.Connection) -> int:
+            ran_in.append(threading.current_thread().name)
+            return c.execute(counter.insert(), {"id": 1, "value": 1}).rowcount
+
+        assert await db.transact(work) == 1
+        assert ran_in == [threading.current_thread().name]  # no hop: the loop's own thread
+        # What `work` raises is the caller's, raised once: a failed write is not tried again elsewhere.
+        calls: list[int] = []
+
+        def duplicate(c: sa.Connection) -> None:
+            calls.append(1)
+            c.execute(counter.insert(), {"id": 1, "value": 2})
+
+        with pytest.raises(sa.exc.IntegrityError):
+            await db.transact(duplicate)
+        assert calls == [1]
+
+
+async def test_transact_waits_in_the_writer_thread_while_another_process_holds_the_lock(tmp_path):
+    path = tmp_path / "runs.db"
+    async with await Database.open(f"sqlite:///{path}") as db:
+        await db.transact(lambda c: counter.metadata.create_all(c))
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)  # as another worker process would
+        ran_in: list[str] = []
+
+        def work(c: sa.Connection) -> None:
+            ran_in.append(threading.current_thread().name)
+            c.execute(counter.insert(), {"id": 1, "value": 1})
+
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("INSERT INTO test_counter (id, value) VALUES (2, 2)")
+            write = asyncio.create_task(db.transact(work))
+            for _ in range(20):  # the loop is not blocked meanwhile: this task keeps getting turns
+                await asyncio.sleep(0.01)
+            assert not write.done() and ran_in == []
+            other.execute("COMMIT")
+            await asyncio.wait_for(write, 30)
+        finally:
+            other.close()
+        assert ran_in and ran_in[0].startswith("panelfuse-sqlite-writer")
+        async with db.read() as conn:
+            assert (await conn.execute(sa.select(counter.c.id).order_by(counter.c.id))).scalars().all() == [1, 2]
+
+
+async def test_the_writer_thread_checkpoints_what_the_loop_commits(tmp_path, monkeypatch):
+    monkeypatch.setattr(database_module, "CHECKPOINT_EVERY", 4)
+    path = tmp_path / "runs.db"
+    async with await Database.open(f"sqlite:///{path}") as db:
+        await db.transact(lambda c: counter.metadata.create_all(c))
+        checkpoints: list[str] = []
+        original = Database._checkpoint
+
+        def spied(self: Database) -> None:
+            original(self)
+            checkpoints.append(threading.current_thread().name)
+
+        monkeypatch.setattr(Database, "_checkpoint", spied)
+        for i in range(8):
+            await db.transact(lambda c, i=i: c.execute(counter.insert(), {"id": i, "value": i}))
+        for _ in range(500):
+            if len(checkpoints) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        # 9 commits on the loop (the table, then 8 rows): a checkpoint after the 4th and the 8th.
+        assert len(checkpoints) == 2 and all(n.startswith("panelfuse-sqlite-writer") for n in checkpoints)
+        async with db.read() as conn:
+            assert (await conn.execute(sa.select(sa.func.count()).select_from(counter))).scalar_one() == 8
 
 
 async def test_transact_on_an_in_memory_database_uses_its_one_connection():

@@ -2,31 +2,37 @@
 
 Every write in the store goes through `Database.write()` or `Database.transact()`, the two places
 that know SQLite's rule: a writer must take the write lock when its transaction begins (see `write`).
-`transact` is for the frequent writes: on a SQLite file it runs a whole transaction in one writer
-thread on a plain connection, one thread hop instead of one per statement.
+`transact` is for the frequent writes: on a SQLite file it runs a whole transaction on a plain
+connection, on the event loop's thread when the write lock is free at once, else in one writer thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from panelfuse.store.engine import SQLITE_BEGIN_OPTION, build_engine, build_sqlite_writer
+from panelfuse.store.engine import SQLITE_BEGIN_OPTION, build_engine, build_sqlite_writer, is_sqlite_busy
 from panelfuse.store.errors import StoreConnectError, StoreError
 from panelfuse.store.migrate import migrate
 from panelfuse.store.url import mask_url, normalize_url, sqlite_file
 
+log = logging.getLogger("panelfuse.store")
 TRANSACTION_ATTEMPTS = 4
+# Transactions committed on the loop's own SQLite connection between two checkpoints of the WAL, which
+# the writer thread runs. SQLite's own default is a checkpoint per 1000 WAL pages; a run's outcome or
+# an event batch writes a few dozen.
+CHECKPOINT_EVERY = 32
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 
 T = TypeVar("T")
@@ -38,12 +44,16 @@ class Database:
     def __init__(self, engine: AsyncEngine, url: URL) -> None:
         self._engine = engine
         self._url = url
-        # SQLite: the frequent writes (`transact`) run whole in one thread, on one plain connection.
+        # SQLite: the frequent writes (`transact`) run whole on a plain connection: the loop's own when
+        # the write lock is free at once, else the writer thread's, which waits for it.
         self._writer: ThreadPoolExecutor | None = None
         self._writer_engine: sa.Engine | None = None
+        self._inline_engine: sa.Engine | None = None
+        self._inline_commits = 0
         if engine.dialect.name == "sqlite" and sqlite_file(url) is not None:  # in memory: one connection only
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="panelfuse-sqlite-writer")
             self._writer_engine = build_sqlite_writer(url)
+            self._inline_engine = build_sqlite_writer(url, wait=False)
 
     @classmethod
     async def open(
@@ -80,16 +90,25 @@ class Database:
 
     async def close(self) -> None:
         await self._engine.dispose()
+        if self._inline_engine is not None:
+            self._inline_engine.dispose()
         if self._writer is not None and self._writer_engine is not None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self._writer_engine.dispose)
             self._writer.shutdown(wait=False)
 
     async def transact(self, work: Callable[[sa.Connection], T]) -> T:
         """Run `work(conn)` in one write transaction (committed when it returns, rolled back if it
-        raises) and return its result. `work` is plain, synchronous SQLAlchemy Core: on SQLite it runs
-        in the writer thread in one hop (BEGIN IMMEDIATE, as `write` does); on PostgreSQL on the async
-        connection through `run_sync`. The write completes even if the awaiting task is cancelled."""
+        raises) and return its result. `work` is plain, synchronous SQLAlchemy Core, and small.
+
+        On a SQLite file it runs with BEGIN IMMEDIATE, as `write` does: on the loop's thread when the
+        write lock is free at once (in WAL mode a commit is a few writes to the page cache, cheaper than
+        waking a thread for it), else in the writer thread, which waits for the lock (another process's
+        transaction, or one of ours already queued there). On PostgreSQL it runs on the async connection
+        through `run_sync`. The write completes even if the awaiting task is cancelled."""
         if self._writer is not None:
+            done, result = self._transact_inline(work)
+            if done:
+                return cast(T, result)
             return await asyncio.get_running_loop().run_in_executor(self._writer, self._transact_sqlite, work)
         for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             try:
@@ -102,6 +121,35 @@ class Database:
                     raise
                 await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
         raise AssertionError("unreachable")
+
+    def _transact_inline(self, work: Callable[[sa.Connection], T]) -> tuple[bool, T | None]:
+        """(True, result) when the write lock was free and `work` committed here; (False, None) when
+        the lock was taken, before anything ran. What `work` raises propagates."""
+        assert self._inline_engine is not None and self._writer is not None
+        with self._inline_engine.connect() as conn:
+            conn = conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+            try:
+                transaction = conn.begin()
+            except OperationalError as exc:
+                if is_sqlite_busy(exc):
+                    return False, None
+                raise
+            with transaction:
+                result = work(conn)
+        self._inline_commits += 1
+        if self._inline_commits % CHECKPOINT_EVERY == 0:
+            self._writer.submit(self._checkpoint)
+        return True, result
+
+    def _checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file, as far as readers allow (PASSIVE: waits
+        for nobody). In the writer thread: it syncs the file. A failure waits for the next one."""
+        assert self._writer_engine is not None
+        try:
+            with self._writer_engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except SQLAlchemyError:
+            log.debug("WAL checkpoint failed", exc_info=True)
 
     def _transact_sqlite(self, work: Callable[[sa.Connection], T]) -> T:
         assert self._writer_engine is not None

@@ -96,19 +96,40 @@ def build_engine(
     return engine
 
 
-def build_sqlite_writer(url: URL) -> Engine:
-    """A plain (sync) engine on the same SQLite file, with one connection, for the store's writer
-    thread: a whole write transaction runs there in one hop, where the async driver hands every
-    statement, fetch and commit to its thread and back (several hops, most of a write's CPU)."""
+def build_sqlite_writer(url: URL, *, wait: bool = True) -> Engine:
+    """A plain (sync) engine on the same SQLite file, with one connection, for the store's frequent
+    writes: a whole write transaction runs in one call, where the async driver hands every statement,
+    fetch and commit to its thread and back (several hops, most of a write's CPU).
+
+    `wait=False` is the event loop's own writer: it never waits for the write lock (busy_timeout 0,
+    so a taken lock fails at BEGIN at once) and never checkpoints (a checkpoint copies pages into the
+    database file and syncs it: the writer thread does that, off the loop)."""
     sync_url = url.set(drivername="sqlite")
     engine = create_engine(
         sync_url,
         json_serializer=json_dumps,
-        poolclass=StaticPool,  # one connection, used only by the one writer thread
+        poolclass=StaticPool,  # one connection, used by one thread only
         connect_args={"check_same_thread": False},
     )
     _install_sqlite_hooks(engine)
+    if not wait:
+
+        @event.listens_for(engine, "connect")
+        def _never_wait(dbapi_conn: Any, _record: Any) -> None:  # after _install_sqlite_hooks' own
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("PRAGMA busy_timeout = 0")
+                cur.execute("PRAGMA wal_autocheckpoint = 0")
+            finally:
+                cur.close()
+
     return engine
+
+
+def is_sqlite_busy(exc: BaseException) -> bool:
+    """SQLite said the database is locked (another connection holds the write lock)."""
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlite_errorname", "") in {"SQLITE_BUSY", "SQLITE_LOCKED"} or "locked" in str(orig)
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
