@@ -119,7 +119,8 @@ async def test_transact_commits_what_work_returns_and_rolls_back_what_raises(db)
         assert (await conn.execute(sa.select(counter.c.id))).scalars().all() == [1]
 
 
-async def test_transact_runs_on_the_loop_thread_when_the_write_lock_is_free(tmp_path):
+async def test_a_lone_write_runs_on_the_loop_thread_when_the_write_lock_is_free(tmp_path, monkeypatch):
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 0.0)  # every write is a lone one
     async with await Database.open(f"sqlite:///{tmp_path / 'runs.db'}") as db:
         await db.transact(lambda c: counter.metadata.create_all(c))
         ran_in: list[str] = []
@@ -142,7 +143,23 @@ async def test_transact_runs_on_the_loop_thread_when_the_write_lock_is_free(tmp_
         assert calls == [1]
 
 
-async def test_transact_waits_in_the_writer_thread_while_another_process_holds_the_lock(tmp_path):
+async def test_a_write_right_after_another_goes_to_the_writer_thread(tmp_path, monkeypatch):
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 3600.0)  # every write but the first follows another
+    async with await Database.open(f"sqlite:///{tmp_path / 'runs.db'}") as db:
+        ran_in: list[str] = []
+
+        def work(c: sa.Connection) -> None:
+            ran_in.append(threading.current_thread().name)
+            counter.metadata.create_all(c)
+
+        await db.transact(work)
+        await db.transact(work)
+        assert ran_in[0] == threading.current_thread().name
+        assert ran_in[1].startswith("panelfuse-sqlite-writer")
+
+
+async def test_transact_waits_in_the_writer_thread_while_another_process_holds_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 0.0)  # it would run on the loop, but for the lock
     path = tmp_path / "runs.db"
     async with await Database.open(f"sqlite:///{path}") as db:
         await db.transact(lambda c: counter.metadata.create_all(c))
@@ -171,6 +188,7 @@ async def test_transact_waits_in_the_writer_thread_while_another_process_holds_t
 
 async def test_the_writer_thread_checkpoints_what_the_loop_commits(tmp_path, monkeypatch):
     monkeypatch.setattr(database_module, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 0.0)
     path = tmp_path / "runs.db"
     async with await Database.open(f"sqlite:///{path}") as db:
         await db.transact(lambda c: counter.metadata.create_all(c))
