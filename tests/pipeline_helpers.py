@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
 
+import pytest
+
 from conftest import fake_providers
-from panelfuse.pipeline.run import Fusion
+from panelfuse.pipeline.run import Fusion, FusionStream
 from panelfuse.pricing import Price, PriceTable
 from panelfuse.spec import FusionSpec
 from panelfuse.testing import FakeUpstream, Script
@@ -80,3 +83,23 @@ def script_panel(fake: FakeUpstream, **per_model: Script) -> None:
         fake.script(model, script)
     if "judge" not in per_model:
         fake.script("judge", judge_script)
+
+
+async def cancel_once_in_flight(fake: FakeUpstream, stream: FusionStream, calls: int) -> None:
+    """Read `stream` in a task until `calls` upstream calls are open at the fake, cancel the task, and
+    wait until the fake has seen every call end."""
+
+    async def consume() -> None:
+        async for _ in stream:
+            pass
+
+    task = asyncio.create_task(consume())
+    for _ in range(250):
+        if fake.in_flight == calls:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.in_flight == calls
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await fake.wait_idle_async(5.0)

@@ -6,7 +6,6 @@ billed and counted, the estimate holds the duplicate, and the plugin's field rea
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 from panelfuse.pipeline.events import Event
 from panelfuse.pipeline.result import FusionResult
 from panelfuse.testing import Failure, FakeUpstream, Script
-from pipeline_helpers import fusion, script_panel, spec
+from pipeline_helpers import cancel_once_in_flight, fusion, script_panel, spec
 
 ONE = [{"model": "fake/m1", "fallbacks": ["fake/backup"]}]
 
@@ -222,21 +221,7 @@ async def test_a_member_may_set_its_own_hedge_delay(fake):
 async def test_a_cancelled_run_cancels_both_calls(fake):
     script_panel(fake, m1=Script(text="slow", latency=30), backup=Script(text="slow too", latency=30))
     stream = fusion(fake, spec(members=ONE, hedge_ms=50)).stream("q")
-
-    async def consume() -> None:
-        async for _ in stream:
-            pass
-
-    task = asyncio.create_task(consume())
-    for _ in range(250):
-        if fake.in_flight == 2:
-            break
-        await asyncio.sleep(0.02)
-    assert fake.in_flight == 2  # the first call and its duplicate
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert await fake.wait_idle_async(5.0)
+    await cancel_once_in_flight(fake, stream, calls=2)  # the first call and its duplicate
     assert fake.disconnects == 2
     assert stream.result.status == "cancelled" and len(stream.result.panel[0].calls) == 2
 

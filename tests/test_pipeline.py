@@ -12,7 +12,7 @@ from panelfuse.pipeline.modes import mode_for
 from panelfuse.pipeline.prompts import PROMPT_VERSION, SYNTHESIZER_NO_ANALYSIS
 from panelfuse.pipeline.run import FusionError
 from panelfuse.testing import Failure, Script
-from pipeline_helpers import PRICES, analysis_for, fusion, judge_script, script_panel, spec
+from pipeline_helpers import PRICES, analysis_for, cancel_once_in_flight, fusion, judge_script, script_panel, spec
 
 
 async def test_all_members_are_in_flight_at_once(fake):
@@ -271,23 +271,8 @@ async def test_cancelling_a_run_cancels_every_upstream_call(fake):
         m2=Script(text="slow " * 200, token_rate=5),
         m3=Script(text="late", latency=30),
     )
-    f = fusion(fake, spec())
-    stream = f.stream("q")
-
-    async def consume():
-        async for _ in stream:
-            pass
-
-    task = asyncio.create_task(consume())
-    for _ in range(200):
-        if fake.in_flight == 3:
-            break
-        await asyncio.sleep(0.02)
-    assert fake.in_flight == 3
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert await fake.wait_idle_async(5.0)
+    stream = fusion(fake, spec()).stream("q")
+    await cancel_once_in_flight(fake, stream, calls=3)
     assert fake.disconnects == 3
     assert stream.result.status == "cancelled"
     assert {m.status for m in stream.result.panel} == {"cancelled"}
