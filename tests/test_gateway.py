@@ -394,6 +394,14 @@ def test_non_streaming_disconnect_cancels(fake, gateway):
     assert runs[0]["status"] == "cancelled"
 
 
+def test_a_non_streamed_proxied_call_stops_when_its_client_leaves(fake, gateway):
+    fake.script("m1", Script(text="x", latency=30))
+    with pytest.raises(httpx.ReadTimeout):
+        post(gateway, {"model": "fake/m1", "messages": [{"role": "user", "content": "q"}]}, timeout=0.5)
+    assert fake.wait_idle(10)  # the upstream call was cancelled, not left to run its 30 s
+    assert fake.disconnects == 1
+
+
 def test_a_crash_leaves_interrupted_runs(fake, tmp_path):
     db = f"sqlite+aiosqlite:///{tmp_path}/runs.db"
 

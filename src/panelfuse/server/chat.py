@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from panelfuse.pipeline.events import PanelCompleted
 from panelfuse.server import responses, shapes
 from panelfuse.server.deps import Caller, Service, State, Trials
+from panelfuse.server.disconnect import until_disconnected
 from panelfuse.server.proxy import proxy_completion
 from panelfuse.server.server_tool import server_tool_completion
 from panelfuse.server.sse import DONE, ready_batches, sse, sse_response
@@ -73,7 +74,7 @@ async def chat_completions(
         return sse_response(
             fusion_chunks(run, answer_model, include_panel), keepalive=state.keepalive_s, headers=headers
         )
-    result = await service.wait(run, request.is_disconnected)
+    result = await service.wait(run, until_disconnected(request))
     if result.status != "completed":
         raise shapes.fusion_error(result)
     return JSONResponse(shapes.chat_completion(result, include_panel=include_panel), headers=headers)

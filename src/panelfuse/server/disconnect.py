@@ -12,20 +12,28 @@ from fastapi import Request
 from panelfuse.server.errors import ApiError
 
 T = TypeVar("T")
-DISCONNECT_POLL = 0.5  # seconds between checks that the client is still there
+
+
+async def until_disconnected(request: Request) -> None:
+    """Returns when the client has gone. The endpoint's body was read before it ran, so the server's
+    next message is http.disconnect, sent the moment the connection drops: no polling, and no wake
+    of the process while the client is still there."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def unless_client_leaves(work: Awaitable[T], request: Request) -> T:
     """`work`'s result; if the client disconnects first, `work` is cancelled (and awaited, so its
     clean-up has run) and a 499 is raised."""
     task = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(until_disconnected(request))
     try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=DISCONNECT_POLL)
-            if not task.done() and await request.is_disconnected():
-                task.cancel()
-                await asyncio.wait({task})
-                raise ApiError(499, "the client disconnected", code="client_disconnected")
+        await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+            raise ApiError(499, "the client disconnected", code="client_disconnected")
         return task.result()
     finally:
         task.cancel()  # a no-op once done; stops the work when this request itself is cancelled
+        left.cancel()

@@ -22,6 +22,7 @@ from panelfuse.providers.base import StreamEvent, Usage, fold_stream
 from panelfuse.providers.errors import ProviderError
 from panelfuse.server import shapes
 from panelfuse.server.deps import Caller, Service, State
+from panelfuse.server.disconnect import until_disconnected
 from panelfuse.server.errors import ApiError, from_provider_error
 from panelfuse.server.proxy import admit_proxied, answered_or_released, close_and_settle, opened_stream, resolve_proxied
 from panelfuse.server.sse import ready_batches, sse, sse_response
@@ -89,7 +90,7 @@ async def fusion_message(
         events = MessageEvents(mid, planned.plan.mode.answer_model(spec))
         frames = fusion_frames(run, events, include_panel, progress=body.fusion_events)
         return sse_response(frames, keepalive=state.keepalive_s, keepalive_frame=PING, headers=headers)
-    result = await service.wait(run, request.is_disconnected)
+    result = await service.wait(run, until_disconnected(request))
     if result.status != "completed":
         raise shapes.fusion_error(result)
     answer = message(

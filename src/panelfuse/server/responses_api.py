@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from panelfuse.server.deps import Caller, Service, State
-from panelfuse.server.disconnect import unless_client_leaves
+from panelfuse.server.disconnect import unless_client_leaves, until_disconnected
 from panelfuse.server.errors import ApiError
 from panelfuse.server.proxy import admit_proxied, opened_stream, resolve_proxied
 from panelfuse.server.responses import SSE_OR_JSON
@@ -207,7 +207,7 @@ async def fusion_response(
             keepalive=state.keepalive_s,
             headers=headers,
         )
-    result = await service.wait(run, ex.request.is_disconnected)
+    result = await service.wait(run, until_disconnected(ex.request))
     builder.model = result.model or builder.model
     if result.status != "completed":
         failure = fusion_failure(result, run.run_id)

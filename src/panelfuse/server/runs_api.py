@@ -15,6 +15,7 @@ from panelfuse.pipeline.result import MemberResult
 from panelfuse.providers.resolve import FusionRoute, UnknownModelError
 from panelfuse.server import responses, shapes
 from panelfuse.server.deps import Caller, Service, State, Trials
+from panelfuse.server.disconnect import until_disconnected
 from panelfuse.server.errors import ApiError
 from panelfuse.server.sse import sse, sse_response
 from panelfuse.server.state import GatewayState
@@ -208,7 +209,7 @@ async def resynthesize(
     run = await service.start(
         principal, planned, request=source.request, request_model=source.request_model, parent_run_id=run_id
     )
-    result = await service.wait(run, request.is_disconnected)
+    result = await service.wait(run, until_disconnected(request))
     if result.status != "completed":
         raise ApiError(
             502, f"re-synthesis failed: {result.error}", code="fusion_failed", extra={"run_id": result.run_id}

@@ -28,8 +28,6 @@ from panelfuse.service.gateway import FUSION_HEADERS, Gateway
 from panelfuse.service.runs import RUN_ID_PREFIX, SHUTDOWN_REASON, ActiveRun
 from panelfuse.spec import FusionSpec
 
-DISCONNECT_POLL = 0.5  # seconds between checks that a waiting caller is still there
-
 
 def new_run_id() -> str:
     return f"{RUN_ID_PREFIX}{uuid.uuid4().hex[:24]}"
@@ -163,27 +161,30 @@ class FusionService:
 
         return finish
 
-    async def wait(self, run: ActiveRun, disconnected: Callable[[], Awaitable[bool]]) -> FusionResult:
-        """Wait for the run; a caller that goes away cancels it unless it runs in the background.
+    async def wait(self, run: ActiveRun, client_left: Awaitable[None]) -> FusionResult:
+        """Wait for the run; a caller that goes away (`client_left` completes) cancels it unless it
+        runs in the background.
 
         When the server cancels the wait (graceful shutdown ran out of time), the run is stopped and
         recorded, and the caller gets a 503 rather than a bare connection drop."""
+        left = asyncio.ensure_future(client_left)
+        done = asyncio.ensure_future(run.done.wait())
         try:
-            while not run.done.is_set():
-                try:
-                    await asyncio.wait_for(run.done.wait(), timeout=DISCONNECT_POLL)
-                except TimeoutError:
-                    if await disconnected():
-                        if not run.background:
-                            run.cancel("the client disconnected")
-                            await run.done.wait()
-                        return run.result
+            await asyncio.wait({done, left}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done.is_set():  # the caller left first
+                if not run.background:
+                    run.cancel("the client disconnected")
+                    await run.done.wait()
+                return run.result
         except asyncio.CancelledError:
             if not run.background:
                 run.cancel(SHUTDOWN_REASON)
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(run.done.wait()), timeout=10)
             raise shutting_down(run.run_id) from None
+        finally:
+            left.cancel()
+            done.cancel()
         return run.result
 
 
