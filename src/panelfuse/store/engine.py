@@ -166,6 +166,6 @@ def _enable_wal(cur: Any, attempts: int = 50) -> None:
             cur.execute("PRAGMA journal_mode = WAL")
             return
         except Exception as exc:  # the driver's OperationalError, whichever adapter wraps it
-            if "locked" not in str(exc) or attempt == attempts - 1:
+            if not is_sqlite_busy(exc) or attempt == attempts - 1:
                 raise
             time.sleep(0.05 + 0.05 * random.random())
