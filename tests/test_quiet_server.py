@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ import uvicorn
 
 from panelfuse.cli import quiet_server
 from panelfuse.cli.quiet_server import QuietServer
+from serve_helpers import free_port
 
 
 async def hello(scope, receive, send):  # the smallest ASGI app: 200 "ok"
@@ -24,12 +24,6 @@ async def hello(scope, receive, send):  # the smallest ASGI app: 200 "ok"
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": b"ok"})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def started(server: QuietServer) -> asyncio.Task[None]:
