@@ -4,6 +4,7 @@ its upstream calls would go on billing the caller."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -17,9 +18,10 @@ T = TypeVar("T")
 async def until_disconnected(request: Request) -> None:
     """Returns when the client has gone. The endpoint's body was read before it ran, so the server's
     next message is http.disconnect, sent the moment the connection drops: no polling, and no wake
-    of the process while the client is still there."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    of the process while the client is still there. A receive that fails means the same."""
+    with contextlib.suppress(Exception):
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
 
 
 async def unless_client_leaves(work: Awaitable[T], request: Request) -> T:

@@ -171,11 +171,9 @@ class FusionService:
         done = asyncio.ensure_future(run.done.wait())
         try:
             await asyncio.wait({done, left}, return_when=asyncio.FIRST_COMPLETED)
-            if not run.done.is_set():  # the caller left first
-                if not run.background:
-                    run.cancel("the client disconnected")
-                    await run.done.wait()
-                return run.result
+            if not run.done.is_set() and not run.background:  # the caller left first
+                run.cancel("the client disconnected")
+                await run.done.wait()
         except asyncio.CancelledError:
             if not run.background:
                 run.cancel(SHUTDOWN_REASON)
