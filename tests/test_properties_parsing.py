@@ -100,7 +100,7 @@ chunks = st.dictionaries(chunk_keys, json_values, max_size=3)
 def test_any_chunk_is_read_or_is_a_bad_response(batch):
     provider = OpenAICompatProvider("p", "http://127.0.0.1:9")
     tools: dict[int, ToolCallAccumulator] = {}
-    _events, _ended, error = provider._batch_events([("message", c) for c in batch], tools, "m")
+    _events, _ended, error = provider._batch_events(batch, tools, "m")
     assert error is None or "malformed response from upstream" in str(error)
     for ev in _events:
         assert isinstance(ev.text, str) and (ev.refusal is None or isinstance(ev.refusal, str))

@@ -18,7 +18,7 @@ from panelfuse.providers.openai_compat import (
     oversize_answer,
     transport_error,
 )
-from panelfuse.providers.sse import SHAPE_ERRORS, json_batches, malformed
+from panelfuse.providers.sse import SHAPE_ERRORS, event_batches, malformed, parse_events
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # the Messages API requires max_tokens
@@ -265,7 +265,7 @@ class AnthropicProvider(Provider):
         url = f"{self.base_url}/v1/messages"
         state = _StreamState()
         async with contextlib.aclosing(
-            json_batches(
+            event_batches(
                 url,
                 self.body(req, stream=True),
                 self._request_headers(),
@@ -275,7 +275,8 @@ class AnthropicProvider(Provider):
                 on_transport=lambda exc: transport_error(exc, provider=self.name, model=req.model),
             )
         ) as batches:
-            async for batch in batches:
+            async for events in batches:
+                batch = parse_events(events, provider=self.name, model=req.model)
                 out: list[StreamEvent] = []
                 text = TextRun(out)  # only text goes out per read; tool calls and the end come after
                 error: ProviderError | None = None

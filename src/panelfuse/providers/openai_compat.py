@@ -20,8 +20,9 @@ from panelfuse.providers.errors import (
     UpstreamError,
 )
 from panelfuse.providers.http import MAX_ANSWER_BYTES, TRANSPORT_ERRORS, request
+from panelfuse.providers.openai_chunks import ChunkItem, read_chunks
 from panelfuse.providers.retry import parse_retry_after
-from panelfuse.providers.sse import SHAPE_ERRORS, SSEItem, json_batches, malformed
+from panelfuse.providers.sse import SHAPE_ERRORS, event_batches, malformed
 
 
 def error_from_status(
@@ -236,7 +237,7 @@ class OpenAICompatProvider(Provider):
         tools: dict[int, ToolCallAccumulator] = {}  # one per choice (n > 1 interleaves their fragments)
         finished = False
         async with contextlib.aclosing(
-            json_batches(
+            event_batches(
                 f"{self.base_url}/chat/completions",
                 self.body(req, stream=True),
                 self._request_headers(),
@@ -246,8 +247,9 @@ class OpenAICompatProvider(Provider):
                 on_transport=lambda exc: transport_error(exc, provider=self.name, model=req.model),
             )
         ) as batches:
-            async for batch in batches:
-                out, ended, error = self._batch_events(batch, tools, req.model)
+            async for events in batches:
+                items = read_chunks(events, provider=self.name, model=req.model)
+                out, ended, error = self._batch_events(items, tools, req.model)
                 for ev in out:  # what came before an error still reaches the caller
                     if ev.finish_reason:
                         finished = True
@@ -261,14 +263,18 @@ class OpenAICompatProvider(Provider):
             raise UpstreamError("stream ended before the answer finished", provider=self.name, model=req.model)
 
     def _batch_events(
-        self, batch: list[SSEItem], tools: dict[int, ToolCallAccumulator], model: str
+        self, items: list[ChunkItem], tools: dict[int, ToolCallAccumulator], model: str
     ) -> tuple[list[StreamEvent], bool, ProviderError | None]:
-        """The events of one network read, whether [DONE] ended the stream, and the error that ended
-        it (OpenRouter's mid-stream error chunk, or a chunk not in the wire's shape). Pure."""
+        """The events of one network read (its chunks as `read_chunks` gives them), whether [DONE]
+        ended the stream, and the error that ended it (OpenRouter's mid-stream error chunk, or a chunk
+        not in the wire's shape). Pure."""
         out: list[StreamEvent] = []
         text = TextRun(out)
         add = text.add
-        for _, chunk in batch:
+        for chunk in items:
+            if isinstance(chunk, tuple):  # a piece of text, already read
+                add(*chunk)
+                continue
             if isinstance(chunk, str):  # DONE, the one string an SSE item holds
                 text.close()
                 for index, acc in sorted(tools.items()):

@@ -137,13 +137,20 @@ _name_of, _data_of = itemgetter(0), itemgetter(1)
 _DICT = {dict}
 
 
+def trailing_done(events: list[tuple[str, bytes]]) -> int:
+    """How many of the events at the end are `[DONE]`: parsed apart, so the objects before them still
+    go in one call."""
+    done = 0
+    while done < len(events) and events[len(events) - 1 - done][1].strip() == _DONE:
+        done += 1
+    return done
+
+
 def parse_events(events: list[tuple[str, bytes]], *, provider: str, model: str) -> list[SSEItem]:
     """The (event name, parsed data) of events that arrived together, in order; events with empty data
     are left out. Their JSON objects are parsed in one call (a streamed answer's chunks arrive by the
     dozen), and one by one only when that fails, to name the bad one. Pure."""
-    done = 0
-    while done < len(events) and events[len(events) - 1 - done][1].strip() == _DONE:
-        done += 1  # [DONE] ends the stream: parsed apart, so the objects before it still go in one call
+    done = trailing_done(events)
     head = events[: len(events) - done]
     out: list[SSEItem] | None = None
     if len(head) > 1:
@@ -164,7 +171,7 @@ def parse_events(events: list[tuple[str, bytes]], *, provider: str, model: str) 
     return out
 
 
-async def json_batches(
+async def event_batches(
     url: str,
     body: dict[str, Any],
     headers: Mapping[str, str],
@@ -173,10 +180,10 @@ async def json_batches(
     model: str,
     on_status: Any,
     on_transport: Any,
-) -> AsyncGenerator[list[SSEItem], None]:
-    """POST `body` and yield, per network read, the (SSE event name, parsed JSON object) of every event
-    it completed; the literal `[DONE]` line comes as the string DONE. `on_status(status, body, headers)`
-    and `on_transport(exc)` turn HTTP failures into the adapter's typed errors."""
+) -> AsyncGenerator[list[tuple[str, bytes]], None]:
+    """POST `body` and yield, per network read, the (SSE event name, data) of every event it completed,
+    for the adapter to parse (`parse_events`, or its own faster reading). `on_status(status, body,
+    headers)` and `on_transport(exc)` turn HTTP failures into the adapter's typed errors."""
     decoder = SSEDecoder()
     try:
         async with shared_session().post(url, data=encode_json(body), headers=dict(headers)) as resp:
@@ -193,9 +200,8 @@ async def json_batches(
                     events = decoder.feed(chunk)
                 except SSEError as exc:
                     raise BadResponseError(str(exc), provider=provider, model=model) from exc
-                batch = parse_events(events, provider=provider, model=model)
-                if batch:
-                    yield batch
+                if events:
+                    yield events
     except ProviderError:
         raise
     except TRANSPORT_ERRORS as exc:

@@ -1,0 +1,86 @@
+"""Reading the chunks of one network read of an OpenAI chat-completions stream, fast.
+
+A streamed answer is mostly chunks that carry one piece of one choice's text. All the chunks of a read
+are decoded in one msgspec call into small typed views that keep only the fields that decide whether a
+chunk is such a piece: the id, model, created… are skipped in C, nothing per chunk is left for the
+garbage collector to track, and the plain pieces never become dicts. Any other chunk (a role, tool
+calls, a finish, usage, an error…) is parsed again as a JSON object for the adapter's general path. A
+read whose chunks do not all fit the views (a malformed one, an empty data field…) is parsed the
+general way, which names the bad one. Profile and figures: docs/performance.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from panelfuse.providers.sse import DONE, parse_data, parse_events, trailing_done
+
+# A chunk's reading: (choice index, text) for a piece of text, else its JSON object, or DONE.
+ChunkItem = tuple[int, str] | dict[str, Any] | str
+
+
+class _Delta(msgspec.Struct, gc=False):
+    # Only what the general path reads besides the text: with any of these set, it is not a plain piece.
+    content: Any = None
+    tool_calls: Any = None
+    refusal: Any = None
+    annotations: Any = None
+
+
+class _Choice(msgspec.Struct, gc=False):
+    delta: _Delta | None = None
+    index: Any = 0
+    finish_reason: Any = None
+    logprobs: Any = None
+
+
+class _Chunk(msgspec.Struct, gc=False):
+    choices: list[_Choice] = []
+    usage: Any = None
+    error: Any = msgspec.UNSET  # present at all (even null) sends the chunk to the general path
+
+
+_VIEWS = msgspec.json.Decoder(list[_Chunk])
+
+
+def _piece(view: _Chunk) -> tuple[int, str] | None:
+    """(index, text) when the chunk carries only a piece of one choice's text; the rule of
+    `openai_compat.plain_token`, except that delta fields the adapter never reads are not looked at."""
+    choices = view.choices
+    if len(choices) != 1 or view.usage or view.error is not msgspec.UNSET:
+        return None
+    choice = choices[0]
+    delta = choice.delta
+    if delta is None or choice.finish_reason or choice.logprobs:
+        return None
+    text = delta.content
+    if type(text) is not str or not text or delta.tool_calls or delta.refusal or delta.annotations:
+        return None
+    index = choice.index or 0
+    return (index, text) if type(index) is int else None
+
+
+def read_chunks(events: list[tuple[str, bytes]], *, provider: str, model: str) -> list[ChunkItem]:
+    """Every event of one read as a ChunkItem, in order (events with empty data are left out, as
+    `parse_events` does). Raises BadResponseError as `parse_events` does. Pure."""
+    done = trailing_done(events)
+    head = events[: len(events) - done]
+    views: list[_Chunk] | None = None
+    if head:
+        try:
+            views = _VIEWS.decode(b"[" + b",".join([data for _, data in head]) + b"]")
+        except msgspec.DecodeError:  # ValidationError is one: a chunk not in the views' shape
+            views = None
+        if views is not None and len(views) != len(head):
+            views = None  # an event held no value or two: the general way finds which
+    if views is None:
+        return [item for _, item in parse_events(events, provider=provider, model=model)]
+    out: list[ChunkItem] = []
+    for (_, data), view in zip(head, views, strict=True):
+        piece = _piece(view)
+        # parse_data, not a bare orjson call: a field the views skip is not fully checked (a number
+        # past a double's range passes), and those must be a BadResponseError, not a crash.
+        out.append(piece if piece is not None else parse_data(data, provider=provider, model=model) or {})
+    out.extend([DONE] * done)
+    return out
