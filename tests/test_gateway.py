@@ -216,6 +216,27 @@ def test_oversize_body_is_a_413(fake, tmp_path):
         gw.stop()
 
 
+def test_the_running_app_collects_young_garbage_less_often_and_restores_the_setting(fake, tmp_path):
+    import gc
+
+    from panelfuse.server.app import YOUNG_GC_THRESHOLD
+
+    saved = gc.get_threshold()
+    before = (777, *saved[1:])  # a setting no app makes, whatever else is running
+    gc.set_threshold(*before)
+    try:
+        gw = Gateway(fake, f"sqlite+aiosqlite:///{tmp_path}/runs.db").start()
+        try:
+            assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, *before[1:])
+            body = {"model": "fake/plain", "messages": [{"role": "user", "content": "hi"}]}
+            assert post(gw, body).status_code == 200
+        finally:
+            gw.stop()
+        assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*saved)
+
+
 def test_every_member_failing_is_a_502_naming_each(fake, gateway):
     script_panel(
         fake,

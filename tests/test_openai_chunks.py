@@ -84,8 +84,8 @@ def test_a_streamed_answer_reads_as_text_pieces_and_only_the_rest_as_objects():
     events += [("message", json.dumps({"choices": [], "usage": usage}).encode())]
     events += [("message", b"[DONE]")]
     items = read_chunks(events, provider="p", model="m")
-    assert items[1:201] == [(0, f" t{i}") for i in range(200)]
-    assert [type(i) for i in (items[0], items[201], items[202])] == [dict, dict, dict] and items[203] == DONE
+    assert items[1] == (0, "".join(f" t{i}" for i in range(200)))  # the pieces, joined
+    assert [type(i) for i in (items[0], items[2], items[3])] == [dict, dict, dict] and items[4:] == [DONE]
     out, ended, error = PROVIDER._batch_events(items, {}, "m")
     assert ended and error is None
     assert out[0].text == "".join(f" t{i}" for i in range(200))
@@ -117,5 +117,4 @@ def test_a_bad_chunk_is_a_bad_response(datas):
 def test_empty_data_is_left_out():
     events = [("message", _chunk({"content": "a"})), ("message", b"  "), ("message", _chunk({"content": "b"}))]
     items = read_chunks(events, provider="p", model="m")
-    assert len(items) == 2
     assert read(items) == ([StreamEvent(text="ab")], False, None)

@@ -271,11 +271,14 @@ class FusionResult:
 
     @property
     def cost(self) -> float | None:
+        return self._cost(self.tool_usage)
+
+    def _cost(self, tools: ToolUsage) -> float | None:
         if self.cached:
             return 0.0  # the stored answer's calls were billed to the run that made them
-        return with_tool_cost(sum_costs(c.cost for _, _, c in self._all_calls()), self.tool_usage)
+        return with_tool_cost(sum_costs(c.cost for _, _, c in self._all_calls()), tools)
 
-    def cost_details(self) -> dict[str, Any]:
+    def cost_details(self, tools: ToolUsage | None = None) -> dict[str, Any]:
         # Stage figures include their search costs (so they sum to `cost`); `tools` says how much of them.
         gate = {"gate": self.gate.cost} if self.gate else {}  # escalate's judge call, when it made one
         return {
@@ -287,15 +290,16 @@ class FusionResult:
             "tools": {
                 "panel": {m.member: m.tools.cost for m in self.panel},
                 "analysis": self.judge.tools.cost if self.judge else 0.0,
-                "total": self.tool_usage.cost,
+                "total": (tools or self.tool_usage).cost,
             },
         }
 
     def usage_dict(self) -> dict[str, Any]:
+        tools = self.tool_usage  # summed once for the three figures that show it
         out = self.usage.to_dict()
-        out["cost"] = self.cost
-        out["cost_details"] = self.cost_details()
-        out["tools"] = self.tool_usage.to_dict()
+        out["cost"] = self._cost(tools)
+        out["cost_details"] = self.cost_details(tools)
+        out["tools"] = tools.to_dict()
         return out
 
     def citations(self, members: list[MemberResult] | None = None) -> list[Citation]:

@@ -16,7 +16,8 @@ import msgspec
 
 from panelfuse.providers.sse import DONE, parse_data, parse_events, trailing_done
 
-# A chunk's reading: (choice index, text) for a piece of text, else its JSON object, or DONE.
+# A chunk's reading: (choice index, text) for pieces of one choice's text (those of consecutive chunks
+# joined), else the chunk's JSON object, or DONE.
 ChunkItem = tuple[int, str] | dict[str, Any] | str
 
 
@@ -42,27 +43,11 @@ class _Chunk(msgspec.Struct, gc=False):
 
 
 _VIEWS = msgspec.json.Decoder(list[_Chunk])
-
-
-def _piece(view: _Chunk) -> tuple[int, str] | None:
-    """(index, text) when the chunk carries only a piece of one choice's text; the rule of
-    `openai_compat.plain_token`, except that delta fields the adapter never reads are not looked at."""
-    choices = view.choices
-    if len(choices) != 1 or view.usage or view.error is not msgspec.UNSET:
-        return None
-    choice = choices[0]
-    delta = choice.delta
-    if delta is None or choice.finish_reason or choice.logprobs:
-        return None
-    text = delta.content
-    if type(text) is not str or not text or delta.tool_calls or delta.refusal or delta.annotations:
-        return None
-    index = choice.index or 0
-    return (index, text) if type(index) is int else None
+UNSET = msgspec.UNSET
 
 
 def read_chunks(events: list[tuple[str, bytes]], *, provider: str, model: str) -> list[ChunkItem]:
-    """Every event of one read as a ChunkItem, in order (events with empty data are left out, as
+    """The events of one read as ChunkItems, in order (events with empty data are left out, as
     `parse_events` does). Raises BadResponseError as `parse_events` does. Pure."""
     done = trailing_done(events)
     head = events[: len(events) - done]
@@ -76,11 +61,38 @@ def read_chunks(events: list[tuple[str, bytes]], *, provider: str, model: str) -
             views = None  # an event held no value or two: the general way finds which
     if views is None:
         return [item for _, item in parse_events(events, provider=provider, model=model)]
+    # The rule of `openai_compat.plain_token`, inline (it runs once per token), except that delta fields
+    # the adapter never reads are not looked at; consecutive pieces of one choice are joined here.
     out: list[ChunkItem] = []
+    parts: list[str] = []
+    run = 0  # the choice whose pieces `parts` holds
     for (_, data), view in zip(head, views, strict=True):
-        piece = _piece(view)
+        choices = view.choices
+        if len(choices) == 1 and not view.usage and view.error is UNSET:
+            choice = choices[0]
+            delta = choice.delta
+            if delta is not None and not choice.finish_reason and not choice.logprobs:
+                text = delta.content
+                index = choice.index or 0
+                if (
+                    type(text) is str
+                    and text
+                    and type(index) is int
+                    and not (delta.tool_calls or delta.refusal or delta.annotations)
+                ):
+                    if parts and index != run:
+                        out.append((run, "".join(parts)))
+                        parts = []
+                    run = index
+                    parts.append(text)
+                    continue
+        if parts:
+            out.append((run, "".join(parts)))
+            parts = []
         # parse_data, not a bare orjson call: a field the views skip is not fully checked (a number
         # past a double's range passes), and those must be a BadResponseError, not a crash.
-        out.append(piece if piece is not None else parse_data(data, provider=provider, model=model) or {})
+        out.append(parse_data(data, provider=provider, model=model) or {})
+    if parts:
+        out.append((run, "".join(parts)))
     out.extend([DONE] * done)
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -33,12 +33,25 @@ class ToolUsage:
     fetches: int = 0  # pages fetched (attempted)
     cost: float = 0.0  # USD: the search backend's price per request × search_requests
 
+    # Field by field, not through dataclasses.fields(): a run sums and shows these several times as it
+    # ends, and fields() made that a visible share of a fusion's CPU (docs/performance.md).
     def add(self, other: ToolUsage) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.requested += other.requested
+        self.executed += other.executed
+        self.refused += other.refused
+        self.search_requests += other.search_requests
+        self.fetches += other.fetches
+        self.cost += other.cost
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            "requested": self.requested,
+            "executed": self.executed,
+            "refused": self.refused,
+            "search_requests": self.search_requests,
+            "fetches": self.fetches,
+            "cost": self.cost,
+        }
 
     @classmethod
     def total(cls, usages: Iterable[ToolUsage]) -> ToolUsage:
