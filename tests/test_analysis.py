@@ -7,6 +7,8 @@ import json
 
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from panelfuse.pipeline.analysis import AnalysisError, _validators, analysis_schema, parse_analysis
 from pipeline_helpers import analysis_for
@@ -42,3 +44,44 @@ def test_truncated_output_keeps_the_whole_items_and_drops_the_half_written_one()
 def test_the_validator_is_built_once_per_panel_shape():
     assert _validators(("A", "B"), ()) is _validators(("A", "B"), ())
     assert _validators(("A", "B"), ()) is not _validators(("A", "B", "C"), ())
+
+
+def _mostly(good: st.SearchStrategy, bad: st.SearchStrategy) -> st.SearchStrategy:
+    # One in 20 bad (one_of would pick each branch equally often; 7 is a value integers() does not favour).
+    return st.tuples(good, bad, st.integers(0, 19)).map(lambda t: t[1] if t[2] == 7 else t[0])
+
+
+# Analyses near the schema: each leaf now and then out of bounds (an unknown label, an empty or long
+# text, a number), so both valid and invalid ones come up.
+_label = _mostly(st.sampled_from(["A", "B", "C"]), st.sampled_from(["Z", "", 1, None]))
+_text = _mostly(st.text(min_size=1, max_size=4), st.sampled_from(["", "x" * 201, "é" * 200, 7, None]))
+
+
+def _obj(**fields: st.SearchStrategy) -> st.SearchStrategy:
+    return _mostly(st.fixed_dictionaries(fields), st.fixed_dictionaries(fields, optional={"extra": _text}))
+
+
+def _list(items: st.SearchStrategy, max_size: int = 2) -> st.SearchStrategy:
+    return st.lists(items, max_size=max_size)
+
+
+_analyses = st.fixed_dictionaries(
+    {
+        "consensus": _list(_text),
+        "contradictions": _list(_obj(topic=_text, stances=_list(_obj(model=_label, stance=_text), 4))),
+        "partial_coverage": _list(_obj(models=_list(_label, 4), point=_text)),
+        "unique_insights": _list(_obj(model=_label, insight=_text)),
+        "blind_spots": _mostly(_list(_text), _text),
+        "anomalies": _list(_obj(model=_label, reason=_text), 4),
+    },
+    optional={"risks": _list(_text)},
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(_analyses, st.sampled_from([(("A", "B", "C"), ()), (("A", "B"), ("risks",))]))
+def test_the_fast_check_and_the_full_one_agree(data, shape):
+    checks = _validators(*shape)
+    valid = checks.full.is_valid(data)
+    event(f"valid: {valid}")  # both kinds come up (`pytest --hypothesis-show-statistics`)
+    assert checks.fast.is_valid(data) == valid
