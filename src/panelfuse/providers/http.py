@@ -39,11 +39,14 @@ def shared_session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=512, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300)
         # trust_env=False: a proxy variable on the machine must not silently reroute loopback calls.
         # No session timeout: every call's deadline is the caller's (providers/retry.py).
+        # No cookie jar: model APIs need none, one jar would carry a cookie set for one caller's call
+        # into every other caller's, and filling and filtering it was work on every request.
         session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
             trust_env=False,
             auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         _sessions[loop] = session
     return session

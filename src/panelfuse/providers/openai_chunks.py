@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from panelfuse.providers.sse import DONE, parse_data, parse_events, trailing_done
+from panelfuse.providers.sse import DONE, data_of, parse_data, parse_events, trailing_done
 
 # A chunk's reading: (choice index, text) for pieces of one choice's text (those of consecutive chunks
 # joined), else the chunk's JSON object, or DONE.
@@ -54,7 +54,7 @@ def read_chunks(events: list[tuple[str, bytes]], *, provider: str, model: str) -
     views: list[_Chunk] | None = None
     if head:
         try:
-            views = _VIEWS.decode(b"[" + b",".join([data for _, data in head]) + b"]")
+            views = _VIEWS.decode(b"[" + b",".join(map(data_of, head)) + b"]")
         except msgspec.DecodeError:  # ValidationError is one: a chunk not in the views' shape
             views = None
         if views is not None and len(views) != len(head):

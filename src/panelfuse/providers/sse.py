@@ -10,6 +10,7 @@ on its own. Tokens that arrive one per read still go on one at a time, with no a
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -113,7 +114,7 @@ class SSEDecoder:
         if end > self._max_line and max(map(len, payloads)) > self._max_line:
             return None
         self._buffer = rest
-        return [("message", payload) for payload in payloads]
+        return list(zip(repeat("message"), payloads))  # in C: this runs once per token
 
 
 def parse_data(data: bytes, *, provider: str, model: str) -> dict[str, Any] | str | None:
@@ -133,7 +134,7 @@ def parse_data(data: bytes, *, provider: str, model: str) -> dict[str, Any] | st
     return parsed
 
 
-_name_of, _data_of = itemgetter(0), itemgetter(1)
+_name_of, data_of = itemgetter(0), itemgetter(1)
 _DICT = {dict}
 
 
@@ -155,7 +156,7 @@ def parse_events(events: list[tuple[str, bytes]], *, provider: str, model: str) 
     out: list[SSEItem] | None = None
     if len(head) > 1:
         try:
-            values = orjson.loads(b"[" + b",".join(map(_data_of, head)) + b"]")
+            values = orjson.loads(b"[" + b",".join(map(data_of, head)) + b"]")
         except orjson.JSONDecodeError:
             values = None
         # One value per event, each an object: otherwise an event held two values, or none, or a non-object.

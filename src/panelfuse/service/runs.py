@@ -306,13 +306,14 @@ class RunManager:
                 run.stream.log.emit(RunCancelled(reason=result.error or "cancelled"))
         log_events = run.stream.log.events
         try:
+            stored = result.to_dict()  # its usage figures serve twice: built once
             await self._finish_run(
                 run.run_id,
                 status=status,
-                result=result.to_dict(),
+                result=stored,
                 content=result.content,
-                usage=result.usage_dict(),
-                cost=result.cost,
+                usage=stored["usage"],
+                cost=stored["usage"]["cost"],
                 degraded=result.degraded,
                 error=result.error,
                 latency_ms=result.latency_ms or int((time.monotonic() - started) * 1000),
