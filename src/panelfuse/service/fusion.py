@@ -64,7 +64,9 @@ class FusionService:
     ) -> PlannedFusion:
         """Plan the run once; 400 when a model cannot be resolved or max_cost refuses it, 403 when the
         caller's key may not use one of its models."""
-        fusion = Fusion(spec, providers=self.providers_for(caller), prices=self.gateway.prices)
+        fusion = Fusion(
+            spec, providers=self.providers_for(caller), prices=self.gateway.prices, toolbox=self.gateway.toolbox
+        )
         try:
             plan = fusion.plan(messages, reuse_panel)
         except PlanError as exc:
