@@ -324,39 +324,3 @@ def test_a_whole_answer_past_the_size_cap_is_refused_not_read(fake, gateway, mon
     assert "larger than" in r.json()["error"]["message"]
     fake.script("m1", Script(text="small"))
     assert httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=30).status_code == 200
-
-
-async def test_events_that_arrived_together_go_out_in_one_write():
-    """A burst (text, its finish, its usage) is one frame write, not one per chunk; the role goes first,
-    before the upstream answers, and [DONE] last, after the generation is recorded."""
-    import json
-
-    from panelfuse.providers.base import StreamEvent, Usage
-    from panelfuse.server.proxy import proxy_chunks
-
-    class Settled:
-        cost: float | None = -1.0
-
-        async def release(self, cost: float | None) -> None:
-            self.cost = cost
-
-    async def upstream():
-        for ev in (
-            StreamEvent(text="Paris"),
-            StreamEvent(finish_reason="stop"),
-            StreamEvent(usage=Usage(prompt_tokens=3, completion_tokens=2)),
-        ):
-            yield ev  # no wait between them: they arrived in one read
-
-    recorded: list[str | None] = []
-
-    async def on_done(usage, finish_reason, cost):
-        recorded.append(finish_reason)
-
-    admission = Settled()
-    writes = [w async for w in proxy_chunks(upstream(), "m", "c", 1, admission, None, on_done=on_done)]  # type: ignore[arg-type]
-    assert len(writes) == 3 and writes[-1] == "data: [DONE]\n\n"
-    burst = [json.loads(line[6:]) for line in writes[1].split("\n\n") if line]
-    assert [c["choices"][0]["delta"].get("content") for c in burst] == ["Paris", None, None]
-    assert burst[1]["choices"][0]["finish_reason"] == "stop" and burst[2]["usage"]["completion_tokens"] == 2
-    assert recorded == ["stop"] and admission.cost is None  # settled (no price: no cost)

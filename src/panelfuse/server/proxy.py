@@ -24,7 +24,7 @@ from panelfuse.providers.resolve import ProviderRoute
 from panelfuse.server import shapes
 from panelfuse.server.disconnect import unless_client_leaves
 from panelfuse.server.errors import ApiError, ServiceError, from_provider_error
-from panelfuse.server.sse import DONE, ready_batches, sse, sse_response
+from panelfuse.server.sse import DONE, sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service.admission import Admission
 from panelfuse.service.caller import Principal, providers_for
@@ -311,44 +311,12 @@ async def admit_proxied(
 
 
 async def close_and_settle(
-    upstream: AsyncGenerator[Any, None], admission: Admission, cost: float | None, *also: AsyncGenerator[Any, None]
+    upstream: AsyncGenerator[StreamEvent, None], admission: Admission, cost: float | None
 ) -> None:
-    """Close `upstream` (after `also`, the generators reading it), then settle the admission at `cost`."""
     try:
-        for reader in also:
-            await reader.aclose()
         await upstream.aclose()
     finally:
         await admission.release(cost)
-
-
-def _event_frames(
-    ev: StreamEvent, model: str, cid: str, created: int, usage_alone: bool, cost: float | None
-) -> list[str]:
-    """The chunks of one upstream event (`cost`: the call's, when the event carries its usage)."""
-    i = ev.index
-    frames: list[str] = []
-    if ev.text or ev.refusal or ev.logprobs or ev.annotations:
-        delta: dict[str, Any] = {}
-        if ev.text:
-            delta["content"] = ev.text
-        if ev.refusal:
-            delta["refusal"] = ev.refusal
-        if ev.annotations:
-            delta["annotations"] = ev.annotations
-        frames.append(sse(_chunk(cid, model, created, index=i, delta=delta, logprobs=ev.logprobs)))
-    if ev.tool_calls:
-        calls = [{"index": k, **t.to_openai()} for k, t in enumerate(ev.tool_calls)]
-        frames.append(sse(_chunk(cid, model, created, index=i, delta={"tool_calls": calls})))
-    if ev.finish_reason:
-        frames.append(sse(_chunk(cid, model, created, index=i, delta={}, finish_reason=ev.finish_reason)))
-    if ev.usage is not None:
-        usage = usage_object(ev.usage, cost)
-        if usage_alone:
-            frames.append(sse(_chunk(cid, model, created, usage=usage)))
-        else:
-            frames.append(sse(_chunk(cid, model, created, delta={}, usage=usage)))
-    return frames
 
 
 async def proxy_chunks(
@@ -367,34 +335,45 @@ async def proxy_chunks(
     """The upstream's stream as chunks. Usage comes last: in OpenAI's usage-only chunk (empty
     `choices`) when the caller asked for it with `stream_options.include_usage`, else, as OpenRouter
     sends it, on a last chunk that still has `choices[0]` (an empty delta), so a plain loop over
-    `chunk.choices[0]` never breaks. The chunks of events that arrived together (a burst of text, its
-    finish and usage) go out in one write: each write is a system call and a trip through every
-    middleware, a visible share of a proxied request's CPU."""
+    `chunk.choices[0]` never breaks."""
     cost: float | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
     completed = failed = False
     text: list[str] = []  # the first choice's answer, kept only for `on_end`
-    batches = ready_batches(upstream)
 
     try:
         # Inside the try: a client gone before the first chunk still gets the upstream closed and the
         # admission settled.
         for index in range(n):
             yield sse(_chunk(cid, model, created, index=index, delta={"role": "assistant", "content": ""}))
-        async for events in batches:
-            frames: list[str] = []
-            for ev in events:
-                if ev.text and on_end is not None and ev.index == 0:
-                    text.append(ev.text)
-                if ev.finish_reason and ev.index == 0:
+        async for ev in upstream:
+            i = ev.index
+            if ev.text or ev.refusal or ev.logprobs or ev.annotations:
+                delta: dict[str, Any] = {}
+                if ev.text:
+                    delta["content"] = ev.text
+                    if on_end is not None and i == 0:
+                        text.append(ev.text)
+                if ev.refusal:
+                    delta["refusal"] = ev.refusal
+                if ev.annotations:
+                    delta["annotations"] = ev.annotations
+                yield sse(_chunk(cid, model, created, index=i, delta=delta, logprobs=ev.logprobs))
+            if ev.tool_calls:
+                calls = [{"index": k, **t.to_openai()} for k, t in enumerate(ev.tool_calls)]
+                yield sse(_chunk(cid, model, created, index=i, delta={"tool_calls": calls}))
+            if ev.finish_reason:
+                if i == 0:
                     finish_reason = ev.finish_reason
-                if ev.usage is not None:
-                    usage = ev.usage
-                    cost = call_cost(ev.usage, price)
-                frames += _event_frames(ev, model, cid, created, usage_alone, cost)
-            if frames:
-                yield "".join(frames)
+                yield sse(_chunk(cid, model, created, index=i, delta={}, finish_reason=ev.finish_reason))
+            if ev.usage is not None:
+                usage = ev.usage
+                cost = call_cost(ev.usage, price)
+                if usage_alone:
+                    yield sse(_chunk(cid, model, created, usage=usage_object(ev.usage, cost)))
+                else:
+                    yield sse(_chunk(cid, model, created, delta={}, usage=usage_object(ev.usage, cost)))
         completed = True
     except ProviderError as exc:
         failed = True
@@ -408,7 +387,7 @@ async def proxy_chunks(
             on_end("cancelled")
         # One carried task: a client that left cancels every await of ours, and closing the upstream
         # may await (its connection), which must not cut the settling short.
-        await carry_through(close_and_settle(upstream, admission, cost, batches))
+        await carry_through(close_and_settle(upstream, admission, cost))
     if completed and on_done is not None:
         await on_done(usage, finish_reason, cost)
     if completed and on_end is not None:
