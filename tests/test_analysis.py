@@ -85,3 +85,18 @@ def test_the_fast_check_and_the_full_one_agree(data, shape):
     valid = checks.full.is_valid(data)
     event(f"valid: {valid}")  # both kinds come up (`pytest --hypothesis-show-statistics`)
     assert checks.fast.is_valid(data) == valid
+
+
+@pytest.mark.parametrize("value", ["1" + "0" * 30, "NaN", "1e400", '"\\ud800 x"'])
+def test_values_json_allows_but_rust_may_not_hold_are_checked_without_a_crash(value):
+    text = (
+        '{"consensus": ['
+        + value
+        + '], "contradictions": [], "partial_coverage": [], '
+        + ('"unique_insights": [], "blind_spots": []}')
+    )
+    try:
+        parsed = parse_analysis(text, ["A", "B"])
+    except AnalysisError:
+        return  # a number where a string belongs: the analysis is invalid, said the usual way
+    assert parsed.analysis["consensus"] == [json.loads(value)]  # the lone surrogate is still a string

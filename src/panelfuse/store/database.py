@@ -56,6 +56,7 @@ class Database:
         self._inline_engine: sa.Engine | None = None
         self._inline_commits = 0
         self._last_write = -INLINE_GAP_S
+        self._inserts_ignoring: dict[tuple[str, tuple[str, ...]], sqlite.Insert | postgresql.Insert] = {}
         if engine.dialect.name == "sqlite" and sqlite_file(url) is not None:  # in memory: one connection only
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="panelfuse-sqlite-writer")
             self._writer_engine = build_sqlite_writer(url)
@@ -210,6 +211,15 @@ class Database:
         """An INSERT in this dialect: both spell upserts `on_conflict_do_nothing/do_update`, which
         the generic insert lacks."""
         return sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
+
+    def insert_ignoring(self, table: sa.Table, *key: str) -> sqlite.Insert | postgresql.Insert:
+        """INSERT … ON CONFLICT (`key`) DO NOTHING, built once per table and key: the frequent writes
+        reuse it, and SQLAlchemy reuses its cache key (docs/performance.md)."""
+        stmt = self._inserts_ignoring.get((table.name, key))
+        if stmt is None:
+            stmt = self.insert(table).on_conflict_do_nothing(index_elements=list(key))
+            self._inserts_ignoring[(table.name, key)] = stmt
+        return stmt
 
 
 def _connect_error(url: URL, exc: BaseException) -> StoreConnectError:

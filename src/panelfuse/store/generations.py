@@ -76,7 +76,7 @@ class GenerationStore:
     async def insert(self, record: GenerationRecord) -> bool:
         """Store the generation; False (and nothing changed) when its id is already stored."""
         values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
-        stmt = self._db.insert(generations).on_conflict_do_nothing(index_elements=["id"])
+        stmt = self._db.insert_ignoring(generations, "id")
         inserted = await self._db.transact(lambda conn: conn.execute(stmt, values).rowcount)
         return (inserted or 0) > 0
 
