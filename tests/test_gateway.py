@@ -216,22 +216,30 @@ def test_oversize_body_is_a_413(fake, tmp_path):
         gw.stop()
 
 
-def test_the_running_app_collects_young_garbage_less_often_and_restores_the_setting(fake, tmp_path):
+def test_running_apps_collect_young_garbage_less_often_and_the_last_one_restores_the_setting(fake, tmp_path):
     import gc
 
-    from panelfuse.server.app import YOUNG_GC_THRESHOLD
+    from panelfuse.server.collector import YOUNG_GC_THRESHOLD
 
     saved = gc.get_threshold()
     before = (777, *saved[1:])  # a setting no app makes, whatever else is running
     gc.set_threshold(*before)
+    tuned = (YOUNG_GC_THRESHOLD, *before[1:])
     try:
-        gw = Gateway(fake, f"sqlite+aiosqlite:///{tmp_path}/runs.db").start()
+        first = Gateway(fake, f"sqlite+aiosqlite:///{tmp_path}/a.db").start()
+        second = None
         try:
-            assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, *before[1:])
+            assert gc.get_threshold() == tuned
+            second = Gateway(fake, f"sqlite+aiosqlite:///{tmp_path}/b.db").start()
             body = {"model": "fake/plain", "messages": [{"role": "user", "content": "hi"}]}
-            assert post(gw, body).status_code == 200
+            assert post(second, body).status_code == 200
         finally:
-            gw.stop()
+            first.stop()  # the first app stops while the second still runs
+        try:
+            assert gc.get_threshold() == tuned
+        finally:
+            if second is not None:
+                second.stop()
         assert gc.get_threshold() == before
     finally:
         gc.set_threshold(*saved)

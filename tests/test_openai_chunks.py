@@ -28,6 +28,16 @@ choices = st.fixed_dictionaries(
     {},
     optional={"delta": deltas | small, "index": small, "finish_reason": small, "logprobs": small},
 )
+# A text piece beside a key the adapter never reads, with an odd finish_reason or refusal: the general
+# path fails on those, so the fast one must send the read there too.
+odd_text_choice = st.fixed_dictionaries(
+    {
+        "delta": st.fixed_dictionaries(
+            {"content": st.just("hi"), "reasoning": st.just("r")}, optional={"refusal": small}
+        )
+    },
+    optional={"finish_reason": small, "index": small},
+)
 text_choice = st.fixed_dictionaries(
     {"delta": st.fixed_dictionaries({"content": st.text(max_size=4)}, optional={"role": small})},
     optional={"index": st.integers(0, 2), "finish_reason": st.none(), "logprobs": st.none()},
@@ -35,7 +45,10 @@ text_choice = st.fixed_dictionaries(
 chunks = st.fixed_dictionaries(
     {"id": st.just("chatcmpl-1"), "object": st.just("chat.completion.chunk")},
     optional={
-        "choices": st.lists(text_choice, min_size=1, max_size=1) | st.lists(choices | small, max_size=2) | small,
+        "choices": st.lists(text_choice, min_size=1, max_size=1)
+        | st.lists(odd_text_choice, min_size=1, max_size=1)
+        | st.lists(choices | small, max_size=2)
+        | small,
         "usage": small | st.just({"prompt_tokens": 3, "completion_tokens": 4}),
         "error": st.none() | st.just({"message": "boom"}),
     },
@@ -107,6 +120,8 @@ def test_an_error_field_even_null_takes_the_general_path():
         [_chunk({"content": "a"}), b'{"choices": '],  # cut
         # a number orjson refuses, in a field the fast reading skips, in a chunk that is not a text piece
         [_chunk({"content": "a"}), b'{"choices": [], "created": 1e400}'],
+        # nesting msgspec gives up on (past about 1,000 levels), in a field it would skip
+        [_chunk({"content": "a"}), b'{"choices": [], "x": ' + b"[" * 1100 + b"]" * 1100 + b"}"],
     ],
 )
 def test_a_bad_chunk_is_a_bad_response(datas):
@@ -118,3 +133,11 @@ def test_empty_data_is_left_out():
     events = [("message", _chunk({"content": "a"})), ("message", b"  "), ("message", _chunk({"content": "b"}))]
     items = read_chunks(events, provider="p", model="m")
     assert read(items) == ([StreamEvent(text="ab")], False, None)
+
+
+@pytest.mark.parametrize("odd", [b'"finish_reason": false', b'"finish_reason": 0', b'"finish_reason": null, "x": 1'])
+def test_a_text_piece_beside_an_unread_key_with_an_odd_field_is_malformed_as_before(odd):
+    data = _chunk({"content": "a", "reasoning": "r", "refusal": False}).replace(b'"finish_reason": null', odd)
+    fast = read(read_chunks([("message", data)], provider="p", model="m"))
+    assert fast == read(general([("message", data)]))
+    assert fast[2] is not None and "malformed" in fast[2]

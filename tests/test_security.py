@@ -470,3 +470,28 @@ def test_a_model_id_cannot_reach_a_host_outside_the_configuration(fake, db, star
         assert all(r.path.startswith("/v1/") for r in fake.requests)
     finally:
         listener.close()
+
+
+async def test_a_passthrough_caller_never_gets_the_operators_search_key(fake, db):
+    """The gateway builds its toolbox once, from the operator's environment; a caller passing their
+    own upstream key plans with a toolbox from their providers' (empty) environment instead."""
+    from panelfuse.config import SearchServiceConfig, ToolsConfig
+    from panelfuse.server.state import GatewayState, ServerSettings
+    from panelfuse.service.fusion import FusionService
+    from panelfuse.spec import spec_from_preset
+
+    cfg = gateway_config(fake)
+    cfg.tools = ToolsConfig(search="brave", brave=SearchServiceConfig(api_key_env="BRAVE_KEY"))
+    providers = Providers(cfg, env={"BRAVE_KEY": "operator-brave-key-0001"})
+    store = await RunStore.open(db)
+    try:
+        service = FusionService(GatewayState.build(cfg, store, ServerSettings(db_url=db), providers))
+        spec = spec_from_preset("test", cfg.presets)
+        operator = service.plan(Principal(), spec, Q)
+        caller = Principal(passthrough_id="pt_x", upstream_keys={"fake": "caller-key-000001"})
+        passthrough = service.plan(caller, spec, Q)
+        assert operator.fusion.toolbox.can_search()  # the operator's runs search with the operator's key
+        assert not passthrough.fusion.toolbox.can_search()
+        assert passthrough.fusion.toolbox is not operator.fusion.toolbox
+    finally:
+        await store.close()

@@ -247,7 +247,11 @@ def parse_analysis(text: str, labels: Sequence[str], dimensions: Sequence[str] =
         for key, value in data.items():
             if isinstance(value, list):
                 data[key] = [v for v in value if checks.items[key].is_valid(v)]
-    error = None if checks.fast.is_valid(data) else jsonschema.exceptions.best_match(checks.full.iter_errors(data))
+    try:
+        valid = checks.fast.is_valid(data)
+    except ValueError:  # a string Rust cannot hold (a lone surrogate in a label or a key): ask the full check
+        valid = False
+    error = None if valid else jsonschema.exceptions.best_match(checks.full.iter_errors(data))
     if error is not None:
         path = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise AnalysisError(f"analysis invalid at {path}: {error.message[:200]}")

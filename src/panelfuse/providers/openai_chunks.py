@@ -23,16 +23,18 @@ ChunkItem = tuple[int, str] | dict[str, Any] | str
 
 class _Delta(msgspec.Struct, gc=False):
     # Only what the general path reads besides the text: with any of these set, it is not a plain piece.
+    # `refusal` and the choice's `finish_reason` are typed as the general path requires them, so a
+    # read where one is anything else goes the general way and fails there as it always did.
     content: Any = None
     tool_calls: Any = None
-    refusal: Any = None
+    refusal: str | None = None
     annotations: Any = None
 
 
 class _Choice(msgspec.Struct, gc=False):
     delta: _Delta | None = None
     index: Any = 0
-    finish_reason: Any = None
+    finish_reason: str | None = None
     logprobs: Any = None
 
 
@@ -55,8 +57,8 @@ def read_chunks(events: list[tuple[str, bytes]], *, provider: str, model: str) -
     if head:
         try:
             views = _VIEWS.decode(b"[" + b",".join(map(data_of, head)) + b"]")
-        except msgspec.DecodeError:  # ValidationError is one: a chunk not in the views' shape
-            views = None
+        except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError: not the views' shape
+            views = None  # (msgspec gives up on nesting deeper than about 1,000 levels, even where it skips)
         if views is not None and len(views) != len(head):
             views = None  # an event held no value or two: the general way finds which
     if views is None:
@@ -90,7 +92,8 @@ def read_chunks(events: list[tuple[str, bytes]], *, provider: str, model: str) -
             out.append((run, "".join(parts)))
             parts = []
         # parse_data, not a bare orjson call: a field the views skip is not fully checked (a number
-        # past a double's range passes), and those must be a BadResponseError, not a crash.
+        # past a double's range passes), and those must be a BadResponseError, not a crash. A text
+        # piece is not parsed again: such a flaw in a field nobody reads no longer fails its read.
         out.append(parse_data(data, provider=provider, model=model) or {})
     if parts:
         out.append((run, "".join(parts)))

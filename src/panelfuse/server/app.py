@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -31,6 +30,7 @@ from panelfuse.server import (
     responses_api,
     runs_api,
 )
+from panelfuse.server.collector import restore_collector, tune_collector
 from panelfuse.server.deps import State
 from panelfuse.server.draining import on_termination
 from panelfuse.server.errors import (
@@ -55,7 +55,6 @@ from panelfuse.store import CacheStore, ExperimentStore, GenerationStore, RunSto
 
 log = logging.getLogger("panelfuse.server")
 RETENTION_INTERVAL = 3600.0  # seconds between retention passes
-YOUNG_GC_THRESHOLD = 10_000
 
 
 async def retain(store: RunStore, days: float) -> None:
@@ -108,21 +107,13 @@ def create_app(
         retention = None
         if settings.retain_days is not None:
             retention = asyncio.create_task(retain(store, settings.retain_days))
-        # What startup built (modules, the app, the config) lives as long as the process: keep it out
-        # of the cyclic collector's full scans, which otherwise walk it again and again under load
-        # (about 3 ms of CPU per fusion at C=8 before, under 1 ms after; docs/performance.md).
-        gc.collect()
-        gc.freeze()
-        # A young-generation pass every 10,000 net new container objects, not 700: a read of 200 chunks
-        # alone held more than 700, so passes ran over live objects all the time (0.7 ms of CPU per
-        # fusion at C=8, 0.01 ms after; docs/performance.md). Garbage cycles wait a little longer.
-        thresholds = gc.get_threshold()
-        gc.set_threshold(YOUNG_GC_THRESHOLD, *thresholds[1:])
+        # What start-up built is frozen out of the collector's full scans, and young passes are rarer
+        # (about 3 ms and 0.7 ms of CPU per fusion at C=8; docs/performance.md).
+        tune_collector()
         try:
             yield
         finally:
-            gc.set_threshold(*thresholds)
-            gc.unfreeze()  # what this app froze can be collected once it is gone (tests start many)
+            restore_collector()
             sweeper.cancel()
             restore_signals()
             if retention is not None:

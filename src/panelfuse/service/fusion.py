@@ -64,9 +64,11 @@ class FusionService:
     ) -> PlannedFusion:
         """Plan the run once; 400 when a model cannot be resolved or max_cost refuses it, 403 when the
         caller's key may not use one of its models."""
-        fusion = Fusion(
-            spec, providers=self.providers_for(caller), prices=self.gateway.prices, toolbox=self.gateway.toolbox
-        )
+        providers = self.providers_for(caller)
+        # The gateway's toolbox reads the operator's environment (a search backend's key): a caller
+        # passing their own upstream key gets one built from their providers' empty environment.
+        toolbox = self.gateway.toolbox if providers is self.gateway.fusion_providers else None
+        fusion = Fusion(spec, providers=providers, prices=self.gateway.prices, toolbox=toolbox)
         try:
             plan = fusion.plan(messages, reuse_panel)
         except PlanError as exc:
