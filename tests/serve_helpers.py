@@ -1,4 +1,4 @@
-"""`panelfuse serve` as a real subprocess, pointed at the fake upstream."""
+"""`panelfuse serve` as a real subprocess, pointed at the fake upstream; and a one-off aiohttp app on loopback."""
 
 from __future__ import annotations
 
@@ -8,10 +8,25 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
+from aiohttp import web
 
 from panelfuse.testing import FakeUpstream
+
+
+@asynccontextmanager
+async def serving(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """`app` served on a free loopback port while inside; yields its base URL (`host` names it)."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://{host}:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 def free_port() -> int:

@@ -27,6 +27,7 @@ from panelfuse.providers.errors import (
 )
 from panelfuse.providers.retry import RetryPolicy
 from panelfuse.testing import Failure, FakeUpstream, Script, tokenize
+from serve_helpers import serving
 
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]  # 30 chars -> 7 prompt tokens
 TEXT = "Paris is the capital of France.\nIt has  two spaces."
@@ -407,12 +408,8 @@ async def raw_sse_server():
 
     app = web.Application()
     app.router.add_post("/v1/messages", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}", frames
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield url, frames
 
 
 def _sse(event: str, data: object) -> bytes:

@@ -23,6 +23,7 @@ from panelfuse.providers.errors import (
 from panelfuse.providers.openai_compat import OpenAICompatProvider
 from panelfuse.providers.retry import RetryPolicy
 from panelfuse.testing import Failure, FakeUpstream, Script, tokenize
+from serve_helpers import serving
 
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]
 TEXT = "Paris is the capital of France.\nIt has  two spaces."
@@ -311,20 +312,13 @@ async def test_mid_stream_error_object_is_upstream_error() -> None:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        p = OpenAICompatProvider("or", f"http://127.0.0.1:{port}/v1", "k")
+    async with serving(app) as url:
+        p = OpenAICompatProvider("or", f"{url}/v1", "k")
         got = []
         with pytest.raises(UpstreamError, match="provider overloaded"):
             async for ev in p.stream(req()):
                 got.append(ev.text)
         assert got == ["Hel"]
-    finally:
-        await runner.cleanup()
 
 
 # ---- retries -------------------------------------------------------------------------------------

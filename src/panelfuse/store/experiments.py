@@ -145,7 +145,7 @@ class ExperimentStore:
             "created_at": now,
             "updated_at": now,
         }
-        stmt = self._db.insert(experiments).on_conflict_do_nothing(index_elements=["name"])
+        stmt = self._db.insert_ignoring(experiments, "name")
         inserted = await self._db.transact(lambda conn: conn.execute(stmt, values).rowcount)
         return (inserted or 0) > 0
 
@@ -226,7 +226,7 @@ class ExperimentStore:
             _text(request.question),
             _text(request.answer),
         )
-        stmt = self._db.insert(experiment_requests).on_conflict_do_nothing(index_elements=["id"])
+        stmt = self._db.insert_ignoring(experiment_requests, "id")
         await self._db.transact(lambda conn: conn.execute(stmt, values))
 
     async def requests(self, name: str) -> list[ExperimentRequest]:
