@@ -400,6 +400,41 @@ def test_a_401_shows_sign_in_and_the_key_goes_on_every_request(fake, page):
     assert seen and all(a == "Bearer pf-test-key" for a in seen)
 
 
+def test_a_late_401_for_a_request_sent_before_sign_in_does_not_ask_again(fake, page):
+    """The page's first requests go out without a key; one still in flight when the user signs in
+    answers 401 afterwards. That answer is about no key, not the new one: sign-in stays closed."""
+    held = []
+
+    def gate(route):
+        auth = route.request.headers.get("authorization")
+        if auth is None and "/v1/fusion/runs" in route.request.url:
+            held.append(route)  # answered below, after sign-in
+        elif auth != "Bearer pf-test-key":
+            route.fulfill(status=401, content_type="application/json", body='{"error": {"message": "bad key"}}')
+        else:
+            route.continue_()
+
+    page.route("**/v1/**", gate)
+    page.reload()
+    signin = page.get_by_role("heading", name="Sign in")
+    expect(signin).to_be_visible()
+    for _ in range(200):  # the history request reaches the route after the models' 401
+        if held:
+            break
+        page.wait_for_timeout(25)
+    assert len(held) == 1
+    page.get_by_label("panelfuse key").fill("pf-test-key")
+    page.keyboard.press("Enter")
+    expect(signin).to_be_hidden()
+    expect(page.locator("#history-status")).to_have_text("No runs yet.")
+    with page.expect_request_finished(lambda r: r is held[0].request):
+        held[0].fulfill(status=401, content_type="application/json", body='{"error": {"message": "bad key"}}')
+    # Let the page's promise chains after that response run: two macrotask turns.
+    page.evaluate("new Promise((r) => setTimeout(() => setTimeout(r, 0), 0))")
+    assert not signin.is_visible()
+    expect(page.locator("#history-status")).to_have_text("No runs yet.")
+
+
 def test_sign_in_with_a_real_key_and_see_only_its_own_history(fake, browser, tmp_path, monkeypatch):
     """Auth on for real (keys in the store): the page asks for a key, then shows only that key's runs."""
     import asyncio

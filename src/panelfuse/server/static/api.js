@@ -3,7 +3,18 @@
 
 const KEY_STORE = "panelfuse.key";
 
-export class AuthError extends Error {}
+// A 401, with the key the request carried ("" for none): a late 401 for a key that is no longer in
+// use (a request sent before sign-in) must not send the user back to sign-in.
+export class AuthError extends Error {
+  constructor(message, key) {
+    super(message);
+    this.key = key;
+  }
+
+  get stale() {
+    return this.key !== getKey();
+  }
+}
 
 export class ApiError extends Error {
   constructor(status, body) {
@@ -28,21 +39,21 @@ function url(path) {
   return new URL(path, document.baseURI).toString();
 }
 
-function headers(extra = {}) {
+function headers(key, extra = {}) {
   const h = { ...extra };
-  const key = getKey();
   if (key) h.Authorization = `Bearer ${key}`;
   return h;
 }
 
 async function send(method, path, body, signal) {
-  const init = { method, headers: headers({ Accept: "application/json" }), signal };
+  const key = getKey();
+  const init = { method, headers: headers(key, { Accept: "application/json" }), signal };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
   const res = await fetch(url(path), init);
-  if (res.status === 401) throw new AuthError("this gateway needs a valid panelfuse key");
+  if (res.status === 401) throw new AuthError("this gateway needs a valid panelfuse key", key);
   return res;
 }
 

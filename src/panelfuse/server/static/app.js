@@ -27,7 +27,7 @@ function showSignin(reason) {
 }
 
 function onAuthError(err) {
-  if (err instanceof AuthError) showSignin(getKey() ? "That key was not accepted. Try another." : null);
+  if (err instanceof AuthError && !err.stale) showSignin(getKey() ? "That key was not accepted. Try another." : null);
 }
 
 function updateKeyButton() {

@@ -1,6 +1,6 @@
 // The key's past runs (the server scopes the list to the key), newest first, paged by cursor.
 
-import { getJSON } from "./api.js";
+import { AuthError, getJSON } from "./api.js";
 import { fmtCost, fmtWhen, h } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
@@ -38,6 +38,7 @@ export class History {
       $("history-more").hidden = !page.next_cursor;
       status.textContent = $("history-list").children.length ? "" : "No runs yet.";
     } catch (err) {
+      if (err instanceof AuthError && err.stale) return; // sent before sign-in; the load after it counts
       status.textContent = "Could not load the runs.";
       this.onError(err);
     }
