@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from panelfuse.providers import retry
 from panelfuse.providers.errors import (
     AuthError,
     BadRequestError,
@@ -175,6 +176,58 @@ async def test_deadline_while_waiting_mid_stream() -> None:
         async for x in retrying_stream(f, deadline=deadline_in(0.1), policy=FAST):
             got.append(x)
     assert got == ["a"] and f.opened == 1
+
+
+async def test_a_deadline_passing_while_the_consumer_holds_an_event_spares_its_own_awaits() -> None:
+    f = Factory(["a", "b"])
+    stream = retrying_stream(f, deadline=deadline_in(0.05), policy=FAST)
+    assert await anext(stream) == "a"
+    await asyncio.sleep(0.2)  # the consumer's own wait, across the deadline: not cancelled
+    with pytest.raises(DeadlineExceeded):
+        await anext(stream)  # the next read is late
+    assert f.closed == 1
+
+
+async def test_the_deadline_cancels_the_task_that_waits_even_when_each_read_has_its_own() -> None:
+    f = Factory(["a", "hang"])
+    stream = retrying_stream(f, deadline=deadline_in(0.1), policy=FAST)
+    assert await asyncio.ensure_future(anext(stream)) == "a"
+    with pytest.raises(DeadlineExceeded):
+        await asyncio.ensure_future(anext(stream))
+    assert f.closed == 1
+
+
+async def test_someone_elses_cancel_at_the_deadline_stays_a_cancel(monkeypatch) -> None:
+    readers: list[asyncio.Future[object]] = []
+    expire = retry._Deadline._expire
+
+    def expire_and_cancel(self: retry._Deadline) -> None:  # both in the same turn of the loop
+        expire(self)
+        readers[0].cancel()
+
+    monkeypatch.setattr(retry._Deadline, "_expire", expire_and_cancel)
+    f = Factory(["a", "hang"])
+    stream = retrying_stream(f, deadline=deadline_in(0.05), policy=FAST)
+    assert await anext(stream) == "a"
+    readers.append(asyncio.ensure_future(anext(stream)))
+    with pytest.raises(asyncio.CancelledError):
+        await readers[0]
+    assert f.closed == 1
+
+
+async def test_one_timer_per_call_not_one_per_event(monkeypatch) -> None:
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    real_call_at = loop.call_at
+
+    def counting_call_at(when, callback, *args, **kwargs):
+        timers.append(when)
+        return real_call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    f = Factory(list(range(100)))
+    assert await drain(retrying_stream(f, deadline=deadline_in(5), policy=FAST)) == list(range(100))
+    assert len(timers) == 1
 
 
 async def test_deadline_already_passed() -> None:

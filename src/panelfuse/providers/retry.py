@@ -77,6 +77,29 @@ def backoff_delay(policy: RetryPolicy, attempt: int, error: ProviderError, rng: 
     return delay * (1 - policy.jitter) + delay * policy.jitter * rng.random()
 
 
+class _Deadline:
+    """One timer for a whole call. Firing while the call waits on its upstream, it cancels that wait;
+    firing while the consumer holds an event (between this generator's yields), it only marks the
+    call late and the next wait raises: cancelling then would hit the consumer's unrelated awaits.
+    (An asyncio.timeout around each wait did the same with a timer per event, ~10 µs each.)"""
+
+    __slots__ = ("_handle", "expired", "waiting")
+
+    def __init__(self, deadline: float) -> None:
+        self.expired = False
+        self.waiting: asyncio.Task[object] | None = None  # the task, while it waits on the upstream
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
 async def retrying_stream(
     open_stream: Callable[[], AsyncIterator[T]],
     *,
@@ -89,37 +112,49 @@ async def retrying_stream(
     `deadline` is a time.monotonic() instant; the whole call, sleeps included, ends by it.
     """
     rng = rng or _JITTER
+    late = _Deadline(deadline)
     attempt = 0
-    while True:
-        attempt += 1
-        started = False
-        stream = open_stream()
-        try:
-            while True:
-                # The deadline is applied around each wait on the upstream, not across our yields:
-                # an asyncio.timeout spanning a yield would cancel the consumer's unrelated awaits.
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceeded("no complete answer before the deadline")
-                try:
-                    async with asyncio.timeout(remaining):
+    try:
+        while True:
+            attempt += 1
+            started = False
+            stream = open_stream()
+            try:
+                while True:
+                    if late.expired or deadline <= time.monotonic():
+                        raise DeadlineExceeded("no complete answer before the deadline")
+                    # Asked per wait: a consumer may read each event from a task of its own (a race).
+                    task = asyncio.current_task()
+                    assert task is not None
+                    cancelling = task.cancelling()
+                    late.waiting = task
+                    try:
                         ev = await anext(stream)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError as exc:
-                    raise DeadlineExceeded("no complete answer before the deadline") from exc
-                started = True
-                yield ev
-        except ProviderError as exc:
-            if started or not should_retry(exc) or attempt >= policy.attempts:
-                raise
-            wait = backoff_delay(policy, attempt, exc, rng)
-            if time.monotonic() + wait >= deadline:
-                # Waiting would overrun the deadline: report the real cause now rather than a timeout later.
-                raise
-            await asyncio.sleep(wait)
-        finally:
-            await _aclose(stream)
+                    except StopAsyncIteration:
+                        return
+                    except asyncio.CancelledError:
+                        # Ours (the deadline's), unless someone else cancelled the task as well.
+                        if late.expired and task.uncancel() <= cancelling:
+                            raise DeadlineExceeded("no complete answer before the deadline") from None
+                        raise
+                    except TimeoutError as exc:  # an adapter's own timeout reads as the call's
+                        raise DeadlineExceeded("no complete answer before the deadline") from exc
+                    finally:
+                        late.waiting = None
+                    started = True
+                    yield ev
+            except ProviderError as exc:
+                if started or not should_retry(exc) or attempt >= policy.attempts:
+                    raise
+                wait = backoff_delay(policy, attempt, exc, rng)
+                if time.monotonic() + wait >= deadline:
+                    # Waiting would overrun the deadline: report the real cause now rather than a timeout later.
+                    raise
+                await asyncio.sleep(wait)
+            finally:
+                await _aclose(stream)
+    finally:
+        late.close()
 
 
 async def _aclose(stream: AsyncIterator[T]) -> None:

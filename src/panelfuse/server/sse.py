@@ -23,40 +23,68 @@ def sse(data: Mapping[str, Any] | str, *, event: str | None = None, event_id: in
     return f"{head}data: {text}\n\n"
 
 
-async def with_keepalive(source: AsyncIterator[str], every: float, ping: str = KEEPALIVE) -> AsyncIterator[str]:
-    """`source`'s frames, plus a keep-alive `ping` (a comment by default) whenever it is quiet for
-    `every` seconds (the panel may think for minutes: proxies must not time the stream out). Closing
-    this closes `source`."""
-    pending: asyncio.Future[str] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(source))
-            done, _ = await asyncio.wait({pending}, timeout=every)
-            if not done:
-                yield ping
-                continue
-            try:
-                frame = pending.result()
-            except StopAsyncIteration:
-                return
-            pending = None
-            yield frame
-    finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        aclose = getattr(source, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
 class _End(Generic[T]):
     """The source is exhausted (or failed with `error`)."""
 
     def __init__(self, error: BaseException | None = None) -> None:
         self.error = error
+
+
+async def with_keepalive(source: AsyncIterator[str], every: float, ping: str = KEEPALIVE) -> AsyncIterator[str]:
+    """`source`'s frames, plus a keep-alive `ping` (a comment by default) whenever it is quiet for
+    `every` seconds (the panel may think for minutes: proxies must not time the stream out). Closing
+    this closes `source`.
+
+    `source` is read by one task for the whole stream, at most two frames ahead of the reader (so a
+    slow client still makes the source wait, and merge what piles up), and one timer, re-armed once
+    per `every` seconds, decides on pings. (A task and a timeout per frame cost ~50 µs a frame.)"""
+    loop = asyncio.get_running_loop()
+    frames: asyncio.Queue[str | _End[str]] = asyncio.Queue(maxsize=1)
+    last_taken = loop.time()
+    timer: asyncio.TimerHandle
+
+    async def pump() -> None:
+        end: _End[str] = _End()
+        try:
+            async for frame in source:
+                await frames.put(frame)
+        except BaseException as exc:  # handed to the reader, unless it cancelled this (it is gone)
+            this = asyncio.current_task()
+            if this is not None and this.cancelling():
+                raise
+            end = _End(exc)
+        await frames.put(end)
+
+    def tick() -> None:
+        nonlocal timer
+        now = loop.time()
+        due = last_taken + every
+        if now < due:
+            timer = loop.call_at(due, tick)
+            return
+        if frames.empty():  # the reader waits and nothing came for `every` seconds
+            frames.put_nowait(ping)
+        timer = loop.call_at(now + every, tick)
+
+    task = asyncio.ensure_future(pump())
+    timer = loop.call_at(last_taken + every, tick)
+    try:
+        while True:
+            item = await frames.get()
+            last_taken = loop.time()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        timer.cancel()
+        task.cancel()  # a no-op once done
+        with contextlib.suppress(BaseException):
+            await task
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def ready_batches(source: AsyncIterator[T]) -> AsyncGenerator[list[T], None]:
