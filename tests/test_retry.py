@@ -215,6 +215,23 @@ async def test_someone_elses_cancel_at_the_deadline_stays_a_cancel(monkeypatch) 
     assert f.closed == 1
 
 
+async def test_a_stream_that_turns_the_deadlines_cancel_into_its_own_error_leaves_no_cancel_behind() -> None:
+    async def converting() -> AsyncIterator[object]:
+        yield "a"
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise UpstreamError("connection closed") from None
+        yield "never"
+
+    stream = retrying_stream(converting, deadline=deadline_in(0.05), policy=FAST)
+    assert await anext(stream) == "a"
+    with pytest.raises(UpstreamError):
+        await anext(stream)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # or the next timeout in this task misreads
+
+
 async def test_one_timer_per_call_not_one_per_event(monkeypatch) -> None:
     loop = asyncio.get_running_loop()
     timers: list[float] = []

@@ -83,11 +83,12 @@ class _Deadline:
     call late and the next wait raises: cancelling then would hit the consumer's unrelated awaits.
     (An asyncio.timeout around each wait did the same with a timer per event, ~10 µs each.)"""
 
-    __slots__ = ("_handle", "expired", "waiting")
+    __slots__ = ("_handle", "cancelled", "expired", "waiting")
 
     def __init__(self, deadline: float) -> None:
         self.expired = False
         self.waiting: asyncio.Task[object] | None = None  # the task, while it waits on the upstream
+        self.cancelled: asyncio.Task[object] | None = None  # the task this cancelled, until it saw it
         loop = asyncio.get_running_loop()
         self._handle = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire)
 
@@ -95,6 +96,16 @@ class _Deadline:
         self.expired = True
         if self.waiting is not None:
             self.waiting.cancel()
+            self.cancelled = self.waiting
+
+    def ours(self, task: asyncio.Task[object]) -> bool:
+        """Whether this cancelled `task` and the cancel is not yet taken back; takes it back (as
+        asyncio.timeout does) so the task's cancel count stays true for any other timeout in it."""
+        if self.cancelled is not task:
+            return False
+        self.cancelled = None
+        task.uncancel()
+        return True
 
     def close(self) -> None:
         self._handle.cancel()
@@ -134,13 +145,14 @@ async def retrying_stream(
                         return
                     except asyncio.CancelledError:
                         # Ours (the deadline's), unless someone else cancelled the task as well.
-                        if late.expired and task.uncancel() <= cancelling:
+                        if late.ours(task) and task.cancelling() <= cancelling:
                             raise DeadlineExceeded("no complete answer before the deadline") from None
                         raise
                     except TimeoutError as exc:  # an adapter's own timeout reads as the call's
                         raise DeadlineExceeded("no complete answer before the deadline") from exc
                     finally:
                         late.waiting = None
+                        late.ours(task)  # the stream turned our cancel into something else: taken back
                     started = True
                     yield ev
             except ProviderError as exc:
