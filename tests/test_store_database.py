@@ -174,31 +174,6 @@ async def test_an_awaited_write_runs_on_the_loop_thread_even_right_after_another
         assert ran_in[2] == threading.current_thread().name
 
 
-async def test_an_awaited_write_waits_in_the_writer_thread_while_the_lock_is_held(tmp_path, monkeypatch):
-    monkeypatch.setattr(database_module, "INLINE_GAP_S", 3600.0)
-    path = tmp_path / "runs.db"
-    async with await Database.open(f"sqlite:///{path}") as db:
-        await db.transact(lambda c: counter.metadata.create_all(c))
-        other = sqlite3.connect(path, timeout=0, isolation_level=None)
-        ran_in: list[str] = []
-
-        def work(c: sa.Connection) -> None:
-            ran_in.append(threading.current_thread().name)
-            c.execute(counter.insert(), {"id": 1, "value": 1})
-
-        try:
-            other.execute("BEGIN IMMEDIATE")
-            write = asyncio.create_task(db.transact(work, awaited=True))
-            for _ in range(20):  # the loop is not blocked meanwhile
-                await asyncio.sleep(0.01)
-            assert not write.done() and ran_in == []
-            other.execute("COMMIT")
-            await asyncio.wait_for(write, 30)
-        finally:
-            other.close()
-        assert ran_in and ran_in[0].startswith("panelfuse-sqlite-writer")
-
-
 async def test_the_writes_a_client_waits_for_are_awaited_and_the_event_flush_is_not(tmp_path, monkeypatch):
     """A run's start and outcome and a proxied call's generation commit on the loop (the lock being
     free); the periodic flush of many runs' events still goes to the writer thread."""
@@ -265,8 +240,9 @@ async def test_the_writes_a_client_waits_for_are_awaited_and_the_event_flush_is_
         await store.close()
 
 
-async def test_transact_waits_in_the_writer_thread_while_another_process_holds_the_lock(tmp_path, monkeypatch):
-    monkeypatch.setattr(database_module, "INLINE_GAP_S", 0.0)  # it would run on the loop, but for the lock
+@pytest.mark.parametrize("awaited", [False, True])  # lone, or one a client waits for: the loop's, but for the lock
+async def test_transact_waits_in_the_writer_thread_while_another_process_holds_the_lock(tmp_path, monkeypatch, awaited):
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 3600.0 if awaited else 0.0)
     path = tmp_path / "runs.db"
     async with await Database.open(f"sqlite:///{path}") as db:
         await db.transact(lambda c: counter.metadata.create_all(c))
@@ -280,7 +256,7 @@ async def test_transact_waits_in_the_writer_thread_while_another_process_holds_t
         try:
             other.execute("BEGIN IMMEDIATE")
             other.execute("INSERT INTO test_counter (id, value) VALUES (2, 2)")
-            write = asyncio.create_task(db.transact(work))
+            write = asyncio.create_task(db.transact(work, awaited=awaited))
             for _ in range(20):  # the loop is not blocked meanwhile: this task keeps getting turns
                 await asyncio.sleep(0.01)
             assert not write.done() and ran_in == []
