@@ -13,7 +13,7 @@ from gateway_helpers import Gateway
 from panelfuse.service import metrics
 from panelfuse.service.runs import RunManager
 from panelfuse.store import RunStore
-from panelfuse.testing import Script
+from panelfuse.testing import Failure, Script
 from pipeline_helpers import fusion, script_panel, spec
 from test_fusion_tool import CALL_FUSION, FUSION_TOOL
 
@@ -138,3 +138,24 @@ async def test_a_run_whose_outcome_fails_to_store_once_is_stored_on_the_next_try
         await asyncio.wait_for(run.done.wait(), 30)
         stored = await store.get_run("run_flaky")
         assert failures and stored is not None and stored.status == "completed"  # as the client was told
+
+
+async def test_a_reader_still_catching_up_when_the_run_ends_gets_the_terminal_event(fake, tmp_path):
+    # follow() yields the events already published, then the live ones. A run that ended while its
+    # reader was still on the published ones used to end the reader there, without the terminal event
+    # (seen as a streamed failed fusion missing its response.failed when the outcome was stored fast).
+    script_panel(fake, **{m: Script(failure=Failure.HTTP, status_code=400) for m in ("m1", "m2", "m3")})
+    async with await RunStore.open(f"sqlite+aiosqlite:///{tmp_path}/runs.db") as store:
+        manager = RunManager(store)
+        f = fusion(fake, spec())
+        run = await manager.start(f, f.plan("q"), run_id="run_fast", request={}, request_model="m", background=False)
+        while run.visible < 2 and not run.done.is_set():
+            await asyncio.sleep(0.005)
+        assert run.visible >= 2, "the run published nothing before it ended"
+        reader = run.follow()
+        first = await anext(reader)  # the reader has its catch-up list now
+        await asyncio.wait_for(run.done.wait(), 10)  # the run ends while the reader is mid-way
+        rest = [ev async for ev in reader]
+        seen = [first, *rest]
+        assert [ev.seq for ev in seen] == list(range(1, len(run.stream.log.events) + 1))
+        assert seen[-1].type == "run.failed"

@@ -96,13 +96,16 @@ class ActiveRun:
         """Every event after `after`, then the live ones, until the run ends."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self.subscribers.add(queue)
+        # Read before the catch-up below: a run that ends while this reader is still catching up
+        # publishes its last events (and the end) into `queue`, which must then be read to its end.
+        ended = self.done.is_set()
         self.stream.log.release()  # someone reads live now: deltas go out as they come
         try:
             for ev in list(self.events):
                 if ev.seq > after:
                     yield ev
                     after = ev.seq
-            if self.done.is_set():
+            if ended:
                 return
             while True:
                 live = await queue.get()
