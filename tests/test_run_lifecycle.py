@@ -149,9 +149,12 @@ async def test_a_reader_still_catching_up_when_the_run_ends_gets_the_terminal_ev
         manager = RunManager(store)
         f = fusion(fake, spec())
         run = await manager.start(f, f.plan("q"), run_id="run_fast", request={}, request_model="m", background=False)
-        while run.visible < 2 and not run.done.is_set():
-            await asyncio.sleep(0.005)
-        assert run.visible >= 2, "the run published nothing before it ended"
+        published: asyncio.Queue = asyncio.Queue()
+        run.subscribers.add(published)
+        await asyncio.wait_for(published.get(), 10)
+        await asyncio.wait_for(published.get(), 10)  # two events are out, the run has not ended
+        run.subscribers.discard(published)
+        assert not run.done.is_set()
         reader = run.follow()
         first = await anext(reader)  # the reader has its catch-up list now
         await asyncio.wait_for(run.done.wait(), 10)  # the run ends while the reader is mid-way
