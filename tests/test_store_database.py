@@ -158,8 +158,91 @@ async def test_a_write_right_after_another_goes_to_the_writer_thread(tmp_path, m
         assert ran_in[1].startswith("panelfuse-sqlite-writer")
 
 
-async def test_transact_waits_in_the_writer_thread_while_another_process_holds_the_lock(tmp_path, monkeypatch):
-    monkeypatch.setattr(database_module, "INLINE_GAP_S", 0.0)  # it would run on the loop, but for the lock
+async def test_an_awaited_write_runs_on_the_loop_thread_even_right_after_another(tmp_path, monkeypatch):
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 3600.0)  # no write is a lone one
+    async with await Database.open(f"sqlite:///{tmp_path / 'runs.db'}") as db:
+        ran_in: list[str] = []
+
+        def work(c: sa.Connection) -> None:
+            ran_in.append(threading.current_thread().name)
+            counter.metadata.create_all(c)
+
+        await db.transact(work)
+        await db.transact(work)  # follows another: the writer thread
+        await db.transact(work, awaited=True)  # a client waits for it: the loop's thread, lock free
+        assert ran_in[1].startswith("panelfuse-sqlite-writer")
+        assert ran_in[2] == threading.current_thread().name
+
+
+async def test_the_writes_a_client_waits_for_are_awaited_and_the_event_flush_is_not(tmp_path, monkeypatch):
+    """A run's start and outcome and a proxied call's generation commit on the loop (the lock being
+    free); the periodic flush of many runs' events still goes to the writer thread."""
+    from datetime import UTC, datetime
+
+    from panelfuse.store import GenerationStore
+    from panelfuse.store.generations import GenerationRecord
+
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 3600.0)  # no write is a lone one
+    where: list[str] = []
+    inline, threaded = Database._transact_inline, Database._transact_sqlite
+
+    def on_loop(self: Database, work):  # type: ignore[no-untyped-def]
+        where.append("loop")
+        return inline(self, work)
+
+    def in_thread(self: Database, work):  # type: ignore[no-untyped-def]
+        where.append("thread")
+        return threaded(self, work)
+
+    monkeypatch.setattr(Database, "_transact_inline", on_loop)
+    monkeypatch.setattr(Database, "_transact_sqlite", in_thread)
+    store = await RunStore.open(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        await store.create_run(
+            "run_1",
+            spec={},
+            request={},
+            request_model="fusion/default",
+            preset="default",
+            mode="synthesize",
+            prompt_version="v1",
+        )
+        await store.append_events_of({"run_1": [{"seq": 1, "type": "run.started", "data": {}}]})
+        await store.finish_run(
+            "run_1",
+            status="completed",
+            result={},
+            content="done",
+            usage=None,
+            cost=None,
+            degraded=False,
+            error=None,
+            latency_ms=1,
+            events=[{"seq": 2, "type": "run.completed", "data": {}}],
+        )
+        record = GenerationRecord(
+            id="chatcmpl-1",
+            kind="chat",
+            model="fake/m",
+            key_id=None,
+            created_at=datetime.now(UTC),
+            latency_ms=1,
+            prompt_tokens=1,
+            completion_tokens=1,
+            cost=None,
+            finish_reason="stop",
+            streamed=True,
+        )
+        assert await GenerationStore(store.database).insert(record)
+        assert where[-4:] == ["loop", "thread", "loop", "loop"]
+        assert [e.seq for e in await store.events_after("run_1", 0)] == [1, 2]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("awaited", [False, True])  # lone, or one a client waits for: the loop's, but for the lock
+async def test_transact_waits_in_the_writer_thread_while_another_process_holds_the_lock(tmp_path, monkeypatch, awaited):
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 3600.0 if awaited else 0.0)
     path = tmp_path / "runs.db"
     async with await Database.open(f"sqlite:///{path}") as db:
         await db.transact(lambda c: counter.metadata.create_all(c))
@@ -173,7 +256,7 @@ async def test_transact_waits_in_the_writer_thread_while_another_process_holds_t
         try:
             other.execute("BEGIN IMMEDIATE")
             other.execute("INSERT INTO test_counter (id, value) VALUES (2, 2)")
-            write = asyncio.create_task(db.transact(work))
+            write = asyncio.create_task(db.transact(work, awaited=awaited))
             for _ in range(20):  # the loop is not blocked meanwhile: this task keeps getting turns
                 await asyncio.sleep(0.01)
             assert not write.done() and ran_in == []

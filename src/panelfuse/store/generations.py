@@ -77,7 +77,8 @@ class GenerationStore:
         """Store the generation; False (and nothing changed) when its id is already stored."""
         values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
         stmt = self._db.insert_ignoring(generations, "id")
-        inserted = await self._db.transact(lambda conn: conn.execute(stmt, values).rowcount)
+        # awaited: a proxied stream's [DONE] waits for it
+        inserted = await self._db.transact(lambda conn: conn.execute(stmt, values).rowcount, awaited=True)
         return (inserted or 0) > 0
 
     async def get(self, gen_id: str, *, key_id: str | None = None) -> GenerationRecord | None:

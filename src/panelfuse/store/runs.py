@@ -166,7 +166,7 @@ class RunStore:
         )
         values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
         try:
-            await self._db.transact(lambda conn: conn.execute(_INSERT_RUN, values))
+            await self._db.transact(lambda conn: conn.execute(_INSERT_RUN, values), awaited=True)
         except IntegrityError:
             if await self._exists(run_id):
                 raise DuplicateRunError(run_id) from None
@@ -233,7 +233,7 @@ class RunStore:
             return conn.execute(_FINISH_RUN, params).rowcount
 
         try:
-            updated = await self._db.transact(work)
+            updated = await self._db.transact(work, awaited=True)
         except IntegrityError:
             raise RunNotFoundError(run_id) from None
         if updated == 0:
