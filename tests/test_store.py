@@ -408,6 +408,64 @@ async def test_events_after_ordering_and_duplicates(store):
         await store.append_events("run_e", [Event("run_other", 9, RunStarted(spec={}, prompt_version="v"), "run")])
 
 
+async def test_event_data_round_trips_in_batches_past_one_statement(store):
+    # On SQLite a batch is one statement carrying the rows as a JSON array (store/events.py);
+    # what is read back is what was written, through a flush and through the outcome's transaction.
+    await new_run(store, "run_rt")
+    tricky = {
+        "text": 'quote " backslash \\ newline \n tab \t ✓ 🙂 \u0000 end',
+        "nested": {"list": [1, 2.5, None, True, "x"], "empty": {}},
+        "floats": [0.1, 1e-300, 123456789.123456789, -0.0],
+        "huge": 2**70,
+        "nan": math.nan,
+    }
+    flushed = [
+        {"seq": i, "type": "panel.delta", "data": {**tricky, "i": i}, "ts": 1000.0 + i / 7} for i in range(1, 1201)
+    ]
+    await store.append_events("run_rt", flushed)
+    last = [{"seq": 1201, "type": "run.completed", "data": {"cost": 0.1}, "ts": 3000.25}]
+    await store.finish_run(
+        "run_rt",
+        status="completed",
+        result=None,
+        content="",
+        usage=None,
+        cost=None,
+        degraded=False,
+        error=None,
+        latency_ms=1,
+        events=[*flushed[-3:], *last],  # already-stored ones are skipped
+    )
+    got = await store.events_after("run_rt", 0, limit=2000)
+    assert [e.seq for e in got] == list(range(1, 1202))
+    expected = {**tricky, "nan": None}
+    for e in (got[0], got[499], got[500], got[1199]):
+        assert e.data == {**expected, "i": e.seq}
+        assert e.ts == 1000.0 + e.seq / 7 and e.stage == "panel" and e.type == "panel.delta"
+    assert got[-1].data == {"cost": 0.1} and got[-1].ts == 3000.25 and got[-1].stage == "run"
+
+
+async def test_a_sqlite_event_batch_is_one_statement(tmp_path):
+    """sqlite3's executemany lets go of the GIL once per row, and in the writer thread each row then
+    waited for a busy loop to hand it back: a batch must be one statement there."""
+    store = await RunStore.open(f"sqlite:///{tmp_path / 'runs.db'}")
+    seen: list[tuple[str, bool]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "run_events" in statement:
+            seen.append((statement.split()[0], executemany))
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        await new_run(store, "run_one")
+        await store.append_events("run_one", [{"seq": i, "type": "panel.delta"} for i in range(1, 1101)])
+        assert seen == [("INSERT", False)]
+        assert len(await store.events_after("run_one", 0, limit=2000)) == 1100
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+        await store.close()
+
+
 async def test_delete_cascades_events(store):
     await new_run(store, "run_d")
     await new_run(store, "run_other")
