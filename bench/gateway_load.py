@@ -4,6 +4,7 @@ processes on loopback; the gateway's CPU and memory read from /proc; a table pri
     .venv/bin/python bench/gateway_load.py                 # the full table (a few minutes)
     .venv/bin/python bench/gateway_load.py --quick         # a smoke run (seconds; .ci/run does this)
     .venv/bin/python bench/gateway_load.py --peer litellm=/tmp/litellm-venv/bin/litellm
+    .venv/bin/python bench/gateway_load.py --peers-only --peer optillm=/tmp/optillm-venv/bin/optillm
 
 Rows: a plain model proxied (1 upstream call) and a fusion (3 members, judge, synthesizer: 5 calls), each
 upstream call answering after `--latency-ms` with `--tokens` tokens streamed one per SSE chunk. The
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peers import PEERS, free_port, stop, wait_http
 from tail_costs import hedge_extra, stored_costs
 
 HERE = Path(__file__).resolve().parent
@@ -147,19 +149,6 @@ def gateway_config(fake_port: int, deadline_ms: int, max_tokens: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def wait_http(url: str, proc: subprocess.Popen[Any], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: the process exited ({proc.returncode})")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer within {timeout} s")
-
-
 def start_gateway(workdir: Path, fake_port: int, port: int, args: argparse.Namespace) -> subprocess.Popen[str]:
     config = workdir / "config.toml"
     config.write_text(gateway_config(fake_port, deadline_ms=60_000, max_tokens=max(args.tokens * 2, 64)))
@@ -181,49 +170,6 @@ def start_gateway(workdir: Path, fake_port: int, port: int, args: argparse.Names
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(workdir / "gateway.log").open("w"), text=True)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     return proc
-
-
-def start_litellm(binary: str, workdir: Path, fake_port: int, port: int) -> subprocess.Popen[str]:
-    config = workdir / "litellm.yaml"
-    config.write_text(
-        "model_list:\n"
-        "  - model_name: fake/plain\n"
-        "    litellm_params:\n"
-        "      model: openai/plain\n"
-        f"      api_base: http://127.0.0.1:{fake_port}/v1\n"
-        "      api_key: bench\n"
-        "litellm_settings:\n"
-        "  drop_params: true\n"
-        "  disable_logging: true\n"
-    )
-    cmd = [binary, "--config", str(config), "--port", str(port), "--num_workers", "1"]
-    # Loopback only, for the benchmark: LiteLLM refuses to start without a master key otherwise.
-    env = {
-        **os.environ,
-        "LITELLM_LOG": "ERROR",
-        "LITELLM_TELEMETRY": "False",
-        "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
-    }
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(workdir / "litellm.log").open("w"), env=env)
-    wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=180)
-    return proc
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop(proc: subprocess.Popen[Any] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 # ---- one measurement ---------------------------------------------------------------------------------
@@ -326,11 +272,15 @@ def main() -> None:
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 128])
     p.add_argument("--per-worker", type=int, default=8, help="requests per concurrent worker")
     p.add_argument("--min-requests", type=int, default=60)
-    p.add_argument("--peer", action="append", default=[], help="NAME=BINARY (litellm) to measure beside us")
+    p.add_argument("--peer", action="append", default=[], help=f"NAME=BINARY ({', '.join(PEERS)}) to measure beside us")
     p.add_argument("--peers-only", action="store_true", help="measure only the --peer gateways")
     p.add_argument("--out", type=Path, default=HERE / "out" / "gateway_load.json")
     p.add_argument("--only", choices=["all", "tail"], default="all", help="tail: only the tail-latency scenario")
     args = p.parse_args()
+    for peer in args.peer:
+        name, _, binary = peer.partition("=")
+        if name not in PEERS or not binary:
+            p.error(f"--peer {peer!r}: expected NAME=BINARY, NAME one of {', '.join(PEERS)}")
     if args.quick:
         args.concurrency, args.per_worker, args.min_requests = [1, 4], 2, 6
         args.tokens, args.latency_ms = min(args.tokens, 50), min(args.latency_ms, 50.0)
@@ -409,15 +359,18 @@ def measure_panelfuse(results: dict[str, Any], workdir: Path, fake_port: int, ar
 def measure_peer(
     results: dict[str, Any], name: str, binary: str, workdir: Path, fake_port: int, args: argparse.Namespace
 ) -> None:
+    peer = PEERS[name]
     proc = None
     try:
         port = free_port()
-        proc = start_litellm(binary, workdir, fake_port, port)
+        proc = peer.start(binary, workdir, fake_port, port)
         results[f"{name}_idle_rss_mb"] = round(rss_mb(proc.pid), 1)
+        print(f"{name} pid {proc.pid}, idle RSS {results[f'{name}_idle_rss_mb']} MB", flush=True)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        plain = {"model": "fake/plain", "messages": ASK}
-        row = sweep(f"{name}, plain model proxied", url, plain, proc.pid, args, args.latency_ms / 1000, True)
-        results["rows"].append(row)
+        for row in peer.rows:
+            body = {"model": row.model, "messages": ASK}
+            critical_s = row.calls * args.latency_ms / 1000
+            results["rows"].append(sweep(f"{name}, {row.label}", url, body, proc.pid, args, critical_s, row.stream))
     finally:
         stop(proc)
 

@@ -50,3 +50,23 @@ def test_the_gateway_benchmark_runs_and_writes_its_table(tmp_path):
     } <= set(extra)
     assert all(math.isfinite(v) for v in extra.values())
     assert data["idle_cpu_ms_per_s"] >= 0
+
+
+def test_a_peer_that_cannot_start_is_reported_and_an_unknown_one_is_refused(tmp_path):
+    out = tmp_path / "peers.json"
+    missing = tmp_path / "no-such-optillm"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--peers-only", "--peer", f"optillm={missing}", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "optillm: not measured" in done.stdout
+    data = json.loads(out.read_text())
+    assert data["rows"] == [] and str(missing) in data["peers_failed"]["optillm"]
+
+    refused = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--peer", "vllm=/usr/bin/true"], capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "NAME one of litellm, optillm" in refused.stderr
