@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peers import PEERS, free_port, stop, wait_http
+from peers import PEERS, free_port, pin, stop, wait_http
 from tail_costs import hedge_extra, stored_costs
 
 HERE = Path(__file__).resolve().parent
@@ -276,7 +276,19 @@ def main() -> None:
     p.add_argument("--peers-only", action="store_true", help="measure only the --peer gateways")
     p.add_argument("--out", type=Path, default=HERE / "out" / "gateway_load.json")
     p.add_argument("--only", choices=["all", "tail"], default="all", help="tail: only the tail-latency scenario")
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="the gateway (or peer) alone on one CPU, the fake upstream and the load generator on the others",
+    )
     args = p.parse_args()
+    args.gateway_cpus = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            p.error(f"--pin needs at least 2 CPUs; this process may use {len(cpus)}")
+        args.gateway_cpus = {cpus[0]}
+        os.sched_setaffinity(0, set(cpus[1:]))  # the fake and the load generator, started from here, inherit it
     for peer in args.peer:
         name, _, binary = peer.partition("=")
         if name not in PEERS or not binary:
@@ -301,6 +313,7 @@ def main() -> None:
             "token_rate": args.token_rate,
         },
         "rows": [],
+        "pinned": None,
     }
     workdir = Path(tempfile.mkdtemp(prefix="panelfuse-bench-"))
     fake, fake_port = start_fake(args)
@@ -330,6 +343,7 @@ def measure_panelfuse(results: dict[str, Any], workdir: Path, fake_port: int, ar
     try:
         port = free_port()
         gateway = start_gateway(workdir, fake_port, port, args)
+        pin_process(results, "panelfuse", gateway.pid, args)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         results["idle_rss_mb"] = round(rss_mb(gateway.pid), 1)
         before = cpu_seconds(gateway.pid)
@@ -356,6 +370,15 @@ def measure_panelfuse(results: dict[str, Any], workdir: Path, fake_port: int, ar
         stop(gateway)
 
 
+def pin_process(results: dict[str, Any], name: str, pid: int, args: argparse.Namespace) -> None:
+    """With --pin: the measured gateway alone on its CPU; what the kernel then allows it is recorded."""
+    if args.gateway_cpus is None:
+        return
+    pinned = results["pinned"] or {"others": sorted(os.sched_getaffinity(0))}
+    pinned[name] = pin(pid, args.gateway_cpus)
+    results["pinned"] = pinned
+
+
 def measure_peer(
     results: dict[str, Any], name: str, binary: str, workdir: Path, fake_port: int, args: argparse.Namespace
 ) -> None:
@@ -364,6 +387,7 @@ def measure_peer(
     try:
         port = free_port()
         proc = peer.start(binary, workdir, fake_port, port)
+        pin_process(results, name, proc.pid, args)
         results[f"{name}_idle_rss_mb"] = round(rss_mb(proc.pid), 1)
         print(f"{name} pid {proc.pid}, idle RSS {results[f'{name}_idle_rss_mb']} MB", flush=True)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"

@@ -56,6 +56,14 @@ def stop(proc: subprocess.Popen[Any] | None) -> None:
             proc.kill()
 
 
+def pin(pid: int, cpus: set[int]) -> list[int]:
+    """Pin every thread of `pid` to `cpus` (threads it starts later inherit it from their creator) and
+    return the CPUs the kernel now allows it, read back from /proc."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+    return sorted(os.sched_getaffinity(pid))
+
+
 def start_litellm(binary: str, workdir: Path, fake_port: int, port: int) -> subprocess.Popen[Any]:
     config = workdir / "litellm.yaml"
     config.write_text(

@@ -21,6 +21,7 @@ def test_the_gateway_benchmark_runs_and_writes_its_table(tmp_path):
     assert "| target | CPU ms/request |" in done.stdout
     data = json.loads(out.read_text())
     assert data["machine"]["cpus"] >= 1 and data["idle_rss_mb"] > 0
+    assert data["pinned"] is None  # nobody pinned unless asked
     names = [row["name"] for row in data["rows"]]
     assert names == ["panelfuse, plain model proxied", "panelfuse fusion (streamed)", "panelfuse fusion (not streamed)"]
     for row in data["rows"]:
@@ -70,3 +71,20 @@ def test_a_peer_that_cannot_start_is_reported_and_an_unknown_one_is_refused(tmp_
         [sys.executable, str(BENCH), "--quick", "--peer", "vllm=/usr/bin/true"], capture_output=True, text=True
     )
     assert refused.returncode == 2 and "NAME one of litellm, optillm" in refused.stderr
+
+
+def test_pinned_the_gateway_runs_alone_on_its_cpu(tmp_path):
+    out = tmp_path / "pinned.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--only", "tail", "--pin", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    pinned = data["pinned"]
+    # What the kernel allowed the gateway, read back: one CPU, not one the fake and load generator use.
+    assert len(pinned["panelfuse"]) == 1 and pinned["others"]
+    assert not set(pinned["panelfuse"]) & set(pinned["others"])
+    assert data["tail"]["tail_quorum"]["runs"] > 0 and data["tail"]["tail_quorum"]["errors"] == 0
