@@ -5,6 +5,7 @@ processes on loopback; the gateway's CPU and memory read from /proc; a table pri
     .venv/bin/python bench/gateway_load.py --quick         # a smoke run (seconds; .ci/run does this)
     .venv/bin/python bench/gateway_load.py --peer litellm=/tmp/litellm-venv/bin/litellm
     .venv/bin/python bench/gateway_load.py --peers-only --peer optillm=/tmp/optillm-venv/bin/optillm
+    .venv/bin/python bench/gateway_load.py --pin            # the gateway alone on one CPU, the rest on the others
 
 Rows: a plain model proxied (1 upstream call) and a fusion (3 members, judge, synthesizer: 5 calls), each
 upstream call answering after `--latency-ms` with `--tokens` tokens streamed one per SSE chunk. The
