@@ -141,6 +141,13 @@ async def test_a_lone_write_runs_on_the_loop_thread_when_the_write_lock_is_free(
         with pytest.raises(sa.exc.IntegrityError):
             await db.transact(duplicate)
         assert calls == [1]
+        # The loop keeps one connection open across its writes (no pool checkout and reset per write),
+        # and a write that raised leaves it usable.
+        checkouts: list[int] = []
+        sa.event.listen(db._inline_engine, "checkout", lambda *_: checkouts.append(1))
+        assert await db.transact(lambda c: c.execute(counter.insert(), {"id": 2, "value": 2}).rowcount) == 1
+        assert await db.transact(lambda c: c.execute(counter.insert(), {"id": 3, "value": 3}).rowcount) == 1
+        assert ran_in == [threading.current_thread().name] and checkouts == []
 
 
 async def test_a_write_right_after_another_goes_to_the_writer_thread(tmp_path, monkeypatch):
@@ -265,8 +272,16 @@ async def test_transact_waits_in_the_writer_thread_while_another_process_holds_t
         finally:
             other.close()
         assert ran_in and ran_in[0].startswith("panelfuse-sqlite-writer")
+
+        # The loop's connection, refused the lock at BEGIN, takes the next write as soon as it is free.
+        def more(c: sa.Connection) -> None:
+            ran_in.append(threading.current_thread().name)
+            c.execute(counter.insert(), {"id": 3, "value": 3})
+
+        await db.transact(more, awaited=True)
+        assert ran_in[-1] == threading.current_thread().name
         async with db.read() as conn:
-            assert (await conn.execute(sa.select(counter.c.id).order_by(counter.c.id))).scalars().all() == [1, 2]
+            assert (await conn.execute(sa.select(counter.c.id).order_by(counter.c.id))).scalars().all() == [1, 2, 3]
 
 
 async def test_the_writer_thread_checkpoints_what_the_loop_commits(tmp_path, monkeypatch):
