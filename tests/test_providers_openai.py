@@ -59,6 +59,16 @@ async def test_tokens_that_arrive_together_are_passed_on_together(fake: FakeUpst
     assert len(deltas) < len(tokenize(text))  # joined per network read, not one event per token
 
 
+async def test_each_event_of_a_read_but_its_last_says_that_more_follow_at_once(fake: FakeUpstream) -> None:
+    fake.script("m", Script(text=TEXT, burst=True))  # one read: text, finish, usage
+    events = await collect(provider(fake), req())
+    assert len(events) > 1
+    assert [ev.more for ev in events] == [True] * (len(events) - 1) + [False]
+    fake.script("m", Script(text=TEXT, token_rate=100))  # a read per token
+    texts = [ev for ev in await collect(provider(fake), req()) if ev.text]
+    assert len(texts) > 3 and not any(ev.more for ev in texts[:-1])
+
+
 async def test_streaming_text_deltas_join_to_script_text(fake: FakeUpstream) -> None:
     # Paced tokens arrive one per read and are passed on one by one, with no wait added.
     fake.script("m", Script(text=TEXT, token_rate=100))

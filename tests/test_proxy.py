@@ -15,6 +15,7 @@ from conftest import fake_providers
 from gateway_helpers import Gateway
 from panelfuse.config import ProviderConfig
 from panelfuse.providers.base import ChatRequest
+from panelfuse.server.sse import LastFrame
 from panelfuse.service import generations
 from panelfuse.store import RunStore
 from panelfuse.testing import Failure, Script, tokenize
@@ -308,6 +309,44 @@ def test_the_plain_streaming_loop_reads_a_proxied_stream_to_the_end(fake, sdk):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == TEXT
     assert chunks[-1].usage is not None and chunks[-1].choices[0].finish_reason is None
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["stop"]
+
+
+def recorded_frames(monkeypatch) -> list[str]:
+    """The frames the proxy hands its response, each one write, as the response takes them."""
+    from panelfuse.server import proxy
+
+    handed: list[str] = []
+    real = proxy.sse_response
+
+    def recording(source, **kwargs):
+        async def frames():
+            async for frame in source:
+                handed.append(frame)
+                yield frame
+
+        return real(frames(), **kwargs)
+
+    monkeypatch.setattr(proxy, "sse_response", recording)
+    return handed
+
+
+def test_what_arrives_in_one_read_goes_out_in_one_write(fake, sdk, monkeypatch):
+    handed = recorded_frames(monkeypatch)
+    fake.script("m1", Script(text=TEXT, burst=True))  # the whole answer in one read
+    chunks = list(sdk.chat.completions.create(model="fake/m1", messages=USER, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == TEXT
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].usage is not None
+    # the role, the text, its finish and the usage in one write; [DONE] with the end of the body
+    assert len(handed) == 2
+    assert isinstance(handed[-1], LastFrame) and handed[-1] == "data: [DONE]\n\n"
+
+
+def test_tokens_that_arrive_one_per_read_are_not_held_back(fake, sdk, monkeypatch):
+    handed = recorded_frames(monkeypatch)
+    fake.script("m1", Script(text=TEXT, token_rate=100))
+    chunks = list(sdk.chat.completions.create(model="fake/m1", messages=USER, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == TEXT
+    assert len(handed) >= len(tokenize(TEXT))  # a write per token as it came
 
 
 def test_a_whole_answer_past_the_size_cap_is_refused_not_read(fake, gateway, monkeypatch):

@@ -87,7 +87,7 @@ class StreamEvent:
     `index` is the choice the piece belongs to (always 0 unless the request asked for `n` > 1);
     `logprobs` and `annotations` are OpenAI's, as the upstream sent them for this piece (the choice's
     `{"content": [...], "refusal": [...]}` and the message's url_citation list). Folding into a
-    Completion (`StreamFold`) ignores all three: they are for the proxy, which passes them on."""
+    Completion (`StreamFold`) ignores these and `more`: they are for the proxy, which passes them on."""
 
     text: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
@@ -97,6 +97,10 @@ class StreamEvent:
     index: int = 0
     logprobs: dict[str, Any] | None = None
     annotations: list[dict[str, Any]] | None = None
+    # Another event of the same network read follows at once: what a consumer writes to its client
+    # for this one can wait for the next and go out in the same write (the proxy's frames). A hint
+    # about delivery, not content: equality ignores it.
+    more: bool = field(default=False, compare=False)
 
 
 class TextRun:

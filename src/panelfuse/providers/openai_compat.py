@@ -250,6 +250,8 @@ class OpenAICompatProvider(Provider):
             async for events in batches:
                 items = read_chunks(events, provider=self.name, model=req.model)
                 out, ended, error = self._batch_events(items, tools, req.model)
+                for ev in out[:-1]:
+                    ev.more = True
                 for ev in out:  # what came before an error still reaches the caller
                     if ev.finish_reason:
                         finished = True

@@ -16,7 +16,7 @@ from panelfuse.server.deps import Caller, Service, State, Trials
 from panelfuse.server.disconnect import until_disconnected
 from panelfuse.server.proxy import proxy_completion
 from panelfuse.server.server_tool import server_tool_completion
-from panelfuse.server.sse import DONE, ready_batches, sse, sse_response
+from panelfuse.server.sse import DONE, LastFrame, ready_batches, sse, sse_response
 from panelfuse.service.cache import cache_directive, cache_headers
 from panelfuse.service.requests import ChatCompletionRequest
 from panelfuse.service.routing import route_chat
@@ -114,12 +114,12 @@ async def fusion_chunks(run: ActiveRun, answer_model: str, include_panel: bool) 
                         usage=result.usage_dict(),
                         fusion=shapes.fusion_object(result, include_panel),
                     )
-                    yield "".join([*frames, sse(final), DONE])
+                    yield LastFrame("".join([*frames, sse(final), DONE]))
                     return
                 if ev.type in ("run.failed", "run.cancelled"):
                     err = shapes.fusion_error(result, cancelled=ev.type == "run.cancelled")
                     frames.append(sse(shapes.error_chunk(err, cid, answer_model, created, usage=result.usage_dict())))
-                    yield "".join(frames)
+                    yield LastFrame("".join(frames))
                     return
             yield "".join(frames)
     finally:

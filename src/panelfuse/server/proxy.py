@@ -24,7 +24,7 @@ from panelfuse.providers.resolve import ProviderRoute
 from panelfuse.server import shapes
 from panelfuse.server.disconnect import unless_client_leaves
 from panelfuse.server.errors import ApiError, ServiceError, from_provider_error
-from panelfuse.server.sse import DONE, sse, sse_response
+from panelfuse.server.sse import DONE, LastFrame, sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service.admission import Admission
 from panelfuse.service.caller import Principal, providers_for
@@ -341,12 +341,14 @@ async def proxy_chunks(
     finish_reason: str | None = None
     completed = failed = False
     text: list[str] = []  # the first choice's answer, kept only for `on_end`
+    # Frames of events at hand (the role, then the events of one network read) go out in one write.
+    frames: list[str] = [
+        sse(_chunk(cid, model, created, index=i, delta={"role": "assistant", "content": ""})) for i in range(n)
+    ]
 
     try:
         # Inside the try: a client gone before the first chunk still gets the upstream closed and the
         # admission settled.
-        for index in range(n):
-            yield sse(_chunk(cid, model, created, index=index, delta={"role": "assistant", "content": ""}))
         async for ev in upstream:
             i = ev.index
             if ev.text or ev.refusal or ev.logprobs or ev.annotations:
@@ -359,28 +361,31 @@ async def proxy_chunks(
                     delta["refusal"] = ev.refusal
                 if ev.annotations:
                     delta["annotations"] = ev.annotations
-                yield sse(_chunk(cid, model, created, index=i, delta=delta, logprobs=ev.logprobs))
+                frames.append(sse(_chunk(cid, model, created, index=i, delta=delta, logprobs=ev.logprobs)))
             if ev.tool_calls:
                 calls = [{"index": k, **t.to_openai()} for k, t in enumerate(ev.tool_calls)]
-                yield sse(_chunk(cid, model, created, index=i, delta={"tool_calls": calls}))
+                frames.append(sse(_chunk(cid, model, created, index=i, delta={"tool_calls": calls})))
             if ev.finish_reason:
                 if i == 0:
                     finish_reason = ev.finish_reason
-                yield sse(_chunk(cid, model, created, index=i, delta={}, finish_reason=ev.finish_reason))
+                frames.append(sse(_chunk(cid, model, created, index=i, delta={}, finish_reason=ev.finish_reason)))
             if ev.usage is not None:
                 usage = ev.usage
                 cost = call_cost(ev.usage, price)
                 if usage_alone:
-                    yield sse(_chunk(cid, model, created, usage=usage_object(ev.usage, cost)))
+                    frames.append(sse(_chunk(cid, model, created, usage=usage_object(ev.usage, cost))))
                 else:
-                    yield sse(_chunk(cid, model, created, delta={}, usage=usage_object(ev.usage, cost)))
+                    frames.append(sse(_chunk(cid, model, created, delta={}, usage=usage_object(ev.usage, cost))))
+            if frames and not ev.more:
+                yield "".join(frames)
+                frames = []
         completed = True
     except ProviderError as exc:
         failed = True
         err = from_provider_error(exc)
         if on_end is not None:
             on_end("failed", error=err.message)
-        yield sse(shapes.error_chunk(err, cid, model, created))
+        yield LastFrame("".join([*frames, sse(shapes.error_chunk(err, cid, model, created))]))
         return  # OpenRouter ends the stream with its error chunk: no [DONE]
     finally:
         if on_end is not None and not completed and not failed:
@@ -392,4 +397,5 @@ async def proxy_chunks(
         await on_done(usage, finish_reason, cost)
     if completed and on_end is not None:
         on_end("completed", cost=cost, answer="".join(text))
-    yield DONE
+    # What is still held (an upstream that ended without a last read) goes with [DONE].
+    yield LastFrame("".join([*frames, DONE]))

@@ -16,7 +16,7 @@ from panelfuse.providers.errors import ProviderError
 from panelfuse.server import shapes
 from panelfuse.server.disconnect import unless_client_leaves
 from panelfuse.server.errors import from_provider_error
-from panelfuse.server.sse import DONE, ready_batches, sse, sse_response
+from panelfuse.server.sse import DONE, LastFrame, ready_batches, sse, sse_response
 from panelfuse.server.state import GatewayState
 from panelfuse.service.admission import Admission
 from panelfuse.service.caller import Principal
@@ -118,13 +118,13 @@ async def tool_chunks(
                     yield sse(final)
     except (ProviderError, ServiceError) as exc:
         err = from_provider_error(exc) if isinstance(exc, ProviderError) else exc
-        yield sse(shapes.error_chunk(err, cid, model, created, usage=session.state.usage_dict()))
+        yield LastFrame(sse(shapes.error_chunk(err, cid, model, created, usage=session.state.usage_dict())))
         return  # OpenRouter ends the stream with its error chunk: no [DONE]
     finally:
         # One carried task: a client that left cancels every await of ours, and stopping the outer
         # loop (and its fusion) awaits, which must not cut the settling short.
         await carry_through(_stop_and_settle(items, session, admission))
-    yield DONE
+    yield LastFrame(DONE)
 
 
 async def _stop_and_settle(items: AsyncGenerator[Any, None], session: FusionToolSession, admission: Admission) -> None:
