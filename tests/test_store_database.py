@@ -18,6 +18,7 @@ from conftest import require_service
 from panelfuse.evals.store import AnswerRow, EvalStore, GradeRow
 from panelfuse.store import Database, KeyStore, RunStore, StoreConnectError
 from panelfuse.store import database as database_module
+from panelfuse.store.schema import UTCDateTime
 
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -119,6 +120,95 @@ async def test_transact_commits_what_work_returns_and_rolls_back_what_raises(db)
         assert (await conn.execute(sa.select(counter.c.id))).scalars().all() == [1]
 
 
+kinds = sa.Table(
+    "test_kinds",
+    sa.MetaData(),
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("doc", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("flag", sa.Boolean, nullable=False),
+    sa.Column("cost", sa.Double, nullable=True),
+)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+async def test_execute_stores_a_row_as_transact_does(db, monkeypatch, flag):
+    """Every kind of column the store has (UTC time, JSON, bool, null, float) reads back the same
+    whichever way the row was written; on SQLite `execute` runs it through the driver, and the stored
+    values are the same to the byte."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 0.0)
+    async with db.write() as conn:
+        await conn.run_sync(kinds.metadata.create_all)
+    at = datetime(2026, 12, 4, 18, 30, 1, 123456, tzinfo=timezone(timedelta(hours=2)))
+    row = {"at": at, "doc": {"a": [1, "é", None], "b": {"c": 1.5}}, "flag": flag, "cost": None}
+    assert await db.execute(kinds.insert(), {"id": "fast", **row}, awaited=True) == 1
+    await db.transact(lambda c: c.execute(kinds.insert(), {"id": "usual", **row}))
+    async with db.read() as conn:
+        rows = {r.id: r for r in (await conn.execute(sa.select(kinds))).all()}
+    assert rows["fast"][1:] == rows["usual"][1:] == (at.astimezone(UTC), row["doc"], flag, None)
+    if db.is_sqlite:
+        path = db.url.database
+        with sqlite3.connect(path) as raw:
+            stored = dict(raw.execute("SELECT id, at || doc || flag || ifnull(cost, 'null') FROM test_kinds"))
+        assert stored["fast"] == stored["usual"]
+
+
+async def test_execute_on_the_loop_goes_through_the_driver_and_raises_sqlalchemys_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 0.0)
+    async with await Database.open(f"sqlite:///{tmp_path / 'runs.db'}") as db:
+        await db.transact(lambda c: counter.metadata.create_all(c))
+        through_sqlalchemy: list[str] = []
+        sa.event.listen(db._inline_engine, "before_cursor_execute", lambda *a: through_sqlalchemy.append(a[2]))
+        assert await db.execute(counter.insert(), {"id": 1, "value": 1}) == 1
+        assert through_sqlalchemy == []  # compiled once, then run by the driver
+        with pytest.raises(sa.exc.IntegrityError):  # the error callers catch, as from transact
+            await db.execute(counter.insert(), {"id": 1, "value": 2})
+        # the failed write rolled back and the connection goes on
+        assert await db.execute(counter.insert(), {"id": 2, "value": 2}, awaited=True) == 1
+        assert await db.execute(db.insert_ignoring(counter, "id"), {"id": 2, "value": 3}) == 0
+        async with db.read() as conn:
+            assert (await conn.execute(sa.select(counter).order_by(counter.c.id))).all() == [(1, 1), (2, 2)]
+
+
+async def test_execute_of_a_statement_with_a_computed_default_runs_the_usual_way(tmp_path, monkeypatch):
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 0.0)
+    defaulted = sa.Table(
+        "test_defaulted",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("tag", sa.String, nullable=False, default=lambda: "computed"),
+    )
+    async with await Database.open(f"sqlite:///{tmp_path / 'runs.db'}") as db:
+        await db.transact(lambda c: defaulted.metadata.create_all(c))
+        assert await db.execute(defaulted.insert(), {"id": 1}) == 1
+        async with db.read() as conn:
+            assert (await conn.execute(sa.select(defaulted))).all() == [(1, "computed")]
+
+
+async def test_execute_waits_in_the_writer_thread_while_another_process_holds_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 3600.0)
+    path = tmp_path / "runs.db"
+    async with await Database.open(f"sqlite:///{path}") as db:
+        await db.transact(lambda c: counter.metadata.create_all(c))
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)  # as another worker process would
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("INSERT INTO test_counter (id, value) VALUES (2, 2)")
+            write = asyncio.create_task(db.execute(counter.insert(), {"id": 1, "value": 1}, awaited=True))
+            for _ in range(20):  # the loop is not blocked meanwhile
+                await asyncio.sleep(0.01)
+            assert not write.done()
+            other.execute("COMMIT")
+            assert await asyncio.wait_for(write, 30) == 1
+        finally:
+            other.close()
+        assert await db.execute(counter.insert(), {"id": 3, "value": 3}, awaited=True) == 1  # the loop's again
+        async with db.read() as conn:
+            assert (await conn.execute(sa.select(counter.c.id).order_by(counter.c.id))).scalars().all() == [1, 2, 3]
+
+
 async def test_a_lone_write_runs_on_the_loop_thread_when_the_write_lock_is_free(tmp_path, monkeypatch):
     monkeypatch.setattr(database_module, "INLINE_GAP_S", 0.0)  # every write is a lone one
     async with await Database.open(f"sqlite:///{tmp_path / 'runs.db'}") as db:
@@ -192,16 +282,22 @@ async def test_the_writes_a_client_waits_for_are_awaited_and_the_event_flush_is_
     monkeypatch.setattr(database_module, "INLINE_GAP_S", 3600.0)  # no write is a lone one
     where: list[str] = []
     inline, threaded = Database._transact_inline, Database._transact_sqlite
+    executed = Database._execute_inline
 
     def on_loop(self: Database, work):  # type: ignore[no-untyped-def]
         where.append("loop")
         return inline(self, work)
+
+    def executed_on_loop(self: Database, stmt, params):  # type: ignore[no-untyped-def]
+        where.append("loop")
+        return executed(self, stmt, params)
 
     def in_thread(self: Database, work):  # type: ignore[no-untyped-def]
         where.append("thread")
         return threaded(self, work)
 
     monkeypatch.setattr(Database, "_transact_inline", on_loop)
+    monkeypatch.setattr(Database, "_execute_inline", executed_on_loop)
     monkeypatch.setattr(Database, "_transact_sqlite", in_thread)
     store = await RunStore.open(f"sqlite:///{tmp_path / 'runs.db'}")
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +24,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import UpdateBase
 
 from panelfuse.store.engine import SQLITE_BEGIN_OPTION, build_engine, build_sqlite_writer, is_sqlite_busy
 from panelfuse.store.errors import StoreConnectError, StoreError
 from panelfuse.store.migrate import migrate
+from panelfuse.store.prepared import Prepared
 from panelfuse.store.url import mask_url, normalize_url, sqlite_file
 
 log = logging.getLogger("panelfuse.store")
@@ -61,6 +64,8 @@ class Database:
         self._inline_commits = 0
         self._last_write = -INLINE_GAP_S
         self._inserts_ignoring: dict[tuple[str, tuple[str, ...]], sqlite.Insert | postgresql.Insert] = {}
+        # The statement is kept beside its compiled form: the key's id() must not be reused.
+        self._prepared: dict[tuple[int, tuple[str, ...]], tuple[UpdateBase, Prepared | None]] = {}
         if engine.dialect.name == "sqlite" and sqlite_file(url) is not None:  # in memory: one connection only
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="panelfuse-sqlite-writer")
             self._writer_engine = build_sqlite_writer(url)
@@ -124,9 +129,7 @@ class Database:
         fusions in flight (against 1 ms on the loop). On PostgreSQL it runs on the async connection
         through `run_sync`. The write completes even if the awaiting task is cancelled."""
         if self._writer is not None:
-            now = time.monotonic()
-            lone, self._last_write = now - self._last_write >= INLINE_GAP_S, now
-            if lone or awaited:
+            if self._inline_turn(awaited):
                 done, result = self._transact_inline(work)
                 if done:
                     return cast(T, result)
@@ -143,14 +146,78 @@ class Database:
                 await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
         raise AssertionError("unreachable")
 
-    def _transact_inline(self, work: Callable[[sa.Connection], T]) -> tuple[bool, T | None]:
-        """(True, result) when the write lock was free and `work` committed here; (False, None) when
-        the lock was taken, before anything ran. What `work` raises propagates."""
-        assert self._inline_engine is not None and self._writer is not None
+    async def execute(self, stmt: UpdateBase, params: dict[str, Any], *, awaited: bool = False) -> int:
+        """Run the one statement `stmt` with `params` in a write transaction of its own, as `transact`
+        would; return its rowcount. Where `transact` would run it on the loop's SQLite connection, it
+        runs through the driver, compiled once (`Prepared`), without SQLAlchemy's per-execution work.
+        Errors are SQLAlchemy's, as from `transact`."""
+        if self._writer is not None and self._inline_turn(awaited):
+            done, count = self._execute_inline(stmt, params)
+            if done:
+                return count
+        return await self.transact(lambda conn: conn.execute(stmt, params).rowcount, awaited=awaited)
+
+    def _inline_turn(self, awaited: bool) -> bool:
+        """Whether a write now goes to the loop's connection: a lone one (none in the last
+        INLINE_GAP_S), or one a client waits for."""
+        now = time.monotonic()
+        lone, self._last_write = now - self._last_write >= INLINE_GAP_S, now
+        return lone or awaited
+
+    def _loop_conn(self) -> sa.Connection:
+        assert self._inline_engine is not None
         conn = self._inline_conn
         if conn is None or conn.closed or conn.invalidated:
             conn = self._inline_conn = self._inline_engine.connect()
             conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+        return conn
+
+    def _execute_inline(self, stmt: UpdateBase, params: dict[str, Any]) -> tuple[bool, int]:
+        """(True, rowcount) when the write lock was free and the statement committed on the loop's
+        connection, through the driver; (False, 0) when the lock was taken, before anything ran."""
+        conn = self._loop_conn()
+        key = (id(stmt), tuple(params))
+        if key not in self._prepared:
+            try:
+                self._prepared[key] = (stmt, Prepared(stmt, conn.dialect, list(params)))
+            except ValueError:  # SQLAlchemy computes some of its parameters: it runs the usual way
+                self._prepared[key] = (stmt, None)
+        prepared = self._prepared[key][1]
+        if prepared is None:
+            return False, 0
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        try:
+            driver.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if is_sqlite_busy(exc):
+                return False, 0
+            self._drop_inline_conn()
+            raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
+        sql, args = prepared.sql, prepared.args(params)
+        try:
+            count = driver.execute(sql, args).rowcount
+            driver.execute("COMMIT")
+        except BaseException as exc:
+            if driver.in_transaction:
+                driver.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
+            raise
+        self._committed_inline()
+        return True, count
+
+    def _committed_inline(self) -> None:
+        assert self._writer is not None
+        self._inline_commits += 1
+        if self._inline_commits % CHECKPOINT_EVERY == 0:
+            self._writer.submit(self._checkpoint)
+
+    def _transact_inline(self, work: Callable[[sa.Connection], T]) -> tuple[bool, T | None]:
+        """(True, result) when the write lock was free and `work` committed here; (False, None) when
+        the lock was taken, before anything ran. What `work` raises propagates."""
+        assert self._writer is not None
+        conn = self._loop_conn()
         try:
             transaction = conn.begin()
         except OperationalError as exc:
@@ -165,9 +232,7 @@ class Database:
             if conn.invalidated:
                 self._drop_inline_conn()
             raise
-        self._inline_commits += 1
-        if self._inline_commits % CHECKPOINT_EVERY == 0:
-            self._writer.submit(self._checkpoint)
+        self._committed_inline()
         return True, result
 
     def _drop_inline_conn(self) -> None:

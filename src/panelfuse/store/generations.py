@@ -78,7 +78,7 @@ class GenerationStore:
         values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
         stmt = self._db.insert_ignoring(generations, "id")
         # awaited: a proxied stream's [DONE] waits for it
-        inserted = await self._db.transact(lambda conn: conn.execute(stmt, values).rowcount, awaited=True)
+        inserted = await self._db.execute(stmt, values, awaited=True)
         return (inserted or 0) > 0
 
     async def get(self, gen_id: str, *, key_id: str | None = None) -> GenerationRecord | None:

@@ -166,7 +166,7 @@ class RunStore:
         )
         values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
         try:
-            await self._db.transact(lambda conn: conn.execute(_INSERT_RUN, values), awaited=True)
+            await self._db.execute(_INSERT_RUN, values, awaited=True)
         except IntegrityError:
             if await self._exists(run_id):
                 raise DuplicateRunError(run_id) from None
