@@ -172,6 +172,23 @@ async def test_execute_on_the_loop_goes_through_the_driver_and_raises_sqlalchemy
             assert (await conn.execute(sa.select(counter).order_by(counter.c.id))).all() == [(1, 1), (2, 2)]
 
 
+async def test_execute_all_commits_its_steps_together_or_not_at_all(tmp_path, monkeypatch):
+    from panelfuse.store.events import SQLITE_INSERT_EVENTS  # SQL text runs this way too
+
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 0.0)
+    async with await Database.open(f"sqlite:///{tmp_path / 'runs.db'}") as db:
+        await db.transact(lambda c: counter.metadata.create_all(c))
+        with pytest.raises(sa.exc.IntegrityError):
+            await db.execute_all([(counter.insert(), {"id": 1, "value": 1}), (counter.insert(), {"id": 1, "value": 2})])
+        async with db.read() as conn:
+            assert (await conn.execute(sa.select(sa.func.count()).select_from(counter))).scalar_one() == 0
+        steps = [(counter.insert(), {"id": 1, "value": 1}), (counter.update().values(value=5), {})]
+        assert await db.execute_all(steps, awaited=True) == [1, 1]
+        assert await db.execute_all([(SQLITE_INSERT_EVENTS, {"rows": "[]"})]) == [0]
+        async with db.read() as conn:
+            assert (await conn.execute(sa.select(counter))).all() == [(1, 5)]
+
+
 async def test_execute_of_a_statement_with_a_computed_default_runs_the_usual_way(tmp_path, monkeypatch):
     monkeypatch.setattr(database_module, "INLINE_GAP_S", 0.0)
     defaulted = sa.Table(
@@ -288,9 +305,9 @@ async def test_the_writes_a_client_waits_for_are_awaited_and_the_event_flush_is_
         where.append("loop")
         return inline(self, work)
 
-    def executed_on_loop(self: Database, stmt, params):  # type: ignore[no-untyped-def]
+    def executed_on_loop(self: Database, steps):  # type: ignore[no-untyped-def]
         where.append("loop")
-        return executed(self, stmt, params)
+        return executed(self, steps)
 
     def in_thread(self: Database, work):  # type: ignore[no-untyped-def]
         where.append("thread")

@@ -14,22 +14,21 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Self, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.dml import UpdateBase
 
 from panelfuse.store.engine import SQLITE_BEGIN_OPTION, build_engine, build_sqlite_writer, is_sqlite_busy
 from panelfuse.store.errors import StoreConnectError, StoreError
 from panelfuse.store.migrate import migrate
-from panelfuse.store.prepared import Prepared
+from panelfuse.store.prepared import Prepared, Statement
 from panelfuse.store.url import mask_url, normalize_url, sqlite_file
 
 log = logging.getLogger("panelfuse.store")
@@ -45,6 +44,7 @@ INLINE_GAP_S = 0.05
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 
 T = TypeVar("T")
+Step = tuple[Statement, dict[str, Any]]  # a statement of a write, and its parameters
 
 
 class Database:
@@ -65,7 +65,7 @@ class Database:
         self._last_write = -INLINE_GAP_S
         self._inserts_ignoring: dict[tuple[str, tuple[str, ...]], sqlite.Insert | postgresql.Insert] = {}
         # The statement is kept beside its compiled form: the key's id() must not be reused.
-        self._prepared: dict[tuple[int, tuple[str, ...]], tuple[UpdateBase, Prepared | None]] = {}
+        self._prepared: dict[tuple[int, tuple[str, ...]], tuple[Statement, Prepared | None]] = {}
         if engine.dialect.name == "sqlite" and sqlite_file(url) is not None:  # in memory: one connection only
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="panelfuse-sqlite-writer")
             self._writer_engine = build_sqlite_writer(url)
@@ -146,16 +146,21 @@ class Database:
                 await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
         raise AssertionError("unreachable")
 
-    async def execute(self, stmt: UpdateBase, params: dict[str, Any], *, awaited: bool = False) -> int:
-        """Run the one statement `stmt` with `params` in a write transaction of its own, as `transact`
-        would; return its rowcount. Where `transact` would run it on the loop's SQLite connection, it
-        runs through the driver, compiled once (`Prepared`), without SQLAlchemy's per-execution work.
-        Errors are SQLAlchemy's, as from `transact`."""
+    async def execute(self, stmt: Statement, params: dict[str, Any], *, awaited: bool = False) -> int:
+        """Run the one statement `stmt` with `params` in a write transaction of its own; its rowcount.
+        See `execute_all`."""
+        return (await self.execute_all([(stmt, params)], awaited=awaited))[0]
+
+    async def execute_all(self, steps: Sequence[Step], *, awaited: bool = False) -> list[int]:
+        """Run `steps` (a statement and its parameters each), in order, in one write transaction, as
+        `transact` would; return their rowcounts. Where `transact` would run them on the loop's SQLite
+        connection, they run through the driver, each compiled once (`Prepared`), without SQLAlchemy's
+        per-execution work. Errors are SQLAlchemy's, as from `transact`."""
         if self._writer is not None and self._inline_turn(awaited):
-            done, count = self._execute_inline(stmt, params)
+            done, counts = self._execute_inline(steps)
             if done:
-                return count
-        return await self.transact(lambda conn: conn.execute(stmt, params).rowcount, awaited=awaited)
+                return counts
+        return await self.transact(lambda conn: [conn.execute(s, p).rowcount for s, p in steps], awaited=awaited)
 
     def _inline_turn(self, awaited: bool) -> bool:
         """Whether a write now goes to the loop's connection: a lone one (none in the last
@@ -172,31 +177,29 @@ class Database:
             conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
         return conn
 
-    def _execute_inline(self, stmt: UpdateBase, params: dict[str, Any]) -> tuple[bool, int]:
-        """(True, rowcount) when the write lock was free and the statement committed on the loop's
-        connection, through the driver; (False, 0) when the lock was taken, before anything ran."""
+    def _execute_inline(self, steps: Sequence[Step]) -> tuple[bool, list[int]]:
+        """(True, rowcounts) when the write lock was free and the steps committed on the loop's
+        connection, through the driver; (False, []) when the lock was taken, before anything ran, or
+        when a statement is not one to run this way."""
         conn = self._loop_conn()
-        key = (id(stmt), tuple(params))
-        if key not in self._prepared:
-            try:
-                self._prepared[key] = (stmt, Prepared(stmt, conn.dialect, list(params)))
-            except ValueError:  # SQLAlchemy computes some of its parameters: it runs the usual way
-                self._prepared[key] = (stmt, None)
-        prepared = self._prepared[key][1]
-        if prepared is None:
-            return False, 0
+        prepared = [self._prepare(stmt, params, conn.dialect) for stmt, params in steps]
         driver = conn.connection.driver_connection
-        assert driver is not None
+        if driver is None or None in prepared:
+            return False, []
         try:
             driver.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if is_sqlite_busy(exc):
-                return False, 0
+                return False, []
             self._drop_inline_conn()
             raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
-        sql, args = prepared.sql, prepared.args(params)
+        counts: list[int] = []
+        sql, args = "COMMIT", []
         try:
-            count = driver.execute(sql, args).rowcount
+            for statement, (_, params) in zip(prepared, steps, strict=True):
+                assert statement is not None
+                sql, args = statement.sql, statement.args(params)
+                counts.append(driver.execute(sql, args).rowcount)
             driver.execute("COMMIT")
         except BaseException as exc:
             if driver.in_transaction:
@@ -205,7 +208,18 @@ class Database:
                 raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
             raise
         self._committed_inline()
-        return True, count
+        return True, counts
+
+    def _prepare(self, stmt: Statement, params: Mapping[str, Any], dialect: Dialect) -> Prepared | None:
+        """`stmt` compiled for these parameters' names, once; None if SQLAlchemy computes some of its
+        parameters at execution (such a statement runs the usual way)."""
+        key = (id(stmt), tuple(params))
+        if key not in self._prepared:
+            try:
+                self._prepared[key] = (stmt, Prepared(stmt, dialect, list(params)))
+            except ValueError:
+                self._prepared[key] = (stmt, None)
+        return self._prepared[key][1]
 
     def _committed_inline(self) -> None:
         assert self._writer is not None

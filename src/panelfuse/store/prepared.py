@@ -4,16 +4,19 @@ A statement executed through SQLAlchemy builds an execution context, looks up it
 processes its parameters every time: in the gateway, a proxied call's one-row INSERT and its
 transaction took 800 µs of CPU that way, against 410 µs through the driver (docs/performance.md,
 item 18). `Prepared` keeps what SQLAlchemy compiled (its SQL and its columns' own bind processors, so
-a value is stored exactly as SQLAlchemy would store it), and `Database.execute` runs it on the loop's
-own SQLite connection."""
+a value is stored exactly as SQLAlchemy would store it), and `Database.execute_all` runs it on the
+loop's own SQLite connection."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import UpdateBase
+
+Statement = UpdateBase | sa.TextClause  # what a write runs: INSERT, UPDATE, DELETE, or SQL text
 
 
 class Prepared:
@@ -24,7 +27,7 @@ class Prepared:
 
     __slots__ = ("_names", "_processors", "sql")
 
-    def __init__(self, stmt: UpdateBase, dialect: Dialect, keys: Sequence[str]) -> None:
+    def __init__(self, stmt: Statement, dialect: Dialect, keys: Sequence[str]) -> None:
         compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
         names = list(compiled.positiontup or ())
         if not set(names) <= set(keys) or compiled.positional is False:

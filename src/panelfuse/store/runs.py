@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from panelfuse.store.database import Database
+from panelfuse.store.database import Database, Step
 from panelfuse.store.errors import DuplicateRunError, InvalidCursorError, RunNotFoundError
 from panelfuse.store.events import SQLITE_INSERT_EVENTS, StoredEvent, event_row, sqlite_event_batch
 from panelfuse.store.keys import KeyStore
@@ -233,7 +233,12 @@ class RunStore:
             return conn.execute(_FINISH_RUN, params).rowcount
 
         try:
-            updated = await self._db.transact(work, awaited=True)
+            if self._db.is_sqlite:  # two statements, through the driver on the loop (Database.execute_all)
+                steps: list[Step] = [(SQLITE_INSERT_EVENTS, sqlite_event_batch(rows))] if rows else []
+                steps.append((_FINISH_RUN, params))
+                updated = (await self._db.execute_all(steps, awaited=True))[-1]
+            else:
+                updated = await self._db.transact(work, awaited=True)
         except IntegrityError:
             raise RunNotFoundError(run_id) from None
         if updated == 0:
