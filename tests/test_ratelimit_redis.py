@@ -39,3 +39,22 @@ async def test_slots_of_a_dead_process_are_taken_back_and_refusals_renew_nothing
     finally:
         await live.close()
         await dead._redis.aclose()
+
+
+async def test_a_burst_of_requests_shares_a_bounded_pool_of_connections():
+    require_service(6379, "Redis")
+    import redis.asyncio as redis
+
+    from panelfuse.service.ratelimit import REDIS_POOL_SIZE
+
+    prefix = f"pf_test_{uuid.uuid4().hex[:8]}"
+    limiter = RedisLimiter(URL, prefix=prefix)
+    observer = redis.Redis.from_url(URL)
+    try:
+        burst = [limiter.acquire(f"key{i % 7}", 10_000, 10_000) for i in range(10 * REDIS_POOL_SIZE)]
+        assert await asyncio.gather(*burst) == [None] * len(burst)
+        ours = [c for c in await observer.client_list() if c.get("name") == f"{prefix}-ratelimit"]
+        assert 1 <= len(ours) <= REDIS_POOL_SIZE
+    finally:
+        await limiter.close()
+        await observer.aclose()

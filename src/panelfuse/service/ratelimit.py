@@ -75,6 +75,8 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 """
 ALIVE_TTL = 30  # seconds a process's slots outlive its last sign of life
+REDIS_POOL_SIZE = 16  # connections per process; each command holds one for well under a millisecond
+REDIS_POOL_WAIT_S = 5.0  # how long a command waits for a free one before it fails as Redis down would
 
 
 class RedisLimiter:
@@ -85,7 +87,12 @@ class RedisLimiter:
     def __init__(self, url: str, prefix: str = "panelfuse", alive_ttl: int = ALIVE_TTL) -> None:
         import redis.asyncio as redis
 
-        self._redis = redis.Redis.from_url(url)
+        # A bounded pool: a burst of requests waits a moment for a connection instead of opening one
+        # each (redis-py's default pool has no bound). Named, for CLIENT LIST.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_S, client_name=f"{prefix}-ratelimit"
+        )
+        self._redis = redis.Redis.from_pool(pool)
         self._prefix = prefix
         self._alive_ttl = alive_ttl
         self._instance = uuid.uuid4().hex
