@@ -204,6 +204,18 @@ async def test_execute_of_a_statement_with_a_computed_default_runs_the_usual_way
             assert (await conn.execute(sa.select(defaulted))).all() == [(1, "computed")]
 
 
+async def test_execute_of_a_statement_that_expands_a_list_runs_the_usual_way(tmp_path, monkeypatch):
+    monkeypatch.setattr(database_module, "INLINE_GAP_S", 0.0)
+    async with await Database.open(f"sqlite:///{tmp_path / 'runs.db'}") as db:
+        await db.transact(lambda c: counter.metadata.create_all(c))
+        for i in range(3):
+            await db.execute(counter.insert(), {"id": i, "value": i})
+        bump = counter.update().where(counter.c.id.in_(sa.bindparam("ids", expanding=True)))
+        assert await db.execute(bump, {"ids": [0, 2], "value": 9}) == 2
+        async with db.read() as conn:
+            assert (await conn.execute(sa.select(counter).order_by(counter.c.id))).all() == [(0, 9), (1, 1), (2, 9)]
+
+
 async def test_execute_waits_in_the_writer_thread_while_another_process_holds_the_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(database_module, "INLINE_GAP_S", 3600.0)
     path = tmp_path / "runs.db"

@@ -42,6 +42,7 @@ CHECKPOINT_EVERY = 32
 # median latency up by 4 %). A lone write runs on the loop, where it is cheaper than waking the thread.
 INLINE_GAP_S = 0.05
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+PREPARED_KEPT = 256  # compiled statements the loop's connection keeps (`execute_all`)
 
 T = TypeVar("T")
 Step = tuple[Statement, dict[str, Any]]  # a statement of a write, and its parameters
@@ -155,7 +156,8 @@ class Database:
         """Run `steps` (a statement and its parameters each), in order, in one write transaction, as
         `transact` would; return their rowcounts. Where `transact` would run them on the loop's SQLite
         connection, they run through the driver, each compiled once (`Prepared`), without SQLAlchemy's
-        per-execution work. Errors are SQLAlchemy's, as from `transact`."""
+        per-execution work: build each statement once (a module constant), as its compiled form is
+        kept by the statement's identity. Errors are SQLAlchemy's, as from `transact`."""
         if self._writer is not None and self._inline_turn(awaited):
             done, counts = self._execute_inline(steps)
             if done:
@@ -215,6 +217,8 @@ class Database:
         parameters at execution (such a statement runs the usual way)."""
         key = (id(stmt), tuple(params))
         if key not in self._prepared:
+            if len(self._prepared) >= PREPARED_KEPT:  # statements are meant to be built once; if not,
+                self._prepared.clear()  # the cache must not grow with them
             try:
                 self._prepared[key] = (stmt, Prepared(stmt, dialect, list(params)))
             except ValueError:

@@ -23,7 +23,8 @@ class Prepared:
     """`stmt` compiled for `dialect` with the parameters named `keys`: its SQL with positional
     placeholders, and how to turn a mapping of those parameters into the driver's arguments. Raises
     ValueError when the compiled statement needs a parameter not among `keys` (a column default that
-    SQLAlchemy computes at execution): such a statement is not one to run this way."""
+    SQLAlchemy computes at execution) or expands one (`IN` over a list): such a statement is not one
+    to run this way."""
 
     __slots__ = ("_names", "_processors", "sql")
 
@@ -32,6 +33,8 @@ class Prepared:
         names = list(compiled.positiontup or ())
         if not set(names) <= set(keys) or compiled.positional is False:
             raise ValueError(f"not every parameter of {str(compiled)[:80]!r} is given")
+        if any(bind.expanding for bind in compiled.binds.values()):  # IN (...): its SQL is built per call
+            raise ValueError(f"{str(compiled)[:80]!r} has a parameter expanded at execution")
         self.sql = str(compiled)
         self._names = names
         processors: list[Callable[[Any], Any] | None] = [compiled.binds[n].type.bind_processor(dialect) for n in names]
