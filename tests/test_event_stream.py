@@ -60,21 +60,22 @@ async def test_a_last_frame_is_sent_with_the_end_of_the_body_and_the_source_stil
     assert finished == [True]
 
 
+async def endless(started: asyncio.Event, cleaned: list[bool]) -> AsyncIterator[str]:
+    """A tick every 10 ms until stopped; `started` once the first went out, `cleaned` on the way out."""
+    try:
+        while True:
+            yield "tick"
+            started.set()
+            await asyncio.sleep(0.01)
+    finally:
+        await asyncio.sleep(0)  # clean-up may await
+        cleaned.append(True)
+
+
 async def test_a_client_that_leaves_stops_the_source_and_the_request_ends_normally():
     started, cleaned = asyncio.Event(), []
-
-    async def endless() -> AsyncIterator[str]:
-        try:
-            while True:
-                yield "tick"
-                started.set()
-                await asyncio.sleep(0.01)
-        finally:
-            await asyncio.sleep(0)  # clean-up may await
-            cleaned.append(True)
-
     client = Client()
-    request = asyncio.ensure_future(sse_response(endless())(SCOPE, client.receive, client.send))
+    request = asyncio.ensure_future(sse_response(endless(started, cleaned))(SCOPE, client.receive, client.send))
     await started.wait()
     client.gone.set()
     await asyncio.wait_for(request, 5)
@@ -85,18 +86,8 @@ async def test_a_client_that_leaves_stops_the_source_and_the_request_ends_normal
 
 async def test_a_cancel_from_elsewhere_still_cancels_the_request():
     started, cleaned = asyncio.Event(), []
-
-    async def endless() -> AsyncIterator[str]:
-        try:
-            while True:
-                yield "tick"
-                started.set()
-                await asyncio.sleep(0.01)
-        finally:
-            cleaned.append(True)
-
     client = Client()
-    request = asyncio.ensure_future(sse_response(endless())(SCOPE, client.receive, client.send))
+    request = asyncio.ensure_future(sse_response(endless(started, cleaned))(SCOPE, client.receive, client.send))
     await started.wait()
     request.cancel()  # a server shutting down, say: not the client leaving
     with pytest.raises(asyncio.CancelledError):
