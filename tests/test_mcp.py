@@ -25,7 +25,7 @@ from mcp_types import CallToolResult
 
 from panelfuse.service.session_caps import SessionCaps
 from panelfuse.store import RunStore
-from panelfuse.testing import Script
+from panelfuse.testing import Failure, Script
 from pipeline_helpers import script_panel
 from serve_helpers import start_server, stop, write_config
 
@@ -38,11 +38,11 @@ SLOW = {m: Script(text=f"slow {m}", latency=3.0) for m in ("m1", "m2", "m3")}
 
 
 @asynccontextmanager
-async def connect_stdio(tmp_path, fake, **env: str) -> AsyncIterator[ClientSession]:
+async def connect_stdio(tmp_path, fake, *, extra_config: str = "", **env: str) -> AsyncIterator[ClientSession]:
     """As the README's stdio config: the client starts `panelfuse mcp` and talks over its stdio."""
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "panelfuse.cli", "mcp", "--config", write_config(tmp_path, fake, PRICES)],
+        args=["-m", "panelfuse.cli", "mcp", "--config", write_config(tmp_path, fake, PRICES + extra_config)],
         env={**os.environ, "PANELFUSE_DB": f"sqlite:///{tmp_path}/runs.db", "PANELFUSE_SHUTDOWN_GRACE_S": "1", **env},
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
@@ -159,6 +159,37 @@ def test_stdio_progress_notifications_per_stage(tmp_path, fake):
     assert sum(m.startswith("panel:") for m in messages) == 3
     assert any(m.startswith("analysis:") for m in messages) and messages[-1] == "answer: written"
     assert [p for p, _ in seen] == sorted(p for p, _ in seen)  # progress only increases
+
+
+def test_stdio_progress_tells_of_a_hedge_and_of_a_fallback(tmp_path, fake):
+    """A member hedged (its duplicate wins) and another falling back are steps a client sees."""
+    script_panel(
+        fake,
+        m1=Script(text="slow", latency=30),
+        backup=Script(text="backup answer"),
+        m2=Script(failure=Failure.HTTP, status_code=401),
+    )
+    hedged = (
+        '[presets.hedged]\nmembers = [{ model = "fake/m1", fallbacks = ["fake/backup"] }, '
+        '{ model = "fake/m2", fallbacks = ["fake/m3"] }, "fake/m3"]\n'
+        'judge = "fake/judge"\nsynthesizer = { model = "fake/synth" }\nhedge_ms = 50\n'
+    )
+    seen: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(message or "")
+
+    async def go() -> None:
+        async with connect_stdio(tmp_path, fake, extra_config=hedged) as session:
+            args = {**QUESTION, "preset": "hedged"}
+            result = await session.call_tool("fusion", args, progress_callback=on_progress)
+            assert structured(result)["status"] == "completed"
+
+    asyncio.run(go())
+    assert "panel: A hedged after 50 ms, fake/m1 → fake/backup" in seen
+    assert "panel: A's hedge answered first, fake/m1 → fake/backup" in seen
+    assert any(m.startswith("panel: B fell back, fake/m2 → fake/m3 (") for m in seen)
+    assert seen[-1] == "answer: written"
 
 
 def test_stdio_session_cap_refuses_the_next_fusion_and_starts_no_run(tmp_path, fake):

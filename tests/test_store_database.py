@@ -221,6 +221,13 @@ async def test_execute_waits_in_the_writer_thread_while_another_process_holds_th
     path = tmp_path / "runs.db"
     async with await Database.open(f"sqlite:///{path}") as db:
         await db.transact(lambda c: counter.metadata.create_all(c))
+        second_tries: list[object] = []  # refused the lock once, the write goes to the thread, not to BEGIN again
+
+        def tried_again(self: Database, work: object) -> tuple[bool, None]:
+            second_tries.append(work)
+            return False, None
+
+        monkeypatch.setattr(Database, "_transact_inline", tried_again)
         other = sqlite3.connect(path, timeout=0, isolation_level=None)  # as another worker process would
         try:
             other.execute("BEGIN IMMEDIATE")
@@ -233,6 +240,7 @@ async def test_execute_waits_in_the_writer_thread_while_another_process_holds_th
             assert await asyncio.wait_for(write, 30) == 1
         finally:
             other.close()
+        assert second_tries == []
         assert await db.execute(counter.insert(), {"id": 3, "value": 3}, awaited=True) == 1  # the loop's again
         async with db.read() as conn:
             assert (await conn.execute(sa.select(counter.c.id).order_by(counter.c.id))).scalars().all() == [1, 2, 3]
@@ -317,9 +325,9 @@ async def test_the_writes_a_client_waits_for_are_awaited_and_the_event_flush_is_
         where.append("loop")
         return inline(self, work)
 
-    def executed_on_loop(self: Database, steps):  # type: ignore[no-untyped-def]
+    def executed_on_loop(self: Database, prepared, steps):  # type: ignore[no-untyped-def]
         where.append("loop")
-        return executed(self, steps)
+        return executed(self, prepared, steps)
 
     def in_thread(self: Database, work):  # type: ignore[no-untyped-def]
         where.append("thread")

@@ -37,7 +37,7 @@ from starlette.types import Receive, Scope, Send
 from panelfuse import __version__
 from panelfuse.pipeline.result import FusionResult
 from panelfuse.providers.http import close_shared_client
-from panelfuse.providers.resolve import FusionRoute, UnknownModelError
+from panelfuse.providers.resolve import FUSION_PRESET_PREFIX, FusionRoute, UnknownModelError
 from panelfuse.server.errors import ApiError
 from panelfuse.server.state import GatewayState
 from panelfuse.service.cache import cache_directive
@@ -100,12 +100,19 @@ class RunList(BaseModel):
 def describe_event(kind: str, data: dict[str, Any]) -> str | None:
     """One line of progress for a stage event; None for the events that are not a step."""
     who = f"{data.get('member') or '?'} ({data.get('model') or '?'})"
+    member = data.get("member") or "?"
+    switch = f"{data.get('from') or '?'} → {data.get('to') or '?'}"
     lines = {
         "panel.completed": f"panel: {who} answered",
         "panel.failed": f"panel: {who} failed",
         "panel.cut": f"panel: {who} was cut (quorum reached)",
+        "panel.fallback": f"panel: {member} fell back, {switch} ({data.get('reason') or '?'})",
+        "panel.hedged": f"panel: {member} hedged after {data.get('after_ms', '?')} ms, {switch}",
+        "panel.hedge_won": f"panel: {member}'s hedge answered first, {switch}",
+        "analysis.fallback": f"analysis: the judge fell back, {switch}",
         "analysis.completed": "analysis: the judge compared the answers",
         "analysis.failed": "analysis: the judge failed",
+        "synthesis.fallback": f"answer: the synthesizer fell back, {switch}",
         "final.completed": "answer: written",
     }
     return lines.get(kind)
@@ -213,7 +220,7 @@ class FusionTools:
     ) -> tuple[ChatCompletionRequest, PlannedFusion]:
         """The question and options as the chat request an alias and the fusion plugin make (the same
         spec, the same checks), planned for this caller."""
-        model = f"panelfuse/{preset}" if preset else FUSION_MODEL
+        model = f"{FUSION_PRESET_PREFIX}{preset}" if preset else FUSION_MODEL
         plugin = {"id": "fusion", **{k: v for k, v in options.items() if v is not None}}
         try:
             chat = ChatCompletionRequest(model=model, messages=[{"role": "user", "content": question}])

@@ -130,11 +130,7 @@ class Database:
         fusions in flight (against 1 ms on the loop). On PostgreSQL it runs on the async connection
         through `run_sync`. The write completes even if the awaiting task is cancelled."""
         if self._writer is not None:
-            if self._inline_turn(awaited):
-                done, result = self._transact_inline(work)
-                if done:
-                    return cast(T, result)
-            return await asyncio.get_running_loop().run_in_executor(self._writer, self._transact_sqlite, work)
+            return await self._transact_local(work, inline=self._inline_turn(awaited))
         for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             try:
                 async with self.write() as conn:
@@ -158,11 +154,28 @@ class Database:
         connection, they run through the driver, each compiled once (`Prepared`), without SQLAlchemy's
         per-execution work: build each statement once (a module constant), as its compiled form is
         kept by the statement's identity. Errors are SQLAlchemy's, as from `transact`."""
-        if self._writer is not None and self._inline_turn(awaited):
-            done, counts = self._execute_inline(steps)
-            if done:
+
+        def work(conn: sa.Connection) -> list[int]:
+            return [conn.execute(s, p).rowcount for s, p in steps]
+
+        if self._writer is None:
+            return await self.transact(work, awaited=awaited)
+        inline = self._inline_turn(awaited)
+        if inline and (prepared := self._prepared_steps(steps)) is not None:
+            counts = self._execute_inline(prepared, steps)
+            if counts is not None:
                 return counts
-        return await self.transact(lambda conn: [conn.execute(s, p).rowcount for s, p in steps], awaited=awaited)
+            inline = False  # the lock is taken: the writer thread waits for it, not a second try here
+        return await self._transact_local(work, inline=inline)
+
+    async def _transact_local(self, work: Callable[[sa.Connection], T], *, inline: bool) -> T:
+        """`work` on a SQLite file: on the loop's connection if `inline` and the lock is free at once,
+        else in the writer thread."""
+        if inline:
+            done, result = self._transact_inline(work)
+            if done:
+                return cast(T, result)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._transact_sqlite, work)
 
     def _inline_turn(self, awaited: bool) -> bool:
         """Whether a write now goes to the loop's connection: a lone one (none in the last
@@ -179,27 +192,28 @@ class Database:
             conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
         return conn
 
-    def _execute_inline(self, steps: Sequence[Step]) -> tuple[bool, list[int]]:
-        """(True, rowcounts) when the write lock was free and the steps committed on the loop's
-        connection, through the driver; (False, []) when the lock was taken, before anything ran, or
-        when a statement is not one to run this way."""
-        conn = self._loop_conn()
-        prepared = [self._prepare(stmt, params, conn.dialect) for stmt, params in steps]
-        driver = conn.connection.driver_connection
-        if driver is None or None in prepared:
-            return False, []
+    def _prepared_steps(self, steps: Sequence[Step]) -> list[Prepared] | None:
+        """Each step's statement compiled for the driver, or None if one is not to run that way."""
+        dialect = self._loop_conn().dialect
+        prepared = [self._prepare(stmt, params, dialect) for stmt, params in steps]
+        return None if None in prepared else cast(list[Prepared], prepared)
+
+    def _execute_inline(self, prepared: Sequence[Prepared], steps: Sequence[Step]) -> list[int] | None:
+        """The rowcounts when the write lock was free and the steps committed on the loop's
+        connection, through the driver; None when the lock was taken, before anything ran."""
+        driver = self._loop_conn().connection.driver_connection
+        assert driver is not None  # the loop's connection is open: _prepared_steps opened it
         try:
             driver.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if is_sqlite_busy(exc):
-                return False, []
+                return None
             self._drop_inline_conn()
             raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
         counts: list[int] = []
         sql, args = "COMMIT", []
         try:
             for statement, (_, params) in zip(prepared, steps, strict=True):
-                assert statement is not None
                 sql, args = statement.sql, statement.args(params)
                 counts.append(driver.execute(sql, args).rowcount)
             driver.execute("COMMIT")
@@ -210,7 +224,7 @@ class Database:
                 raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
             raise
         self._committed_inline()
-        return True, counts
+        return counts
 
     def _prepare(self, stmt: Statement, params: Mapping[str, Any], dialect: Dialect) -> Prepared | None:
         """`stmt` compiled for these parameters' names, once; None if SQLAlchemy computes some of its
