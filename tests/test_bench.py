@@ -88,3 +88,20 @@ def test_pinned_the_gateway_runs_alone_on_its_cpu(tmp_path):
     assert len(pinned["panelfuse"]) == 1 and pinned["others"]
     assert not set(pinned["panelfuse"]) & set(pinned["others"])
     assert data["tail"]["tail_quorum"]["runs"] > 0 and data["tail"]["tail_quorum"]["errors"] == 0
+
+
+def test_the_cold_wake_control_runs_and_reports_each_alternation():
+    """bench/cold_wake.py (the control for why one request at a time costs more): its last line is JSON
+    with one figure per alternation for each way of running, and a ratio for each."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH.parent / "cold_wake.py"), "--sleep-ms", "5", "--passes", "3", "--alternations", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    assert data["sleep_ms"] == 5
+    assert len(data["warm_ms"]) == len(data["after_sleep_ms"]) == len(data["ratios"]) == 2
+    assert all(v > 0 and math.isfinite(v) for v in data["warm_ms"] + data["after_sleep_ms"])
+    assert data["ratios"] == [s / w for w, s in zip(data["warm_ms"], data["after_sleep_ms"], strict=True)]
